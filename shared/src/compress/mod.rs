@@ -1,0 +1,197 @@
+//! The compression engine: bytes in, JPEG bytes out (SPEC §3, steps 3–4).
+//!
+//! Format from the bytes, the pixel cap checked before decoding, EXIF
+//! orientation applied, alpha flattened onto white, metadata dropped except
+//! the colour profile, JPEG at the configured quality, and never a larger
+//! file than a JPEG input that needed no rotation.
+
+mod sniff;
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+
+pub use sniff::{Sniffed, sniff};
+
+use crate::domain::ErrorCode;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub quality: u8,
+    pub max_pixels: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    pub bytes: Vec<u8>,
+    /// Upright dimensions of the output.
+    pub width: u32,
+    pub height: u32,
+    /// The input was stored as it was: re-encoding would not have made it smaller.
+    pub original_kept: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompressError {
+    #[error("the body is not an image (it does not start like a JPEG, PNG, WebP or GIF file)")]
+    NotAnImage,
+    #[error("{0} images are not supported; send JPEG, PNG, WebP or GIF")]
+    Unsupported(&'static str),
+    #[error("the image is {width}×{height} = {pixels} pixels; at most {limit} are allowed")]
+    TooManyPixels { width: u32, height: u32, pixels: u64, limit: u64 },
+    #[error("the image cannot be decoded: {0}")]
+    Decode(String),
+}
+
+impl CompressError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotAnImage => ErrorCode::NotAnImage,
+            Self::Unsupported(_) => ErrorCode::UnsupportedFormat,
+            Self::TooManyPixels { .. } => ErrorCode::TooManyPixels,
+            Self::Decode(_) => ErrorCode::DecodeFailed,
+        }
+    }
+}
+
+/// Compresses one image. CPU-bound: call it off the async runtime.
+pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, CompressError> {
+    let format = match sniff(input) {
+        Sniffed::Jpeg => ImageFormat::Jpeg,
+        Sniffed::Png => ImageFormat::Png,
+        Sniffed::Gif => ImageFormat::Gif,
+        Sniffed::WebP => ImageFormat::WebP,
+        Sniffed::Unsupported(name) => return Err(CompressError::Unsupported(name)),
+        Sniffed::NotAnImage => return Err(CompressError::NotAnImage),
+    };
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(input) {
+        return Err(CompressError::Decode("the JPEG data is truncated (no end-of-image marker after the last scan)".into()));
+    }
+
+    let mut reader = ImageReader::with_format(Cursor::new(input), format);
+    let mut limits = Limits::default();
+    // Room for the largest allowed image at 16 bits per channel with alpha,
+    // so that no header can make the decoder allocate more.
+    limits.max_alloc = Some(settings.max_pixels.saturating_mul(8).max(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > settings.max_pixels {
+        return Err(CompressError::TooManyPixels { width, height, pixels, limit: settings.max_pixels });
+    }
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let icc = decoder.icc_profile().ok().flatten();
+    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    image.apply_orientation(orientation);
+
+    let (w, h) = (image.width(), image.height());
+    if w > u32::from(u16::MAX) || h > u32::from(u16::MAX) {
+        return Err(CompressError::TooManyPixels { width: w, height: h, pixels, limit: settings.max_pixels });
+    }
+    let (data, color) = flatten(image);
+    let mut out = Vec::with_capacity(input.len() / 2 + 4096);
+    let mut encoder = Encoder::new(&mut out, settings.quality);
+    encoder.set_sampling_factor(SamplingFactor::R_4_2_0);
+    encoder.set_optimized_huffman_tables(true);
+    if let Some(icc) = icc.as_deref() {
+        // A profile too large for JPEG markers is dropped rather than failing the image.
+        let _ = encoder.add_icc_profile(icc);
+    }
+    encoder
+        .encode(&data, w as u16, h as u16, color)
+        .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
+
+    if format == ImageFormat::Jpeg && orientation == Orientation::NoTransforms && out.len() >= input.len() {
+        return Ok(Compressed { bytes: input.to_vec(), width: w, height: h, original_kept: true });
+    }
+    Ok(Compressed { bytes: out, width: w, height: h, original_kept: false })
+}
+
+fn decode_error(e: image::ImageError) -> CompressError {
+    match e {
+        image::ImageError::Unsupported(u) => CompressError::Decode(format!("unsupported variant: {u}")),
+        image::ImageError::Limits(l) => CompressError::Decode(format!("the image needs more memory than allowed: {l}")),
+        other => CompressError::Decode(other.to_string()),
+    }
+}
+
+/// A JPEG is complete when an end-of-image marker follows its last
+/// start-of-scan. Inside entropy-coded data 0xFF is always stuffed, so the
+/// markers cannot be mistaken; an embedded EXIF thumbnail's own markers come
+/// before the main image's.
+fn jpeg_is_complete(data: &[u8]) -> bool {
+    let last = |marker: u8| data.windows(2).rposition(|w| w[0] == 0xFF && w[1] == marker);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
+}
+
+/// 8-bit samples ready for the encoder: grey stays grey, alpha is composited
+/// onto white, deeper samples are reduced to 8 bits.
+fn flatten(image: DynamicImage) -> (Vec<u8>, ColorType) {
+    match image {
+        DynamicImage::ImageLuma8(img) => (img.into_raw(), ColorType::Luma),
+        DynamicImage::ImageRgb8(img) => (img.into_raw(), ColorType::Rgb),
+        DynamicImage::ImageLuma16(_) => (image.to_luma8().into_raw(), ColorType::Luma),
+        img if !img.color().has_alpha() => (img.to_rgb8().into_raw(), ColorType::Rgb),
+        DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLumaA16(_) => {
+            let la = image.to_luma_alpha8();
+            let data = la.pixels().map(|p| over_white(p.0[0], p.0[1])).collect();
+            (data, ColorType::Luma)
+        }
+        img => {
+            let rgba = img.into_rgba8();
+            let mut data = Vec::with_capacity(rgba.width() as usize * rgba.height() as usize * 3);
+            for p in rgba.pixels() {
+                let [r, g, b, a] = p.0;
+                data.extend_from_slice(&[over_white(r, a), over_white(g, a), over_white(b, a)]);
+            }
+            (data, ColorType::Rgb)
+        }
+    }
+}
+
+fn over_white(c: u8, a: u8) -> u8 {
+    let (c, a) = (u32::from(c), u32::from(a));
+    ((c * a + 255 * (255 - a) + 127) / 255) as u8
+}
+
+/// Runs compression on a bounded number of blocking threads, so CPU work
+/// never stalls the async runtime and never oversubscribes the cores.
+#[derive(Clone)]
+pub struct Engine {
+    settings: Settings,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Engine {
+    pub fn new(settings: Settings, threads: usize) -> Self {
+        Self { settings, permits: Arc::new(tokio::sync::Semaphore::new(threads.max(1))) }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub async fn compress(&self, input: bytes::Bytes) -> Result<Compressed, CompressError> {
+        let _permit = self.permits.acquire().await.map_err(|_| CompressError::Decode("engine stopped".into()))?;
+        let settings = self.settings;
+        tokio::task::spawn_blocking(move || compress(&input, &settings))
+            .await
+            .unwrap_or_else(|e| Err(CompressError::Decode(format!("the decoder crashed: {e}"))))
+    }
+}
+
+/// Cores available to this process (1 when unknown).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests;

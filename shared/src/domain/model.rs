@@ -1,0 +1,446 @@
+//! The records a request is made of, and the rules that derive its status.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A request's status as clients see it. Only the terminal values are ever
+/// stored; `pending` and `processing` are derived from the counters, so an
+/// image finishing never needs a second write to the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    Pending,
+    Processing,
+    Completed,
+    CompletedWithErrors,
+    Failed,
+}
+
+impl RequestStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::CompletedWithErrors | Self::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Completed => "completed",
+            Self::CompletedWithErrors => "completed_with_errors",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Processing,
+            Self::Completed,
+            Self::CompletedWithErrors,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+
+    /// The status that the counters alone imply.
+    pub fn from_progress(p: &Progress) -> Self {
+        if p.is_done() {
+            if p.failed == 0 {
+                Self::Completed
+            } else if p.succeeded == 0 {
+                Self::Failed
+            } else {
+                Self::CompletedWithErrors
+            }
+        } else if p.succeeded + p.failed == 0 {
+            Self::Pending
+        } else {
+            Self::Processing
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub total: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+}
+
+impl Progress {
+    pub fn pending(&self) -> u32 {
+        self.total.saturating_sub(self.succeeded + self.failed)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.succeeded + self.failed >= self.total
+    }
+
+    /// 100 × finished / total, rounded to one decimal.
+    pub fn percent(&self) -> f64 {
+        if self.total == 0 {
+            return 100.0;
+        }
+        let raw = 100.0 * f64::from(self.succeeded + self.failed) / f64::from(self.total);
+        (raw * 10.0).round() / 10.0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl ImageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Succeeded, Self::Failed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// Why an image failed, as reported to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BlockedAddress,
+    InvalidUrl,
+    HttpStatus,
+    Timeout,
+    FetchFailed,
+    TooLarge,
+    NotAnImage,
+    UnsupportedFormat,
+    TooManyPixels,
+    DecodeFailed,
+    StorageFailed,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 11] = [
+        Self::BlockedAddress,
+        Self::InvalidUrl,
+        Self::HttpStatus,
+        Self::Timeout,
+        Self::FetchFailed,
+        Self::TooLarge,
+        Self::NotAnImage,
+        Self::UnsupportedFormat,
+        Self::TooManyPixels,
+        Self::DecodeFailed,
+        Self::StorageFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BlockedAddress => "blocked_address",
+            Self::InvalidUrl => "invalid_url",
+            Self::HttpStatus => "http_status",
+            Self::Timeout => "timeout",
+            Self::FetchFailed => "fetch_failed",
+            Self::TooLarge => "too_large",
+            Self::NotAnImage => "not_an_image",
+            Self::UnsupportedFormat => "unsupported_format",
+            Self::TooManyPixels => "too_many_pixels",
+            Self::DecodeFailed => "decode_failed",
+            Self::StorageFailed => "storage_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ImageError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl WebhookStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Failed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookState {
+    pub url: String,
+    pub status: WebhookStatus,
+    pub attempts: u32,
+}
+
+/// The request item: everything about a request but its products.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestRecord {
+    pub id: Uuid,
+    /// `Some` once the request reached its terminal status.
+    pub terminal: Option<RequestStatus>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub progress: Progress,
+    pub product_count: u32,
+    pub webhook: Option<WebhookState>,
+    pub warnings: Vec<String>,
+    /// SHA-256 of what was submitted (CSV and webhook URL), to tell a repeated
+    /// submission under the same `Idempotency-Key` from a different one.
+    pub fingerprint: String,
+}
+
+impl RequestRecord {
+    pub fn status(&self) -> RequestStatus {
+        self.terminal
+            .unwrap_or_else(|| match RequestStatus::from_progress(&self.progress) {
+                // Counters can read "done" for the moment between the last
+                // image and the terminal transition: still processing then.
+                s if s.is_terminal() => RequestStatus::Processing,
+                s => s,
+            })
+    }
+}
+
+/// Where one image sits in its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ImageKey {
+    pub request_id: Uuid,
+    /// 0-based position of the product in the CSV.
+    pub product: u32,
+    /// 1-based position of the image in its row.
+    pub image: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub index: u32,
+    pub input_url: String,
+    pub status: ImageStatus,
+    pub output_key: Option<String>,
+    pub input_bytes: Option<u64>,
+    pub output_bytes: Option<u64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub original_kept: bool,
+    pub error: Option<ImageError>,
+}
+
+impl ImageRecord {
+    pub fn pending(index: u32, input_url: String) -> Self {
+        Self {
+            index,
+            input_url,
+            status: ImageStatus::Pending,
+            output_key: None,
+            input_bytes: None,
+            output_bytes: None,
+            width: None,
+            height: None,
+            original_kept: false,
+            error: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProductRecord {
+    pub position: u32,
+    pub serial_number: u64,
+    pub product_name: String,
+    pub images: Vec<ImageRecord>,
+}
+
+/// How an image ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageOutcome {
+    Succeeded(Compressed),
+    Failed { error: ImageError, input_bytes: Option<u64> },
+}
+
+impl ImageOutcome {
+    pub fn status(&self) -> ImageStatus {
+        match self {
+            Self::Succeeded(_) => ImageStatus::Succeeded,
+            Self::Failed { .. } => ImageStatus::Failed,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compressed {
+    pub output_key: String,
+    pub input_bytes: u64,
+    pub output_bytes: u64,
+    pub width: u32,
+    pub height: u32,
+    pub original_kept: bool,
+}
+
+/// One unit of work on the queue: everything a worker needs to process an
+/// image without reading the store first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageJob {
+    pub request_id: Uuid,
+    pub product: u32,
+    pub serial_number: u64,
+    pub image: u32,
+    pub input_url: String,
+}
+
+impl ImageJob {
+    pub fn key(&self) -> ImageKey {
+        ImageKey { request_id: self.request_id, product: self.product, image: self.image }
+    }
+
+    /// `processed/{request_id}/{serial_number}/{index}.jpg`
+    pub fn output_key(&self) -> String {
+        format!("processed/{}/{}/{}.jpg", self.request_id, self.serial_number, self.image)
+    }
+}
+
+/// `results/{request_id}.csv`
+pub fn results_key(request_id: Uuid) -> String {
+    format!("results/{request_id}.csv")
+}
+
+/// A validated submission, ready to be stored.
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub fingerprint: String,
+    pub webhook_url: Option<String>,
+    pub warnings: Vec<String>,
+    pub products: Vec<crate::domain::csv_input::ParsedProduct>,
+}
+
+impl NewRequest {
+    pub fn image_count(&self) -> u32 {
+        self.products.iter().map(|p| p.urls.len() as u32).sum()
+    }
+
+    /// One job per image, in input order.
+    pub fn jobs(&self) -> Vec<ImageJob> {
+        self.products
+            .iter()
+            .enumerate()
+            .flat_map(|(position, p)| {
+                p.urls.iter().enumerate().map(move |(i, url)| ImageJob {
+                    request_id: self.id,
+                    product: position as u32,
+                    serial_number: p.serial_number,
+                    image: i as u32 + 1,
+                    input_url: url.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(total: u32, succeeded: u32, failed: u32) -> Progress {
+        Progress { total, succeeded, failed }
+    }
+
+    #[test]
+    fn status_follows_the_counters() {
+        assert_eq!(RequestStatus::from_progress(&p(3, 0, 0)), RequestStatus::Pending);
+        assert_eq!(RequestStatus::from_progress(&p(3, 1, 0)), RequestStatus::Processing);
+        assert_eq!(RequestStatus::from_progress(&p(3, 0, 1)), RequestStatus::Processing);
+        assert_eq!(RequestStatus::from_progress(&p(3, 3, 0)), RequestStatus::Completed);
+        assert_eq!(RequestStatus::from_progress(&p(3, 2, 1)), RequestStatus::CompletedWithErrors);
+        assert_eq!(RequestStatus::from_progress(&p(3, 0, 3)), RequestStatus::Failed);
+    }
+
+    #[test]
+    fn percent_has_one_decimal() {
+        assert_eq!(p(3, 1, 0).percent(), 33.3);
+        assert_eq!(p(3, 1, 1).percent(), 66.7);
+        assert_eq!(p(8, 8, 0).percent(), 100.0);
+        assert_eq!(p(7, 0, 0).percent(), 0.0);
+        assert_eq!(p(3, 1, 1).pending(), 1);
+    }
+
+    #[test]
+    fn a_done_request_reads_processing_until_its_terminal_transition() {
+        let now = Utc::now();
+        let mut r = RequestRecord {
+            id: Uuid::nil(),
+            terminal: None,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            progress: p(2, 2, 0),
+            product_count: 1,
+            webhook: None,
+            warnings: vec![],
+            fingerprint: String::new(),
+        };
+        assert_eq!(r.status(), RequestStatus::Processing);
+        r.terminal = Some(RequestStatus::Completed);
+        assert_eq!(r.status(), RequestStatus::Completed);
+    }
+
+    #[test]
+    fn enums_round_trip_through_their_names() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        assert_eq!(RequestStatus::parse("completed_with_errors"), Some(RequestStatus::CompletedWithErrors));
+        assert_eq!(ImageStatus::parse("nope"), None);
+    }
+
+    #[test]
+    fn output_keys_follow_the_contract() {
+        let job = ImageJob {
+            request_id: Uuid::nil(),
+            product: 0,
+            serial_number: 42,
+            image: 2,
+            input_url: "https://example.com/a.jpg".into(),
+        };
+        assert_eq!(job.output_key(), format!("processed/{}/42/2.jpg", Uuid::nil()));
+        assert_eq!(results_key(Uuid::nil()), format!("results/{}.csv", Uuid::nil()));
+    }
+}

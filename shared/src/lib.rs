@@ -1,0 +1,13 @@
+//! imgproc: bulk image compression from a CSV of products.
+//!
+//! Everything that is not an entry point lives here, so the Lambda
+//! functions and the local runner are thin shells around the same code.
+
+pub mod api;
+pub mod compress;
+pub mod config;
+pub mod domain;
+pub mod local;
+pub mod net;
+pub mod ports;
+pub mod services;

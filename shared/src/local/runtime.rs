@@ -1,0 +1,278 @@
+//! The local runner's moving parts: the in-process worker pool (what the
+//! SQS trigger does on AWS), the notifier (what the DynamoDB stream does),
+//! recovery after a restart, and the `/files` route.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use super::{FsObjectStore, SqliteStore};
+use crate::api::{self, ApiError};
+use crate::compress::{Engine, Settings, available_cores};
+use crate::config::Config;
+use crate::domain::ImageJob;
+use crate::net::{GuardedClient, NameLookup, NetPolicy};
+use crate::ports::{Delivery, JobQueue, JobSource, PortResult};
+use crate::services::process::{JobResult, complete_if_done, process_job};
+use crate::services::{App, notify};
+
+pub struct LocalRuntimeOptions {
+    /// Holds `imgproc.sqlite` and, unless `objects_dir` is set, `objects/`.
+    pub data_dir: PathBuf,
+    pub objects_dir: Option<PathBuf>,
+    /// Prefix of output URLs when `OUTPUT_BASE_URL` is not set, e.g.
+    /// `http://127.0.0.1:3000/files/`.
+    pub files_base_url: String,
+    /// Jobs in flight at once (downloads overlap; compression is bounded
+    /// separately by `cpu_threads`).
+    pub workers: usize,
+    pub cpu_threads: usize,
+    /// Private endpoints let through the network guard (the example server).
+    pub net_exempt: Vec<SocketAddr>,
+    /// Name resolution; the system resolver when `None`.
+    pub lookup: Option<Arc<dyn NameLookup>>,
+    /// How often idle loops look for work that became due.
+    pub poll_interval: Duration,
+}
+
+impl LocalRuntimeOptions {
+    pub fn new(data_dir: impl Into<PathBuf>, files_base_url: impl Into<String>) -> Self {
+        let cores = available_cores();
+        Self {
+            data_dir: data_dir.into(),
+            objects_dir: None,
+            files_base_url: files_base_url.into(),
+            workers: cores * 4,
+            cpu_threads: cores,
+            net_exempt: Vec::new(),
+            lookup: None,
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Sends jobs to SQLite and wakes the worker pool at once.
+struct WakingQueue {
+    store: SqliteStore,
+    wake: Arc<Notify>,
+}
+
+#[async_trait]
+impl JobQueue for WakingQueue {
+    async fn send(&self, jobs: &[ImageJob]) -> PortResult<()> {
+        self.store.send(jobs).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// A running local service: the `App` for the router, plus the background
+/// worker pool and notifier.
+pub struct LocalRuntime {
+    pub app: Arc<App>,
+    pub store: SqliteStore,
+    pub objects: FsObjectStore,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LocalRuntime {
+    pub async fn start(config: Config, options: LocalRuntimeOptions) -> Result<Self, String> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| format!("cannot create data folder {}: {e}", options.data_dir.display()))?;
+        let store = SqliteStore::open(&options.data_dir.join("imgproc.sqlite")).map_err(|e| e.to_string())?;
+        let objects_dir = options.objects_dir.clone().unwrap_or_else(|| options.data_dir.join("objects"));
+        let base_url = config.output_base_url.clone().unwrap_or_else(|| options.files_base_url.clone());
+        let objects = FsObjectStore::new(objects_dir, base_url);
+        let policy = NetPolicy { allow_private: config.allow_private_networks, exempt: options.net_exempt.clone() };
+        let http = match options.lookup.clone() {
+            Some(lookup) => GuardedClient::with_lookup(policy, lookup)?,
+            None => GuardedClient::new(policy)?,
+        };
+        let engine = Engine::new(Settings { quality: config.jpeg_quality, max_pixels: config.max_pixels }, options.cpu_threads);
+        let wake = Arc::new(Notify::new());
+        let app = Arc::new(App {
+            config: Arc::new(config),
+            store: Arc::new(store.clone()),
+            queue: Arc::new(WakingQueue { store: store.clone(), wake: wake.clone() }),
+            objects: Arc::new(objects.clone()),
+            http,
+            engine,
+        });
+
+        let requeued = store.recover().await.map_err(|e| e.to_string())?;
+        if requeued > 0 {
+            tracing::info!(jobs = requeued, "queued images left unqueued by an earlier run");
+        }
+        for (id, progress) in store.unfinished_complete_requests().await.map_err(|e| e.to_string())? {
+            complete_if_done(&app, id, progress).await.map_err(|e| e.to_string())?;
+        }
+
+        let (shutdown, stop) = watch::channel(false);
+        let lease = app.config.fetch_timeout * 2 + Duration::from_secs(60);
+        let tasks = vec![
+            tokio::spawn(worker_pool(app.clone(), store.clone(), wake, options.workers.max(1), lease, options.poll_interval, stop.clone())),
+            tokio::spawn(notifier(app.clone(), store.clone(), options.poll_interval, stop)),
+        ];
+        Ok(Self { app, store, objects, shutdown, tasks })
+    }
+
+    /// The API plus `/files/*` for stored objects.
+    pub fn router(&self) -> Router {
+        api::router(self.app.clone()).nest("/files", file_router(self.objects.root().to_path_buf()))
+    }
+
+    /// Stops taking work and waits for the loops to end. Jobs still in
+    /// flight are delivered again at the next start.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn worker_pool(
+    app: Arc<App>,
+    store: SqliteStore,
+    wake: Arc<Notify>,
+    workers: usize,
+    lease: Duration,
+    poll: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(workers));
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let Ok(first) = slots.clone().acquire_owned().await else { break };
+        let free = slots.available_permits() + 1;
+        let deliveries = match store.receive(free, lease).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the job queue");
+                Vec::new()
+            }
+        };
+        if deliveries.is_empty() {
+            drop(first);
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let mut first = Some(first);
+        for delivery in deliveries {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let (app, store) = (app.clone(), store.clone());
+            tokio::spawn(async move {
+                handle(&app, &store, delivery).await;
+                drop(permit);
+            });
+        }
+    }
+    // Let jobs in flight finish (bounded), so a clean stop loses no work.
+    let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(workers as u32)).await;
+}
+
+async fn handle(app: &App, store: &SqliteStore, d: Delivery) {
+    let result = match process_job(app, &d.job, d.receive_count).await {
+        Ok(JobResult::Done) => store.ack(&d.receipt).await,
+        Ok(JobResult::RetryAfter(delay)) => store.retry_later(&d.receipt, delay).await,
+        Err(e) => {
+            tracing::warn!(request_id = %d.job.request_id, image = d.job.image, error = %e, "job failed on the store; will retry");
+            store.retry_later(&d.receipt, app.config.backoff(d.receive_count)).await
+        }
+    };
+    if let Err(e) = result {
+        // The lease expires and the job comes back: nothing is lost.
+        tracing::warn!(request_id = %d.job.request_id, error = %e, "cannot update the job queue");
+    }
+}
+
+/// Delivers owed notifications: each terminal request once, resumed after
+/// a restart until its webhook ends.
+async fn notifier(app: Arc<App>, store: SqliteStore, poll: Duration, mut stop: watch::Receiver<bool>) {
+    let in_flight: Arc<Mutex<HashSet<uuid::Uuid>>> = Arc::default();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => break,
+        }
+        while running.try_join_next().is_some() {}
+        let due = match store.due_notifications().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read due notifications");
+                continue;
+            }
+        };
+        for id in due {
+            if !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+                continue;
+            }
+            let (app, store, in_flight) = (app.clone(), store.clone(), in_flight.clone());
+            running.spawn(async move {
+                match notify::notify(&app, id).await {
+                    Ok(()) => {
+                        if let Err(e) = store.mark_notified(id).await {
+                            tracing::warn!(request_id = %id, error = %e, "cannot record the notification");
+                        }
+                    }
+                    Err(e) => tracing::warn!(request_id = %id, error = %e, "notification failed; will retry"),
+                }
+                in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            });
+        }
+    }
+    running.abort_all();
+}
+
+/// Serves the files under `root` read-only, with a content type from the
+/// extension. Paths that would leave `root` are not found.
+pub fn file_router(root: PathBuf) -> Router {
+    Router::new().route("/{*path}", get(serve_file)).with_state(Arc::new(root))
+}
+
+async fn serve_file(State(root): State<Arc<PathBuf>>, UrlPath(path): UrlPath<String>) -> Response {
+    let store = FsObjectStore::new(root.as_path(), "");
+    let Some(file) = store.path_of(&path) else { return ApiError::NotFound.into_response() };
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, content_type(&file))], bytes).into_response(),
+        Err(_) => ApiError::NotFound.into_response(),
+    }
+}
+
+fn content_type(path: &Path) -> HeaderValue {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    HeaderValue::from_static(match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "csv" => "text/csv; charset=utf-8",
+        "json" => "application/json",
+        _ => "application/octet-stream",
+    })
+}

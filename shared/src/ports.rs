@@ -1,0 +1,108 @@
+//! The traits the services are written against. Each has an embedded
+//! implementation (`crate::local`) and an AWS one; both pass one
+//! conformance suite.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::domain::{
+    ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest, ProductRecord, Progress, RequestRecord, WebhookState,
+};
+
+/// What an adapter reports when a backend call fails.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PortError {
+    /// Worth retrying: throttling, timeouts, a backend briefly unavailable.
+    #[error("{0} (temporary)")]
+    Transient(String),
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl PortError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    Created,
+    /// A request with this ID already exists (a repeated submission).
+    Existing(RequestRecord),
+}
+
+/// What finishing an image did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// False when the image had already finished: nothing was counted.
+    pub applied: bool,
+    /// The request's counters after the call.
+    pub progress: Progress,
+}
+
+/// Requests, their products and images, and every transition between states.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores a request with all its products and images, all or nothing.
+    /// A request with the same ID is left as it is and returned.
+    async fn create_request(&self, new: &NewRequest) -> PortResult<CreateOutcome>;
+
+    async fn get_request(&self, id: Uuid) -> PortResult<Option<RequestRecord>>;
+
+    /// Products in input order, with their images, starting after position
+    /// `after` (from the first when `None`).
+    async fn list_products(&self, id: Uuid, after: Option<u32>, limit: u32) -> PortResult<Vec<ProductRecord>>;
+
+    async fn image_status(&self, key: ImageKey) -> PortResult<Option<ImageStatus>>;
+
+    /// Moves a pending image to its outcome and counts it, in one atomic step.
+    /// A second call for the same image changes nothing.
+    async fn finish_image(&self, key: ImageKey, outcome: &ImageOutcome) -> PortResult<Finished>;
+
+    /// Moves a request whose counters read `progress` (all images finished)
+    /// to its terminal status. True only for the one call that did it.
+    async fn complete_request(&self, id: Uuid, progress: Progress) -> PortResult<bool>;
+
+    async fn record_webhook(&self, id: Uuid, state: &WebhookState) -> PortResult<()>;
+}
+
+/// Where image jobs are sent.
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    async fn send(&self, jobs: &[ImageJob]) -> PortResult<()>;
+}
+
+/// One received job. `receive_count` starts at 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub job: ImageJob,
+    pub receipt: String,
+    pub receive_count: u32,
+}
+
+/// Where workers take jobs from (Lambda's event source does this on AWS).
+#[async_trait]
+pub trait JobSource: Send + Sync {
+    /// Up to `max` visible jobs, each hidden from other receivers for `lease`.
+    async fn receive(&self, max: usize, lease: Duration) -> PortResult<Vec<Delivery>>;
+    /// The job is done: it is never delivered again.
+    async fn ack(&self, receipt: &str) -> PortResult<()>;
+    /// Deliver the job again after `delay`.
+    async fn retry_later(&self, receipt: &str, delay: Duration) -> PortResult<()>;
+}
+
+/// Stored objects: processed images and result CSVs.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Stores the whole object or nothing.
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> PortResult<()>;
+    async fn get(&self, key: &str) -> PortResult<Option<Bytes>>;
+    /// A URL where a client can fetch the object.
+    async fn url(&self, key: &str) -> PortResult<String>;
+}

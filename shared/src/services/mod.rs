@@ -1,0 +1,45 @@
+//! What the service does, written once against the ports: the HTTP API,
+//! the Lambda handlers and the local runner all call these.
+
+pub mod notify;
+pub mod process;
+pub mod status;
+pub mod submit;
+
+use std::sync::Arc;
+
+use crate::compress::Engine;
+use crate::config::Config;
+use crate::domain::csv_input::Issue;
+use crate::net::GuardedClient;
+use crate::ports::{JobQueue, JobStore, ObjectStore, PortError};
+
+/// Everything the services need, built once per process (per cold start
+/// on Lambda) and shared.
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn JobStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub objects: Arc<dyn ObjectStore>,
+    pub http: GuardedClient,
+    pub engine: Engine,
+}
+
+/// Why a service call did not do what was asked. Mapped to HTTP in one
+/// place (`api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("the CSV is invalid: {} problem(s)", .0.len())]
+    InvalidCsv(Vec<Issue>),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("no such request")]
+    NotFound,
+    #[error("the request is still being processed")]
+    NotReady,
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Backend(#[from] PortError),
+}

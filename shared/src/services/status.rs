@@ -1,0 +1,148 @@
+//! Reading a request: its status page by page, and the output CSV.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use uuid::Uuid;
+
+use super::{App, ServiceError};
+use crate::domain::output_csv::OutputCsv;
+use crate::domain::{ImageStatus, ProductRecord, RequestRecord, results_key};
+
+pub const DEFAULT_PAGE: u32 = 100;
+pub const MAX_PAGE: u32 = 1000;
+
+/// One page of a request's status.
+pub struct StatusPage {
+    pub request: RequestRecord,
+    /// Products of this page, each image with its output URL when it succeeded.
+    pub products: Vec<(ProductRecord, Vec<Option<String>>)>,
+    pub output_csv_url: Option<String>,
+    pub next_cursor: Option<String>,
+}
+
+/// Parses `?limit=`: a positive integer, clamped to [`MAX_PAGE`].
+pub fn parse_limit(raw: Option<&str>) -> Result<u32, ServiceError> {
+    match raw {
+        None => Ok(DEFAULT_PAGE),
+        Some(s) => {
+            let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            match s.parse::<u64>() {
+                Ok(n) if digits && n >= 1 => Ok(n.min(u64::from(MAX_PAGE)) as u32),
+                // Too many digits for u64 is still a positive integer above the cap.
+                Err(_) if digits && s.bytes().any(|b| b != b'0') => Ok(MAX_PAGE),
+                _ => Err(ServiceError::InvalidRequest(format!("limit must be a positive integer, got {s:?}"))),
+            }
+        }
+    }
+}
+
+/// Cursors name the request they were issued for and the last position
+/// served, so one cannot be replayed against another request.
+fn encode_cursor(id: Uuid, last_position: u32) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{id}:{last_position}"))
+}
+
+fn decode_cursor(id: Uuid, cursor: &str) -> Result<u32, ServiceError> {
+    let invalid = || ServiceError::InvalidRequest("cursor was not issued for this request; use next_cursor from a previous page".into());
+    let raw = URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| invalid())?;
+    let text = String::from_utf8(raw).map_err(|_| invalid())?;
+    let (cursor_id, position) = text.split_once(':').ok_or_else(invalid)?;
+    if Uuid::parse_str(cursor_id).ok() != Some(id) {
+        return Err(invalid());
+    }
+    position.parse().map_err(|_| invalid())
+}
+
+async fn load(app: &App, id: Uuid) -> Result<RequestRecord, ServiceError> {
+    app.store.get_request(id).await?.ok_or(ServiceError::NotFound)
+}
+
+async fn output_urls(app: &App, product: &ProductRecord) -> Result<Vec<Option<String>>, ServiceError> {
+    let mut urls = Vec::with_capacity(product.images.len());
+    for image in &product.images {
+        urls.push(match (&image.status, &image.output_key) {
+            (ImageStatus::Succeeded, Some(key)) => Some(app.objects.url(key).await?),
+            _ => None,
+        });
+    }
+    Ok(urls)
+}
+
+pub async fn status(app: &App, id: Uuid, limit: u32, cursor: Option<&str>) -> Result<StatusPage, ServiceError> {
+    let request = load(app, id).await?;
+    let after = cursor.map(|c| decode_cursor(id, c)).transpose()?;
+    if after.is_some_and(|a| a >= request.product_count) {
+        return Err(ServiceError::InvalidRequest("cursor is past the end of this request".into()));
+    }
+    let mut products = app.store.list_products(id, after, limit + 1).await?;
+    let next_cursor = if products.len() > limit as usize {
+        products.truncate(limit as usize);
+        products.last().map(|p| encode_cursor(id, p.position))
+    } else {
+        None
+    };
+    let mut page = Vec::with_capacity(products.len());
+    for product in products {
+        let urls = output_urls(app, &product).await?;
+        page.push((product, urls));
+    }
+    let output_csv_url = match request.terminal {
+        Some(_) => Some(app.objects.url(&results_key(id)).await?),
+        None => None,
+    };
+    Ok(StatusPage { request, products: page, output_csv_url, next_cursor })
+}
+
+/// The output CSV of a terminal request, built from the store.
+pub async fn output_csv(app: &App, id: Uuid) -> Result<Vec<u8>, ServiceError> {
+    let request = load(app, id).await?;
+    if request.terminal.is_none() {
+        return Err(ServiceError::NotReady);
+    }
+    build_output_csv(app, id).await
+}
+
+/// Builds the output CSV from every product of a request, in input order.
+pub async fn build_output_csv(app: &App, id: Uuid) -> Result<Vec<u8>, ServiceError> {
+    let mut csv = OutputCsv::new();
+    let mut after = None;
+    loop {
+        let products = app.store.list_products(id, after, MAX_PAGE).await?;
+        let Some(last) = products.last() else { break };
+        after = Some(last.position);
+        for product in &products {
+            csv.push(product, &output_urls(app, product).await?);
+        }
+        if products.len() < MAX_PAGE as usize {
+            break;
+        }
+    }
+    Ok(csv.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_defaults_clamps_and_rejects() {
+        assert_eq!(parse_limit(None).unwrap(), 100);
+        assert_eq!(parse_limit(Some("5")).unwrap(), 5);
+        assert_eq!(parse_limit(Some("5000")).unwrap(), 1000);
+        assert_eq!(parse_limit(Some("99999999999999999999")).unwrap(), 1000);
+        for bad in ["0", "000", "-1", "+5", "abc", "", " 5", "1.5"] {
+            assert!(parse_limit(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_are_bound_to_their_request() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let c = encode_cursor(a, 41);
+        assert_eq!(decode_cursor(a, &c).unwrap(), 41);
+        assert!(decode_cursor(b, &c).is_err());
+        for bad in ["", "abc", "!!!", &URL_SAFE_NO_PAD.encode(format!("{a}:x"))] {
+            assert!(decode_cursor(a, bad).is_err(), "{bad:?}");
+        }
+    }
+}
