@@ -5,6 +5,7 @@
 //! the colour profile, JPEG at the configured quality, and never a larger
 //! file than a JPEG input that needed no rotation.
 
+mod jpeg;
 mod sniff;
 
 use std::io::Cursor;
@@ -71,26 +72,17 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         return Err(CompressError::Decode("the JPEG data is truncated (no end-of-image marker after the last scan)".into()));
     }
 
-    let mut reader = ImageReader::with_format(Cursor::new(input), format);
-    let mut limits = Limits::default();
-    // Room for the largest allowed image at 16 bits per channel with alpha,
-    // so that no header can make the decoder allocate more.
-    limits.max_alloc = Some(settings.max_pixels.saturating_mul(8).max(64 << 20));
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(decode_error)?;
-
-    let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > settings.max_pixels {
-        return Err(CompressError::TooManyPixels { width, height, pixels, limit: settings.max_pixels });
-    }
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let icc = decoder.icc_profile().ok().flatten();
-    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    let (mut image, orientation, icc) = if format == ImageFormat::Jpeg {
+        let decoded = jpeg::decode(input, settings.max_pixels)?;
+        (decoded.image, decoded.orientation, decoded.icc)
+    } else {
+        decode_other(input, format, settings.max_pixels)?
+    };
     image.apply_orientation(orientation);
 
     let (w, h) = (image.width(), image.height());
     if w > u32::from(u16::MAX) || h > u32::from(u16::MAX) {
+        let pixels = u64::from(w) * u64::from(h);
         return Err(CompressError::TooManyPixels { width: w, height: h, pixels, limit: settings.max_pixels });
     }
     let (data, color) = flatten(image);
@@ -110,6 +102,31 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         return Ok(Compressed { bytes: input.to_vec(), width: w, height: h, original_kept: true });
     }
     Ok(Compressed { bytes: out, width: w, height: h, original_kept: false })
+}
+
+/// PNG, GIF (first frame) and WebP through the `image` crate, with the
+/// pixel cap checked on the header before any pixel is decoded.
+fn decode_other(
+    input: &[u8],
+    format: ImageFormat,
+    max_pixels: u64,
+) -> Result<(DynamicImage, Orientation, Option<Vec<u8>>), CompressError> {
+    let mut reader = ImageReader::with_format(Cursor::new(input), format);
+    let mut limits = Limits::default();
+    // Room for the largest allowed image at 16 bits per channel with alpha,
+    // so that no header can make the decoder allocate more.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(CompressError::TooManyPixels { width, height, pixels, limit: max_pixels });
+    }
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let icc = decoder.icc_profile().ok().flatten();
+    let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    Ok((image, orientation, icc))
 }
 
 fn decode_error(e: image::ImageError) -> CompressError {

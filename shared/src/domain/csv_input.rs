@@ -133,14 +133,15 @@ pub fn parse(bytes: &[u8], limits: &CsvLimits) -> Result<ParsedCsv, Vec<Issue>> 
         .from_reader(text.as_bytes());
     let mut records = reader.records();
     let mut issues = Issues::default();
+    let lines = LineIndex::new(text);
 
     // The header is the first record that is not blank.
     let (header_line, header) = loop {
         match records.next() {
             None => return Err(vec![Issue::file("the file has no header row")]),
-            Some(Err(e)) => return Err(vec![csv_error_issue(&e)]),
+            Some(Err(e)) => return Err(vec![csv_error_issue(&e, &lines)]),
             Some(Ok(r)) if is_blank(&r) => continue,
-            Some(Ok(r)) => break (line_of(&r), r),
+            Some(Ok(r)) => break (lines.line_of(&r), r),
         }
     };
     let layout = match Layout::from_header(header_line, &header) {
@@ -156,7 +157,7 @@ pub fn parse(bytes: &[u8], limits: &CsvLimits) -> Result<ParsedCsv, Vec<Issue>> 
         let record = match record {
             Ok(r) => r,
             Err(e) => {
-                issues.push(csv_error_issue(&e));
+                issues.push(csv_error_issue(&e, &lines));
                 continue;
             }
         };
@@ -168,7 +169,7 @@ pub fn parse(bytes: &[u8], limits: &CsvLimits) -> Result<ParsedCsv, Vec<Issue>> 
             // Counted to the end for the message; no need to validate more.
             continue;
         }
-        if let Some(p) = layout.product(&record, limits, &mut seen_serials, &mut issues) {
+        if let Some(p) = layout.product(&record, lines.line_of(&record), limits, &mut seen_serials, &mut issues) {
             images += p.urls.len();
             products.push(p);
         }
@@ -276,11 +277,11 @@ impl Layout {
     fn product(
         &self,
         record: &csv::StringRecord,
+        line: u64,
         limits: &CsvLimits,
         seen_serials: &mut HashMap<u64, u64>,
         issues: &mut Issues,
     ) -> Option<ParsedProduct> {
-        let line = line_of(record);
         let before = issues.list.len();
 
         if record.len() < self.width {
@@ -413,12 +414,34 @@ fn is_blank(record: &csv::StringRecord) -> bool {
     record.iter().all(|f| f.trim().is_empty())
 }
 
-fn line_of(record: &csv::StringRecord) -> u64 {
-    record.position().map_or(1, csv::Position::line)
+/// Line numbers from byte offsets. The reader's own line count drifts
+/// after skipped empty lines and with `\r\n` endings, and a record's offset
+/// can point at the line break before it, so breaks there are skipped.
+struct LineIndex<'t> {
+    text: &'t [u8],
+    newlines: Vec<usize>,
 }
 
-fn csv_error_issue(e: &csv::Error) -> Issue {
-    let line = e.position().map(csv::Position::line);
+impl<'t> LineIndex<'t> {
+    fn new(text: &'t str) -> Self {
+        let text = text.as_bytes();
+        Self { text, newlines: text.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i).collect() }
+    }
+
+    fn line_at(&self, mut byte: usize) -> u64 {
+        while matches!(self.text.get(byte), Some(b'\n' | b'\r')) {
+            byte += 1;
+        }
+        1 + self.newlines.partition_point(|&p| p < byte) as u64
+    }
+
+    fn line_of(&self, record: &csv::StringRecord) -> u64 {
+        record.position().map_or(1, |p| self.line_at(p.byte() as usize))
+    }
+}
+
+fn csv_error_issue(e: &csv::Error, lines: &LineIndex<'_>) -> Issue {
+    let line = e.position().map(|p| lines.line_at(p.byte() as usize));
     Issue { line, column: None, message: format!("the CSV cannot be read here: {e}") }
 }
 
@@ -497,6 +520,15 @@ mod tests {
         let p = ok(&fixed);
         assert_eq!(p.products[0].urls, ["https://e.com/a.jpg", "https://e.com/b.jpg", "https://e.com/c.jpg"]);
         assert_eq!(p.products[1].line, 5);
+    }
+
+    #[test]
+    fn line_numbers_count_crlf_and_skipped_empty_lines() {
+        let csv = "\r\nS. No.,Product Name,Input Image Urls\r\n\r\n\r\n1,A,\"https://e.com/a.jpg,\r\nhttps://e.com/b.jpg\"\r\n\n0,B,https://e.com/c.jpg\r\n";
+        let i = only(&errs(csv.as_bytes())).clone();
+        assert_eq!(i.line, Some(8));
+        let p = ok(&csv.replace("0,B", "2,B"));
+        assert_eq!((p.products[0].line, p.products[1].line), (5, 8));
     }
 
     #[test]
