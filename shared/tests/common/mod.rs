@@ -1,0 +1,234 @@
+//! Test servers on 127.0.0.1: real photographs (with failure modes on
+//! demand) and a webhook receiver, plus a local service around them.
+#![allow(dead_code)]
+
+pub mod openapi;
+pub mod service;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+
+pub fn photos_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/photos")
+}
+
+pub const PHOTOS: [&str; 7] = [
+    "coffee.jpg",
+    "mountain-meadow-progressive.jpg",
+    "astronaut-portrait-exif6.jpg",
+    "chelsea-cat.png",
+    "dandelions-vignette.png",
+    "paint-brushes.webp",
+    "rocket-launch.gif",
+];
+
+async fn spawn(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// Serves the example photographs, counting every request by path.
+#[derive(Clone)]
+pub struct ImageServer {
+    pub addr: SocketAddr,
+    hits: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+#[derive(Clone)]
+struct ImageState {
+    hits: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl ImageState {
+    fn hit(&self, path: String) -> u32 {
+        let mut hits = self.hits.lock().unwrap();
+        let n = hits.entry(path).or_default();
+        *n += 1;
+        *n
+    }
+}
+
+fn photo_response(name: &str) -> Response {
+    match std::fs::read(photos_dir().join(name)) {
+        // Deliberately a generic type: the service must sniff the bytes.
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+impl ImageServer {
+    pub async fn start() -> Self {
+        let hits: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let state = ImageState { hits: hits.clone() };
+        let router = Router::new()
+            .route(
+                "/photos/{name}",
+                get(|State(s): State<ImageState>, Path(name): Path<String>| async move {
+                    s.hit(format!("/photos/{name}"));
+                    photo_response(&name)
+                }),
+            )
+            .route(
+                "/flaky/{fails}/{name}",
+                get(|State(s): State<ImageState>, Path((fails, name)): Path<(u32, String)>| async move {
+                    let n = s.hit(format!("/flaky/{fails}/{name}"));
+                    if n <= fails { StatusCode::SERVICE_UNAVAILABLE.into_response() } else { photo_response(&name) }
+                }),
+            )
+            .route(
+                "/status/{code}",
+                get(|State(s): State<ImageState>, Path(code): Path<u16>| async move {
+                    s.hit(format!("/status/{code}"));
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT).into_response()
+                }),
+            )
+            .route(
+                "/html",
+                get(|State(s): State<ImageState>| async move {
+                    s.hit("/html".into());
+                    ([(header::CONTENT_TYPE, "image/jpeg")], "<!doctype html><html><body>Sorry</body></html>").into_response()
+                }),
+            )
+            .route(
+                "/slow/{ms}/{name}",
+                get(|State(s): State<ImageState>, Path((ms, name)): Path<(u64, String)>| async move {
+                    s.hit(format!("/slow/{ms}/{name}"));
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    photo_response(&name)
+                }),
+            )
+            .route(
+                "/redirect",
+                get(|State(s): State<ImageState>, Query(q): Query<HashMap<String, String>>| async move {
+                    s.hit("/redirect".into());
+                    let to = q.get("to").cloned().unwrap_or_default();
+                    (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+                }),
+            )
+            .route(
+                "/endless",
+                get(|State(s): State<ImageState>| async move {
+                    s.hit("/endless".into());
+                    // A body with no Content-Length that never ends.
+                    let chunk = Bytes::from(vec![0xAB; 64 * 1024]);
+                    let stream = futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+                    Body::from_stream(stream).into_response()
+                }),
+            )
+            .with_state(state);
+        Self { addr: spawn(router).await, hits }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn photo(&self, name: &str) -> String {
+        self.url(&format!("/photos/{name}"))
+    }
+
+    pub fn hits(&self, path: &str) -> u32 {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    pub fn total_hits(&self) -> u32 {
+        self.hits.lock().unwrap().values().sum()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WebhookCall {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl WebhookCall {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook body is JSON")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// Records every POST to `/hook`; answers 500 to the first `fail_first`.
+#[derive(Clone)]
+pub struct WebhookReceiver {
+    pub addr: SocketAddr,
+    calls: Arc<Mutex<Vec<WebhookCall>>>,
+}
+
+impl WebhookReceiver {
+    pub async fn start(fail_first: u32) -> Self {
+        let calls: Arc<Mutex<Vec<WebhookCall>>> = Arc::default();
+        let seen = Arc::new(AtomicU32::new(0));
+        let state = (calls.clone(), seen);
+        let router = Router::new()
+            .route(
+                "/hook",
+                post(
+                    move |State((calls, seen)): State<(Arc<Mutex<Vec<WebhookCall>>>, Arc<AtomicU32>)>,
+                     headers: HeaderMap,
+                     body: Bytes| async move {
+                        calls.lock().unwrap().push(WebhookCall { headers, body });
+                        if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            StatusCode::NO_CONTENT
+                        }
+                    },
+                ),
+            )
+            .with_state(state);
+        Self { addr: spawn(router).await, calls }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn calls(&self) -> Vec<WebhookCall> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` calls arrived.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<WebhookCall> {
+        let deadline = Instant::now() + within;
+        loop {
+            let calls = self.calls();
+            if calls.len() >= n {
+                return calls;
+            }
+            assert!(Instant::now() < deadline, "expected {n} webhook calls within {within:?}, got {}", calls.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A CSV with one product per row, each a list of URLs.
+pub fn csv_of(rows: &[(u64, &str, Vec<String>)]) -> String {
+    let mut csv = String::from("S. No.,Product Name,Input Image Urls\n");
+    for (serial, name, urls) in rows {
+        csv.push_str(&format!("{serial},{name},\"{}\"\n", urls.join(",")));
+    }
+    csv
+}
+
+pub fn is_terminal(status: &Value) -> bool {
+    matches!(status["status"].as_str(), Some("completed" | "completed_with_errors" | "failed"))
+}
