@@ -20,8 +20,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 
+/// `examples/photos` of the workspace, from whichever crate includes this module.
 pub fn photos_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/photos")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|p| p.join("examples/photos"))
+        .find(|p| p.is_dir())
+        .expect("examples/photos in the workspace")
 }
 
 pub const PHOTOS: [&str; 7] = [
