@@ -403,3 +403,57 @@ async fn output_csv_is_not_ready_until_the_request_is_terminal() {
     let (code, _, _) = svc.call(Request::get(format!("/v1/requests/{id}/output.csv")).body(Body::empty()).unwrap()).await;
     assert_eq!(code, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_input_never_yields_a_server_error() {
+    // Accepted bodies point at a closed loopback port: nothing leaves the machine.
+    let svc = Service::start(&[("MAX_UPLOAD_BYTES", "20000")]).await;
+    let fragments: [&[u8]; 16] = [
+        b"S. No.,Product Name,Input Image Urls\n",
+        b"1,A,http://127.0.0.1:9/a.jpg\n",
+        b"\"",
+        b",",
+        b"\r\n",
+        b"\n\n",
+        b"\xEF\xBB\xBF",
+        b"\xFF\xFE\x00",
+        b"http://[::1",
+        b"99999999999999999999999",
+        b"\"http://127.0.0.1:9/a.jpg,\nhttp://127.0.0.1:9/b.jpg\"",
+        b"\0",
+        b"S.No,Name,Urls,S.No\n",
+        b"-1,,\n",
+        "é😀".as_bytes(),
+        b"javascript:alert(1)",
+    ];
+    // A fixed-seed generator: the same thousand bodies on every run.
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let content_types = ["text/csv", "text/csv; charset=latin1", "application/csv", "multipart/form-data; boundary=zz", "multipart/form-data"];
+    for i in 0..1000 {
+        let mut body = Vec::new();
+        for _ in 0..(next() % 12) {
+            body.extend_from_slice(fragments[(next() % fragments.len() as u64) as usize]);
+        }
+        if next() % 4 == 0 {
+            body.extend((0..next() % 64).map(|_| next() as u8));
+        }
+        let ct = content_types[(next() % content_types.len() as u64) as usize];
+        let mut uri = "/v1/requests".to_owned();
+        if next() % 5 == 0 {
+            uri.push_str("?webhook_url=%ZZ%00");
+        }
+        let request = Request::post(&uri).header(header::CONTENT_TYPE, ct).body(Body::from(body.clone())).unwrap();
+        let (status, headers, answer) = svc.call(request).await;
+        assert!(status.is_client_error() || status == StatusCode::ACCEPTED, "case {i}: {status} for {body:?}");
+        if status.is_client_error() {
+            let json: Value = serde_json::from_slice(&answer).unwrap_or_else(|_| panic!("case {i}: error body is JSON ({headers:?})"));
+            assert_schema("Error", &json);
+        }
+    }
+}
