@@ -20,7 +20,8 @@ pub const WEBHOOK_METADATA: &str = "webhook-url";
 /// Larger drops are refused with a report instead of being read into memory.
 pub const MAX_DROP_BYTES: u64 = 256 * 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum IngestOutcome {
     Accepted { request_id: Uuid },
     Rejected { report_key: String },
