@@ -11,6 +11,8 @@ pub mod dynamo;
 pub mod handlers;
 pub mod s3;
 pub mod sqs;
+#[cfg(feature = "stream-poller")]
+pub mod stream_poller;
 
 use std::sync::Arc;
 use std::time::Duration;
