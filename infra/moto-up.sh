@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts a moto server on 127.0.0.1 (unless one already answers there) and
+# Starts a moto server (infra/moto_serial_server.py) on 127.0.0.1 (unless one already answers there) and
 # creates the table (stream + TTL), the queue with its dead-letter queue and
 # the bucket described in infra/resources.json. Prints `export` lines for
 # the environment the functions and tests read, so that
@@ -16,12 +16,14 @@ mkdir -p "$state_dir"
 ready() { curl -fsS -o /dev/null --max-time 2 "${endpoint}/moto-api/data.json"; }
 
 if ! ready 2>/dev/null; then
-  if ! command -v moto_server >/dev/null 2>&1; then
-    echo "moto_server not found: pip install -r requirements-dev.txt" >&2
+  python="${MOTO_PYTHON:-python3}"
+  if ! "$python" -c "import moto.server, werkzeug" 2>/dev/null; then
+    echo "moto is not installed for $python: pip install -r requirements-dev.txt" >&2
     exit 1
   fi
+  # moto's server, one request at a time (see moto_serial_server.py for why).
   # setsid: the server outlives this script, in its own process group.
-  setsid moto_server -H 127.0.0.1 -p "$port" >"$state_dir/moto.log" 2>&1 < /dev/null &
+  setsid "$python" "$here/moto_serial_server.py" 127.0.0.1 "$port" >"$state_dir/moto.log" 2>&1 < /dev/null &
   echo $! >"$state_dir/moto.pid"
   deadline=$((SECONDS + 30))
   until ready 2>/dev/null; do
@@ -35,7 +37,7 @@ if ! ready 2>/dev/null; then
   echo "moto started on ${endpoint} (pid $(cat "$state_dir/moto.pid"), log ${state_dir}/moto.log)" >&2
 fi
 
-AWS_ENDPOINT_URL="$endpoint" python3 - "$here/resources.json" <<'PY'
+AWS_ENDPOINT_URL="$endpoint" "${MOTO_PYTHON:-python3}" - "$here/resources.json" <<'PY'
 import json, sys, os
 import boto3
 

@@ -133,7 +133,8 @@ pub async fn an_image_finishes_once_under_concurrent_duplicates(b: &Backends) {
     assert_eq!(b.store.image_status(k).await.unwrap(), Some(ImageStatus::Succeeded));
 
     let k2 = key(id, 1, 2);
-    let results = join_all((0..8).map(|_| b.store.finish_image(k2, &failed()))).await;
+    let failure = failed();
+    let results = join_all((0..8).map(|_| b.store.finish_image(k2, &failure))).await;
     assert_eq!(results.iter().filter(|r| r.as_ref().unwrap().applied).count(), 1);
     // A later, different outcome for a finished image changes nothing.
     let again = b.store.finish_image(k2, &succeeded(k2)).await.unwrap();

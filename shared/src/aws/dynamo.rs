@@ -544,8 +544,13 @@ impl JobStore for DynamoStore {
             };
             match transition {
                 Transition::Applied => break true,
-                Transition::ImageNotPending if self.image_exists(k).await? => break false,
-                Transition::ImageNotPending | Transition::RequestMissing => return Err(missing()),
+                Transition::ImageNotPending => {
+                    if self.image_exists(k).await? {
+                        break false;
+                    }
+                    return Err(missing());
+                }
+                Transition::RequestMissing => return Err(missing()),
                 // The condition is re-checked on the next try, so retrying can never double-count.
                 Transition::Conflict if attempt + 1 < MAX_TRIES => {
                     attempt += 1;

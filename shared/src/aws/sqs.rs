@@ -98,8 +98,10 @@ impl SqsQueue {
 #[async_trait]
 impl JobQueue for SqsQueue {
     async fn send(&self, jobs: &[ImageJob]) -> PortResult<()> {
-        let results: Vec<PortResult<()>> = futures_util::stream::iter(jobs.chunks(BATCH))
-            .map(|chunk| self.send_batch(chunk))
+        // Owned chunks: a closure over borrowed slices is not `Send` enough for the trait's future.
+        let chunks: Vec<Vec<ImageJob>> = jobs.chunks(BATCH).map(<[ImageJob]>::to_vec).collect();
+        let results: Vec<PortResult<()>> = futures_util::stream::iter(chunks)
+            .map(|chunk| async move { self.send_batch(&chunk).await })
             .buffer_unordered(BATCHES_IN_FLIGHT)
             .collect()
             .await;

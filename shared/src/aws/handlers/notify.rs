@@ -4,7 +4,7 @@
 //! (or a test feeding every record) behaves the same.
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
-use aws_lambda_events::event::streams::DynamoDbEventResponse;
+use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use serde_dynamo::AttributeValue;
 use uuid::Uuid;
 
@@ -40,7 +40,11 @@ pub async fn handle(app: &App, event: Event) -> DynamoDbEventResponse {
         if let Err(e) = notify::notify(app, id).await {
             tracing::warn!(request_id = %id, error = %e, "notification failed; the stream will retry it");
             match &record.change.sequence_number {
-                Some(seq) => response.add_failure(seq.clone()),
+                Some(seq) => {
+                    let mut failure = DynamoDbBatchItemFailure::default();
+                    failure.item_identifier = Some(seq.clone());
+                    response.batch_item_failures.push(failure);
+                }
                 None => tracing::error!(request_id = %id, "the record has no sequence number to report"),
             }
             break;
