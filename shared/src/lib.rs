@@ -4,6 +4,8 @@
 //! functions and the local runner are thin shells around the same code.
 
 pub mod api;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod compress;
 pub mod config;
 pub mod domain;

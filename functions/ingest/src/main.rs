@@ -1,0 +1,18 @@
+//! `ingest`: S3 `ObjectCreated` on `incoming/*.csv` → a submission, or a `rejected/` report.
+
+use aws_lambda_events::event::s3::S3Event;
+use imgproc::aws::{app_from_env, handlers::ingest};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).without_time().init();
+    let (app, adapters) = app_from_env().await?;
+    let (app, objects) = (&app, &adapters.objects);
+    run(service_fn(move |event: LambdaEvent<S3Event>| async move {
+        // A backend failure fails the invocation; S3 retries it, and the
+        // derived request ID makes the retry find what was already stored.
+        Ok::<_, Error>(ingest::handle(app, objects, event.payload).await?)
+    }))
+    .await
+}

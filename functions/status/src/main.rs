@@ -1,0 +1,11 @@
+//! `status`: `GET /v1/requests/{id}` and `.../output.csv` behind API Gateway — the shared router.
+
+use imgproc::api;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).without_time().init();
+    // Built once per cold start, reused by every warm invocation.
+    let (app, _) = imgproc::aws::app_from_env().await?;
+    lambda_http::run(api::router(app)).await
+}

@@ -1,0 +1,6 @@
+//! What each Lambda function does with its event, written against the
+//! services; the binaries under `functions/` only wire these up.
+
+pub mod ingest;
+pub mod notify;
+pub mod process;

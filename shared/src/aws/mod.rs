@@ -1,0 +1,123 @@
+//! The AWS side: DynamoDB, SQS and S3 adapters for the ports, and the
+//! Lambda event handlers the five functions call. Built with the `aws`
+//! feature; the local runner does without it.
+//!
+//! `AWS_ENDPOINT_URL` (read by the SDK itself) points every client at an
+//! emulator such as moto or LocalStack; S3 then uses path-style addresses,
+//! which emulators need.
+
+mod error;
+pub mod dynamo;
+pub mod handlers;
+pub mod s3;
+pub mod sqs;
+#[cfg(feature = "stream-poller")]
+pub mod stream_poller;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+
+pub use dynamo::DynamoStore;
+pub use s3::S3Objects;
+pub use sqs::SqsQueue;
+
+use crate::compress::{Engine, Settings, available_cores};
+use crate::config::{Config, ConfigError};
+use crate::net::{GuardedClient, NetPolicy};
+use crate::services::App;
+
+/// The three AWS clients, built once per cold start and reused.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub s3: aws_sdk_s3::Client,
+}
+
+impl Clients {
+    /// Region, credentials and endpoint from the environment, as every AWS tool reads them.
+    pub async fn from_env() -> Self {
+        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let emulated = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
+        let path_style = emulated || std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let s3 = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style).build();
+        Self {
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            s3: aws_sdk_s3::Client::from_conf(s3),
+        }
+    }
+}
+
+/// Why a function cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("HTTP client: {0}")]
+    Http(String),
+}
+
+/// The adapters of one process, kept apart from `App` for the handlers
+/// that need more than the ports (the SQS receipt handles, the S3 drop).
+#[derive(Clone, Debug)]
+pub struct Adapters {
+    pub store: DynamoStore,
+    pub queue: SqsQueue,
+    pub objects: S3Objects,
+}
+
+fn required(value: &Option<String>, var: &'static str) -> Result<String, ConfigError> {
+    value.clone().ok_or(ConfigError { var, problem: "must be set".into() })
+}
+
+/// Days items live before DynamoDB's TTL removes them (`RECORD_TTL_DAYS`, default 30).
+fn ttl_from_env() -> Result<Duration, ConfigError> {
+    let var = "RECORD_TTL_DAYS";
+    match std::env::var(var).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+        None => Ok(dynamo::DEFAULT_TTL),
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(days @ 1..=3650) => Ok(Duration::from_secs(days * 24 * 3600)),
+            _ => Err(ConfigError { var, problem: format!("must be a whole number of days from 1 to 3650, got {raw:?}") }),
+        },
+    }
+}
+
+impl Adapters {
+    pub fn new(config: &Config, clients: &Clients) -> Result<Self, ConfigError> {
+        Ok(Self {
+            store: DynamoStore::new(clients.dynamodb.clone(), required(&config.table_name, "TABLE_NAME")?)
+                .with_ttl(ttl_from_env()?),
+            queue: SqsQueue::new(clients.sqs.clone(), required(&config.queue_url, "QUEUE_URL")?),
+            objects: S3Objects::new(clients.s3.clone(), required(&config.bucket, "BUCKET")?, config.output_base_url.clone()),
+        })
+    }
+}
+
+/// Everything a function needs, from the environment: configuration,
+/// clients, adapters and the `App` the services run on.
+pub async fn app_from_env() -> Result<(Arc<App>, Adapters), SetupError> {
+    let config = Config::from_env()?;
+    let clients = Clients::from_env().await;
+    let adapters = Adapters::new(&config, &clients)?;
+    Ok((app_with(config, &adapters)?, adapters))
+}
+
+/// The `App` on these adapters.
+pub fn app_with(config: Config, adapters: &Adapters) -> Result<Arc<App>, SetupError> {
+    let http = GuardedClient::new(NetPolicy { allow_private: config.allow_private_networks, exempt: Vec::new() })
+        .map_err(SetupError::Http)?;
+    let engine = Engine::new(Settings { quality: config.jpeg_quality, max_pixels: config.max_pixels }, available_cores());
+    Ok(Arc::new(App {
+        config: Arc::new(config),
+        store: Arc::new(adapters.store.clone()),
+        queue: Arc::new(adapters.queue.clone()),
+        objects: Arc::new(adapters.objects.clone()),
+        http,
+        engine,
+    }))
+}

@@ -1,0 +1,418 @@
+//! The AWS path end to end on a moto server: the upload route → messages
+//! received from SQS, handed to the process handler as an `SqsEvent` →
+//! records read from DynamoDB Streams, handed to the notify handler → one
+//! signed webhook call; the status route agrees. Also: duplicate SQS
+//! deliveries, a repeated S3 event, and a rejected S3 drop.
+//!
+//! Needs `--features stream-poller` and `MOTO_ENDPOINT` (scripts/test-aws.sh
+//! sets both up); without the endpoint every test says why and passes.
+#![cfg(feature = "stream-poller")]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::SqsEvent;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::future::join_all;
+use http_body_util::BodyExt;
+use imgproc::aws::handlers::ingest::{self, IngestOutcome};
+use imgproc::aws::handlers::{notify, process};
+use imgproc::aws::{Adapters, Clients, DynamoStore, S3Objects, SqsQueue, app_with, stream_poller};
+use imgproc::config::Config;
+use imgproc::domain::{ImageKey, ImageStatus, Progress, RequestStatus};
+use imgproc::ports::{JobSource, JobStore};
+use imgproc::services::App;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn moto() -> Option<String> {
+    match std::env::var("MOTO_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            eprintln!("skipped: MOTO_ENDPOINT is not set (run scripts/test-aws.sh to run the AWS end-to-end tests on moto)");
+            None
+        }
+    }
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set (eval \"$(infra/moto-up.sh)\")"))
+}
+
+/// Serves the example photographs, and 404 for anything else.
+async fn photo_server() -> SocketAddr {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/photos");
+    let app = Router::new()
+        .route(
+            "/photos/{name}",
+            get(|State(dir): State<Arc<PathBuf>>, Path(name): Path<String>| async move {
+                match (name.contains('/') || name.contains(".."), tokio::fs::read(dir.join(&name)).await) {
+                    (false, Ok(bytes)) => (StatusCode::OK, bytes),
+                    _ => (StatusCode::NOT_FOUND, Vec::new()),
+                }
+            }),
+        )
+        .with_state(Arc::new(dir));
+    serve(app).await
+}
+
+type Calls = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+/// Records every webhook call and answers 204.
+async fn webhook_receiver() -> (SocketAddr, Calls) {
+    let calls: Calls = Arc::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(|State(calls): State<Calls>, headers: HeaderMap, body: Bytes| async move {
+                calls.lock().unwrap().push((headers, body));
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .with_state(calls.clone());
+    (serve(app).await, calls)
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+struct Harness {
+    app: Arc<App>,
+    adapters: Adapters,
+    clients: Clients,
+    queue_arn: String,
+}
+
+/// The app on moto's table and bucket, with a queue of its own so that
+/// tests running side by side never take each other's messages.
+async fn harness() -> Harness {
+    let clients = Clients::from_env().await;
+    let queue_url = clients
+        .sqs
+        .create_queue()
+        .queue_name(format!("e2e-{}", Uuid::new_v4()))
+        .send()
+        .await
+        .expect("create a queue on moto")
+        .queue_url
+        .expect("queue URL");
+    let queue_arn = format!("arn:aws:sqs:{}:123456789012:{}", env("AWS_REGION"), queue_url.rsplit('/').next().unwrap_or(""));
+    let adapters = Adapters {
+        store: DynamoStore::new(clients.dynamodb.clone(), env("TABLE_NAME")),
+        queue: SqsQueue::new(clients.sqs.clone(), queue_url),
+        objects: S3Objects::new(clients.s3.clone(), env("BUCKET"), None),
+    };
+    let config = Config::from_lookup(|name| match name {
+        "ALLOW_PRIVATE_NETWORKS" => Some("true".into()),
+        "WEBHOOK_SECRET" => Some(SECRET.into()),
+        "RETRY_BASE_DELAY_MS" => Some("10".into()),
+        "FETCH_TIMEOUT_SECS" => Some("10".into()),
+        _ => None,
+    })
+    .unwrap();
+    let app = app_with(config, &adapters).unwrap();
+    Harness { app, adapters, clients, queue_arn }
+}
+
+impl Harness {
+    /// Receives messages until `n` arrived (or the deadline), shaped as the
+    /// Lambda SQS event the event source mapping would send.
+    async fn receive_event(&self, n: usize) -> SqsEvent {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut records = Vec::new();
+        while records.len() < n && Instant::now() < deadline {
+            let out = self
+                .clients
+                .sqs
+                .receive_message()
+                .queue_url(self.adapters.queue.queue_url())
+                .max_number_of_messages(10)
+                .visibility_timeout(60)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .unwrap();
+            for m in out.messages.unwrap_or_default() {
+                let attributes: serde_json::Map<String, Value> = m
+                    .attributes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), Value::String(v)))
+                    .collect();
+                records.push(json!({
+                    "messageId": m.message_id,
+                    "receiptHandle": m.receipt_handle,
+                    "body": m.body,
+                    "attributes": attributes,
+                    "messageAttributes": {},
+                    "md5OfBody": m.md5_of_body,
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": self.queue_arn,
+                    "awsRegion": env("AWS_REGION"),
+                }));
+            }
+        }
+        serde_json::from_value(json!({ "Records": records })).unwrap()
+    }
+
+    /// Runs the process handler on `event` and, like Lambda, deletes the
+    /// messages it did not report as failed.
+    async fn process(&self, event: SqsEvent) -> Vec<String> {
+        let response = process::handle(&self.app, &self.adapters.queue, event.clone()).await;
+        let failed: Vec<String> = response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+        for m in &event.records {
+            if !failed.contains(m.message_id.as_ref().unwrap()) {
+                self.adapters.queue.ack(m.receipt_handle.as_deref().unwrap()).await.unwrap();
+            }
+        }
+        failed
+    }
+
+    /// The stream records of one request, as the notify function's event.
+    async fn stream_event(&self, request_id: Uuid) -> aws_lambda_events::event::dynamodb::Event {
+        let streams = aws_sdk_dynamodbstreams::Client::new(&aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await);
+        let arn = self
+            .clients
+            .dynamodb
+            .describe_table()
+            .table_name(env("TABLE_NAME"))
+            .send()
+            .await
+            .unwrap()
+            .table
+            .and_then(|t| t.latest_stream_arn)
+            .expect("the table has a stream");
+        let pk = format!("REQ#{request_id}");
+        let records: Vec<_> = stream_poller::read_all(&streams, &arn)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| {
+                r.dynamodb.as_ref().and_then(|d| d.keys.as_ref()).and_then(|k| k.get("pk")).and_then(|v| v.as_s().ok())
+                    == Some(&pk)
+            })
+            .collect();
+        stream_poller::lambda_event(&records, &arn).unwrap()
+    }
+}
+
+async fn call(router: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+}
+
+fn json_of(bytes: &Bytes) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_process_notify_and_status_on_moto() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    let photos = photo_server().await;
+    let (hook, calls) = webhook_receiver().await;
+    let router = imgproc::api::router(h.app.clone());
+
+    // Given a CSV of real photographs, one of them missing.
+    let csv = format!(
+        "S. No.,Product Name,Input Image Urls\n\
+         1,Coffee,\"http://{photos}/photos/coffee.jpg,http://{photos}/photos/chelsea-cat.png\"\n\
+         2,Brushes,\"http://{photos}/photos/paint-brushes.webp,http://{photos}/photos/missing.jpg\"\n"
+    );
+    let webhook_url = format!("http://{hook}/hook");
+    let upload = Request::post(format!("/v1/requests?webhook_url={webhook_url}"))
+        .header("content-type", "text/csv")
+        .body(Body::from(csv))
+        .unwrap();
+    let (status, headers, body) = call(&router, upload).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    let accepted = json_of(&body);
+    let id: Uuid = accepted["request_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!((accepted["products"].as_u64(), accepted["images"].as_u64()), (Some(2), Some(4)));
+    assert_eq!(headers["location"], format!("/v1/requests/{id}").as_str());
+
+    // When the queue's four messages reach the process handler — the first
+    // one twice in one batch and once more concurrently in another —
+    let event = h.receive_event(4).await;
+    assert_eq!(event.records.len(), 4, "one message per image");
+    let coffee = event
+        .records
+        .iter()
+        .find(|m| m.body.as_deref().unwrap_or("").contains("coffee.jpg"))
+        .unwrap()
+        .clone();
+    let mut doubled = event.clone();
+    doubled.records = vec![coffee.clone(), coffee.clone()];
+    let duplicates = join_all([
+        process::handle(&h.app, &h.adapters.queue, doubled.clone()),
+        process::handle(&h.app, &h.adapters.queue, doubled),
+    ])
+    .await;
+    assert!(duplicates.iter().all(|r| r.batch_item_failures.is_empty()));
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(r.progress, Progress { total: 4, succeeded: 1, failed: 0 }, "four deliveries of one image count once");
+
+    let failed = h.process(event).await;
+    assert!(failed.is_empty(), "nothing to retry: {failed:?}");
+
+    // then every image has finished and the request is terminal, once.
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(r.progress, Progress { total: 4, succeeded: 3, failed: 1 });
+    assert_eq!(r.terminal, Some(RequestStatus::CompletedWithErrors));
+    let missing = ImageKey { request_id: id, product: 1, image: 2 };
+    assert_eq!(h.adapters.store.image_status(missing).await.unwrap(), Some(ImageStatus::Failed));
+    let stored = h.adapters.objects.fetch(&env("BUCKET"), &format!("processed/{id}/1/1.jpg"), u64::MAX).await.unwrap().unwrap();
+    assert_eq!(&stored.body[..3], b"\xff\xd8\xff", "a JPEG was stored");
+    assert!(h.adapters.objects.fetch(&env("BUCKET"), &format!("results/{id}.csv"), u64::MAX).await.unwrap().is_some());
+
+    // When the stream's records reach the notify handler (twice, as a retry would),
+    let stream = h.stream_event(id).await;
+    assert!(stream.records.iter().any(|r| notify::became_terminal(r) == Some(id)), "the stream shows the terminal transition");
+    for _ in 0..2 {
+        let response = notify::handle(&h.app, stream.clone()).await;
+        assert!(response.batch_item_failures.is_empty());
+    }
+
+    // then the receiver got exactly one signed call.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "exactly one webhook call");
+    let (headers, body) = &calls[0];
+    assert_eq!(headers["x-imgproc-event"], "request.completed");
+    assert_eq!(headers["x-imgproc-delivery"], imgproc::services::notify::delivery_id(id).to_string().as_str());
+    assert_eq!(headers["x-imgproc-signature"], imgproc::services::notify::signature(SECRET, body).as_str());
+    let payload = json_of(body);
+    assert_eq!(payload["request_id"], id.to_string());
+    assert_eq!(payload["status"], "completed_with_errors");
+    assert_eq!(payload["progress"]["succeeded"], 3);
+    assert!(payload["output_csv_url"].as_str().unwrap().contains(&format!("results/{id}.csv")));
+
+    // And the status route agrees.
+    let (status, _, body) = call(&router, Request::get(format!("/v1/requests/{id}")).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let view = json_of(&body);
+    assert_eq!(view["status"], "completed_with_errors");
+    assert_eq!(view["progress"], json!({"total": 4, "succeeded": 3, "failed": 1, "pending": 0, "percent": 100.0}));
+    assert_eq!(view["webhook"], json!({"url": webhook_url, "status": "delivered", "attempts": 1}));
+    assert!(view["output_csv_url"].is_string());
+    let images = &view["products"][1]["images"];
+    assert_eq!(images[0]["status"], "succeeded");
+    assert!(images[0]["output_url"].as_str().unwrap().contains(&format!("processed/{id}/2/1.jpg")));
+    assert_eq!(images[1]["status"], "failed");
+    assert_eq!(images[1]["error"]["code"], "http_status");
+    let (status, _, csv) = call(&router, Request::get(format!("/v1/requests/{id}/output.csv")).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(String::from_utf8_lossy(&csv).lines().count(), 3, "a header and two rows");
+}
+
+async fn s3_event(bucket: &str, key: &str, e_tag: &str) -> S3Event {
+    let mut event: S3Event = serde_json::from_str(include_str!("../../infra/events/ingest.json")).unwrap();
+    let record = &mut event.records[0];
+    record.s3.bucket.name = Some(bucket.into());
+    record.s3.object.key = Some(key.replace(' ', "+"));
+    record.s3.object.e_tag = Some(e_tag.trim_matches('"').into());
+    event
+}
+
+async fn put_drop(h: &Harness, key: &str, body: &str, webhook: Option<&str>) -> String {
+    let mut put = h.clients.s3.put_object().bucket(env("BUCKET")).key(key).body(body.as_bytes().to_vec().into());
+    if let Some(url) = webhook {
+        put = put.metadata("webhook-url", url);
+    }
+    put.send().await.unwrap().e_tag.unwrap_or_default()
+}
+
+async fn queued(h: &Harness) -> u64 {
+    let out = h
+        .clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(h.adapters.queue.queue_url())
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    out.attributes
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages).cloned())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_s3_event_twice_makes_one_request() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    let key = format!("incoming/batch {}.csv", Uuid::new_v4());
+    let csv = "S. No.,Product Name,Input Image Urls\n1,SKU1,\"https://img.example.com/a.jpg,https://img.example.com/b.png\"\n";
+    let e_tag = put_drop(&h, &key, csv, Some("https://hooks.example.com/imgproc")).await;
+    let event = s3_event(&env("BUCKET"), &key, &e_tag).await;
+
+    let first = ingest::handle(&h.app, &h.adapters.objects, event.clone()).await.unwrap();
+    let second = ingest::handle(&h.app, &h.adapters.objects, event).await.unwrap();
+    let [IngestOutcome::Accepted { request_id }] = first.as_slice() else { panic!("{first:?}") };
+    assert_eq!(second, first, "the repeated event finds the same request");
+    let r = h.adapters.store.get_request(*request_id).await.unwrap().unwrap();
+    assert_eq!(r.progress.total, 2);
+    assert_eq!(r.webhook.map(|w| w.url).as_deref(), Some("https://hooks.example.com/imgproc"));
+    assert!(queued(&h).await >= 2, "the images were queued");
+
+    // Another upload under the same key is new content: a new request.
+    let e_tag = put_drop(&h, &key, &format!("{csv}2,SKU2,https://img.example.com/c.webp\n"), None).await;
+    let third = ingest::handle(&h.app, &h.adapters.objects, s3_event(&env("BUCKET"), &key, &e_tag).await).await.unwrap();
+    assert!(matches!(third.as_slice(), [IngestOutcome::Accepted { request_id: other }] if other != request_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_drop_gets_a_report_and_nothing_else() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    let name = Uuid::new_v4();
+    let key = format!("incoming/{name}.csv");
+    let e_tag = put_drop(&h, &key, "S. No.,Product Name,Input Image Urls\n0,,ftp://nope\n", None).await;
+    let outcomes = ingest::handle(&h.app, &h.adapters.objects, s3_event(&env("BUCKET"), &key, &e_tag).await).await.unwrap();
+    assert_eq!(outcomes, vec![IngestOutcome::Rejected { report_key: format!("rejected/{key}.json") }]);
+
+    let report = h.adapters.objects.fetch(&env("BUCKET"), &format!("rejected/{key}.json"), u64::MAX).await.unwrap().unwrap();
+    let report = json_of(&report.body);
+    assert_eq!(report["error"]["code"], "invalid_csv");
+    let details = report["error"]["details"].as_array().unwrap();
+    assert!(details.len() >= 3, "every problem is reported: {details:?}");
+    assert!(details.iter().all(|d| d["line"] == 2));
+
+    // Nothing else: no job queued, no object but the drop and its report.
+    assert_eq!(queued(&h).await, 0);
+    let listed = h.clients.s3.list_objects_v2().bucket(env("BUCKET")).send().await.unwrap();
+    let mine: Vec<String> = listed
+        .contents
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|o| o.key)
+        .filter(|k| k.contains(&name.to_string()))
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+}

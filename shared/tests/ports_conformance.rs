@@ -1,0 +1,350 @@
+//! One conformance suite for the ports, run with the same assertions
+//! against the embedded adapters (SQLite, the filesystem) and, with the
+//! `aws` feature and `MOTO_ENDPOINT` set, the AWS adapters on a moto server.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures_util::future::join_all;
+use imgproc::domain::csv_input::ParsedProduct;
+use imgproc::domain::{
+    Compressed, ErrorCode, ImageError, ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest, Progress,
+    RequestStatus, WebhookState, WebhookStatus,
+};
+use imgproc::ports::{CreateOutcome, JobQueue, JobSource, JobStore, ObjectStore};
+use uuid::Uuid;
+
+/// The adapters under test, plus whatever keeps them alive (a temp dir).
+pub struct Backends {
+    pub store: Arc<dyn JobStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub source: Arc<dyn JobSource>,
+    pub objects: Arc<dyn ObjectStore>,
+    pub _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+fn new_request(images_per_product: &[usize], fingerprint: &str) -> NewRequest {
+    NewRequest {
+        id: Uuid::new_v4(),
+        created_at: Utc::now(),
+        fingerprint: fingerprint.into(),
+        webhook_url: Some("https://hooks.example.com/imgproc".into()),
+        warnings: vec!["unknown column \"Notes\" ignored".into()],
+        products: images_per_product
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| ParsedProduct {
+                line: p as u64 + 2,
+                serial_number: p as u64 * 10 + 1,
+                product_name: format!("SKU-{p}"),
+                urls: (1..=n).map(|i| format!("https://img.example.com/{fingerprint}/{p}/{i}.jpg")).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn succeeded(key: ImageKey) -> ImageOutcome {
+    ImageOutcome::Succeeded(Compressed {
+        output_key: format!("processed/{}/{}/{}.jpg", key.request_id, key.product, key.image),
+        input_bytes: 1000,
+        output_bytes: 400,
+        width: 64,
+        height: 48,
+        original_kept: false,
+    })
+}
+
+fn failed() -> ImageOutcome {
+    ImageOutcome::Failed { error: ImageError::new(ErrorCode::HttpStatus, "the server answered 404"), input_bytes: None }
+}
+
+fn key(id: Uuid, product: u32, image: u32) -> ImageKey {
+    ImageKey { request_id: id, product, image }
+}
+
+pub async fn create_is_all_or_nothing_and_idempotent(b: &Backends) {
+    let new = new_request(&[2, 1, 3], "first");
+    assert_eq!(b.store.create_request(&new).await.unwrap(), CreateOutcome::Created);
+    let stored = b.store.get_request(new.id).await.unwrap().expect("stored");
+    assert_eq!(stored.progress, Progress { total: 6, succeeded: 0, failed: 0 });
+    assert_eq!(stored.product_count, 3);
+    assert_eq!(stored.fingerprint, "first");
+    assert_eq!(stored.warnings, new.warnings);
+    assert_eq!(stored.webhook, Some(WebhookState { url: "https://hooks.example.com/imgproc".into(), status: WebhookStatus::Pending, attempts: 0 }));
+    assert_eq!(stored.status(), RequestStatus::Pending);
+
+    // The same ID again: nothing changes and the first request comes back.
+    match b.store.create_request(&new).await.unwrap() {
+        CreateOutcome::Existing(r) => assert_eq!(r, stored),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    // The same ID with other content: the first request is left intact.
+    let mut other = new_request(&[5, 5], "second");
+    other.id = new.id;
+    match b.store.create_request(&other).await.unwrap() {
+        CreateOutcome::Existing(r) => assert_eq!(r.fingerprint, "first"),
+        o => panic!("expected Existing, got {o:?}"),
+    }
+    let products = b.store.list_products(new.id, None, 100).await.unwrap();
+    assert_eq!(products.iter().map(|p| p.images.len()).collect::<Vec<_>>(), vec![2, 1, 3]);
+    assert!(products[0].images[0].input_url.contains("/first/"));
+    assert_eq!(b.store.get_request(Uuid::new_v4()).await.unwrap(), None);
+}
+
+pub async fn products_page_in_input_order(b: &Backends) {
+    let new = new_request(&[1, 3, 2, 1, 12], "paging");
+    b.store.create_request(&new).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = b.store.list_products(new.id, after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.position);
+        seen.extend(page);
+    }
+    assert_eq!(seen.iter().map(|p| p.position).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    for (p, product) in seen.iter().enumerate() {
+        let source = &new.products[p];
+        assert_eq!(product.serial_number, source.serial_number);
+        assert_eq!(product.product_name, source.product_name);
+        assert_eq!(product.images.iter().map(|i| i.input_url.clone()).collect::<Vec<_>>(), source.urls);
+        assert_eq!(product.images.iter().map(|i| i.index).collect::<Vec<_>>(), (1..=source.urls.len() as u32).collect::<Vec<_>>());
+        assert!(product.images.iter().all(|i| i.status == ImageStatus::Pending && i.output_key.is_none()));
+    }
+    assert!(b.store.list_products(new.id, Some(4), 10).await.unwrap().is_empty());
+    assert!(b.store.list_products(Uuid::new_v4(), None, 10).await.unwrap().is_empty());
+}
+
+pub async fn an_image_finishes_once_under_concurrent_duplicates(b: &Backends) {
+    let new = new_request(&[2, 2], "finish");
+    b.store.create_request(&new).await.unwrap();
+    let id = new.id;
+
+    let k = key(id, 0, 1);
+    let outcome = succeeded(k);
+    let results = join_all((0..8).map(|_| b.store.finish_image(k, &outcome))).await;
+    let applied = results.iter().filter(|r| r.as_ref().unwrap().applied).count();
+    assert_eq!(applied, 1, "exactly one duplicate counts");
+    assert_eq!(b.store.get_request(id).await.unwrap().unwrap().progress, Progress { total: 4, succeeded: 1, failed: 0 });
+    assert_eq!(b.store.image_status(k).await.unwrap(), Some(ImageStatus::Succeeded));
+
+    let k2 = key(id, 1, 2);
+    let failure = failed();
+    let results = join_all((0..8).map(|_| b.store.finish_image(k2, &failure))).await;
+    assert_eq!(results.iter().filter(|r| r.as_ref().unwrap().applied).count(), 1);
+    // A later, different outcome for a finished image changes nothing.
+    let again = b.store.finish_image(k2, &succeeded(k2)).await.unwrap();
+    assert!(!again.applied);
+    assert_eq!(again.progress, Progress { total: 4, succeeded: 1, failed: 1 });
+
+    let products = b.store.list_products(id, None, 10).await.unwrap();
+    let done = &products[0].images[0];
+    assert_eq!((done.status, done.output_key.as_deref()), (ImageStatus::Succeeded, Some(format!("processed/{id}/0/1.jpg").as_str())));
+    assert_eq!((done.input_bytes, done.output_bytes, done.width, done.height, done.original_kept), (Some(1000), Some(400), Some(64), Some(48), false));
+    let bad = &products[1].images[1];
+    assert_eq!(bad.status, ImageStatus::Failed);
+    assert_eq!(bad.error.as_ref().map(|e| e.code), Some(ErrorCode::HttpStatus));
+    assert_eq!(bad.error.as_ref().map(|e| e.message.as_str()), Some("the server answered 404"));
+    assert_eq!(products[0].images[1].status, ImageStatus::Pending);
+
+    assert!(b.store.finish_image(key(id, 5, 1), &failed()).await.is_err(), "no such image");
+    assert_eq!(b.store.image_status(key(id, 5, 1)).await.unwrap(), None);
+}
+
+pub async fn a_request_completes_exactly_once(b: &Backends) {
+    let new = new_request(&[1, 2], "complete");
+    b.store.create_request(&new).await.unwrap();
+    let id = new.id;
+    let mut progress = Progress::default();
+    for (k, outcome) in [(key(id, 0, 1), succeeded(key(id, 0, 1))), (key(id, 1, 1), failed())] {
+        progress = b.store.finish_image(k, &outcome).await.unwrap().progress;
+    }
+    assert!(!b.store.complete_request(id, progress).await.unwrap(), "not every image has finished");
+    progress = b.store.finish_image(key(id, 1, 2), &succeeded(key(id, 1, 2))).await.unwrap().progress;
+    assert_eq!(progress, Progress { total: 3, succeeded: 2, failed: 1 });
+    assert!(!b.store.complete_request(id, Progress { succeeded: 3, failed: 0, ..progress }).await.unwrap(), "stale counters");
+
+    let wins = join_all((0..8).map(|_| b.store.complete_request(id, progress))).await;
+    assert_eq!(wins.iter().filter(|w| *w.as_ref().unwrap()).count(), 1, "exactly one terminal transition");
+    assert!(!b.store.complete_request(id, progress).await.unwrap());
+    let r = b.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(r.terminal, Some(RequestStatus::CompletedWithErrors));
+    assert_eq!(r.status(), RequestStatus::CompletedWithErrors);
+    assert!(r.completed_at.is_some());
+
+    let state = WebhookState { url: "https://hooks.example.com/imgproc".into(), status: WebhookStatus::Delivered, attempts: 2 };
+    b.store.record_webhook(id, &state).await.unwrap();
+    assert_eq!(b.store.get_request(id).await.unwrap().unwrap().webhook, Some(state.clone()));
+    // Recording on a request that does not exist changes nothing.
+    b.store.record_webhook(Uuid::new_v4(), &state).await.unwrap();
+}
+
+fn job(id: Uuid, image: u32) -> ImageJob {
+    ImageJob { request_id: id, product: 0, serial_number: 1, image, input_url: format!("https://img.example.com/{image}.jpg") }
+}
+
+/// Receives until `n` deliveries arrived or `deadline` passed.
+async fn receive_n(source: &dyn JobSource, n: usize, lease: Duration, within: Duration) -> Vec<imgproc::ports::Delivery> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < n && Instant::now() < deadline {
+        let batch = source.receive(10, lease).await.unwrap();
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        got.extend(batch);
+    }
+    got
+}
+
+pub async fn the_queue_delivers_acks_and_retries(b: &Backends) {
+    let id = Uuid::new_v4();
+    let jobs: Vec<ImageJob> = (1..=3).map(|i| job(id, i)).collect();
+    b.queue.send(&jobs).await.unwrap();
+    let lease = Duration::from_secs(60);
+    let got = receive_n(b.source.as_ref(), 3, lease, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(got.iter().map(|d| d.job.image).collect::<BTreeSet<_>>(), BTreeSet::from([1, 2, 3]));
+    assert!(got.iter().all(|d| d.receive_count == 1 && d.job.request_id == id));
+    // Leased: nobody else gets them.
+    assert!(b.source.receive(10, lease).await.unwrap().is_empty());
+
+    // Handed back: delivered again, counted again.
+    let first = got.iter().find(|d| d.job.image == 1).unwrap();
+    b.source.retry_later(&first.receipt, Duration::ZERO).await.unwrap();
+    let again = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].job.clone(), again[0].receive_count), (first.job.clone(), 2));
+
+    // Acked with a short lease: never delivered again, while an un-acked one is.
+    for d in got.iter().filter(|d| d.job.image != 1).chain(again.iter()) {
+        b.source.ack(&d.receipt).await.unwrap();
+    }
+    b.queue.send(&[job(id, 9)]).await.unwrap();
+    let leased = receive_n(b.source.as_ref(), 1, Duration::from_secs(1), Duration::from_secs(15)).await;
+    assert_eq!(leased.iter().map(|d| d.job.image).collect::<Vec<_>>(), vec![9]);
+    let back = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
+    assert_eq!(back.iter().map(|d| (d.job.image, d.receive_count)).collect::<Vec<_>>(), vec![(9, 2)]);
+    b.source.ack(&back[0].receipt).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(b.source.receive(10, lease).await.unwrap().is_empty(), "acked jobs never come back");
+}
+
+pub async fn objects_put_get_and_url(b: &Backends) {
+    let key = format!("processed/{}/1/1.jpg", Uuid::new_v4());
+    let body = Bytes::from_static(b"\xff\xd8\xff\xe0 not really a jpeg");
+    b.objects.put(&key, body.clone(), "image/jpeg").await.unwrap();
+    assert_eq!(b.objects.get(&key).await.unwrap(), Some(body.clone()));
+    let replaced = Bytes::from_static(b"second version");
+    b.objects.put(&key, replaced.clone(), "image/jpeg").await.unwrap();
+    assert_eq!(b.objects.get(&key).await.unwrap(), Some(replaced));
+    assert_eq!(b.objects.get("processed/none/1/1.jpg").await.unwrap(), None);
+    let url = b.objects.url(&key).await.unwrap();
+    let path = url.split('?').next().unwrap_or_default();
+    assert!(path.ends_with(&key), "{url} names {key}");
+}
+
+macro_rules! conformance {
+    ($backends:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn create_is_all_or_nothing_and_idempotent() {
+            if let Some(b) = $backends().await { super::create_is_all_or_nothing_and_idempotent(&b).await }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn products_page_in_input_order() {
+            if let Some(b) = $backends().await { super::products_page_in_input_order(&b).await }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn an_image_finishes_once_under_concurrent_duplicates() {
+            if let Some(b) = $backends().await { super::an_image_finishes_once_under_concurrent_duplicates(&b).await }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_request_completes_exactly_once() {
+            if let Some(b) = $backends().await { super::a_request_completes_exactly_once(&b).await }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn the_queue_delivers_acks_and_retries() {
+            if let Some(b) = $backends().await { super::the_queue_delivers_acks_and_retries(&b).await }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn objects_put_get_and_url() {
+            if let Some(b) = $backends().await { super::objects_put_get_and_url(&b).await }
+        }
+    };
+}
+
+mod embedded {
+    use super::*;
+    use imgproc::local::{FsObjectStore, SqliteStore};
+
+    async fn backends() -> Option<Backends> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("imgproc.sqlite")).unwrap();
+        let objects = FsObjectStore::new(dir.path().join("objects"), "http://127.0.0.1:3000/files/");
+        Some(Backends {
+            store: Arc::new(store.clone()),
+            queue: Arc::new(store.clone()),
+            source: Arc::new(store),
+            objects: Arc::new(objects),
+            _keep: Box::new(dir),
+        })
+    }
+
+    conformance!(backends);
+}
+
+#[cfg(feature = "aws")]
+mod aws {
+    use super::*;
+    use imgproc::aws::{Clients, DynamoStore, S3Objects, SqsQueue};
+
+    /// The AWS adapters on moto, each test on its own queue; `None` (and a
+    /// note on stderr) when no moto server was given.
+    async fn backends() -> Option<Backends> {
+        let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") else {
+            eprintln!("skipped: MOTO_ENDPOINT is not set (run scripts/test-aws.sh to test the AWS adapters on moto)");
+            return None;
+        };
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with MOTO_ENDPOINT={endpoint} (eval \"$(infra/moto-up.sh)\")"));
+        let clients = Clients::from_env().await;
+        let queue_url = clients
+            .sqs
+            .create_queue()
+            .queue_name(format!("conformance-{}", Uuid::new_v4()))
+            .send()
+            .await
+            .expect("create a test queue on moto")
+            .queue_url
+            .expect("queue URL");
+        let queue = SqsQueue::new(clients.sqs.clone(), queue_url);
+        let store = DynamoStore::new(clients.dynamodb.clone(), var("TABLE_NAME"));
+        Some(Backends {
+            store: Arc::new(store),
+            queue: Arc::new(queue.clone()),
+            source: Arc::new(queue),
+            objects: Arc::new(S3Objects::new(clients.s3.clone(), var("BUCKET"), None)),
+            _keep: Box::new(()),
+        })
+    }
+
+    conformance!(backends);
+
+    #[tokio::test]
+    async fn presigned_urls_fetch_the_object_and_a_base_url_wins() {
+        let Some(b) = backends().await else { return };
+        let key = format!("results/{}.csv", Uuid::new_v4());
+        b.objects.put(&key, Bytes::from_static(b"a,b\n"), "text/csv").await.unwrap();
+        let url = b.objects.url(&key).await.unwrap();
+        assert!(url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=604800"), "{url}");
+        let got = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&got[..], b"a,b\n");
+
+        let clients = Clients::from_env().await;
+        let with_base = S3Objects::new(clients.s3, std::env::var("BUCKET").unwrap(), Some("https://cdn.example.com/".into()));
+        assert_eq!(with_base.url(&key).await.unwrap(), format!("https://cdn.example.com/{key}"));
+    }
+}
