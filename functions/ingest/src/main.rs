@@ -6,7 +6,7 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).without_time().init();
+    imgproc::aws::init_tracing();
     let (app, adapters) = app_from_env().await?;
     let (app, objects) = (&app, &adapters.objects);
     run(service_fn(move |event: LambdaEvent<S3Event>| async move {

@@ -4,7 +4,7 @@ use imgproc::api;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).without_time().init();
+    imgproc::aws::init_tracing();
     // Built once per cold start, reused by every warm invocation.
     let (app, _) = imgproc::aws::app_from_env().await?;
     lambda_http::run(api::router(app)).await

@@ -100,6 +100,14 @@ impl Adapters {
 
 /// Everything a function needs, from the environment: configuration,
 /// clients, adapters and the `App` the services run on.
+/// JSON log lines for CloudWatch, filtered by `RUST_LOG` (`info` when unset).
+/// Lambda stamps every line with its own time, so none is added here.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().json().with_env_filter(filter).without_time().init();
+}
+
 pub async fn app_from_env() -> Result<(Arc<App>, Adapters), SetupError> {
     let config = Config::from_env()?;
     let clients = Clients::from_env().await;
