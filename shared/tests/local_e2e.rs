@@ -191,11 +191,7 @@ async fn the_webhook_is_retried_with_the_same_delivery_id_and_signature() {
     let srv = ImageServer::start().await;
     let hook = WebhookReceiver::start(2).await;
     let svc = Service::start(&[]).await;
-    let id = svc.submit_to(&format!("/v1/requests?webhook_url={}", hook.url()), &csv_of(&[(1, "A", vec![srv.photo("coffee.jpg")])])).await
-        ["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = svc.submit_with_webhook(&hook.url(), &csv_of(&[(1, "A", vec![srv.photo("coffee.jpg")])])).await;
     let status = svc.wait_done(&id).await;
     assert_eq!(status["webhook"]["status"], "delivered");
     assert_eq!(status["webhook"]["attempts"], 3);
@@ -214,11 +210,7 @@ async fn a_webhook_that_never_succeeds_is_failed_after_its_attempts() {
     let srv = ImageServer::start().await;
     let hook = WebhookReceiver::start(u32::MAX).await;
     let svc = Service::start(&[("WEBHOOK_MAX_ATTEMPTS", "3")]).await;
-    let id = svc.submit_to(&format!("/v1/requests?webhook_url={}", hook.url()), &csv_of(&[(1, "A", vec![srv.photo("coffee.jpg")])])).await
-        ["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = svc.submit_with_webhook(&hook.url(), &csv_of(&[(1, "A", vec![srv.photo("coffee.jpg")])])).await;
     let status = svc.wait_done(&id).await;
     assert_eq!(status["webhook"]["status"], "failed");
     assert_eq!(status["webhook"]["attempts"], 3);

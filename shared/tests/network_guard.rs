@@ -62,10 +62,8 @@ async fn private_targets_are_refused_without_connecting() {
     ];
     let rows: Vec<(u64, &str, Vec<String>)> = spellings.iter().enumerate().map(|(i, u)| (i as u64 + 1, "P", vec![u.clone()])).collect();
     let webhook_by_name = format!("http://hooks.example.com:{}/hook", hook.addr.port());
-    let accepted = svc
-        .submit_to(&format!("/v1/requests?webhook_url={}", url::form_urlencoded::byte_serialize(webhook_by_name.as_bytes()).collect::<String>()), &csv_of(&rows))
-        .await;
-    let status = svc.wait_done(accepted["request_id"].as_str().unwrap()).await;
+    let id = svc.submit_with_webhook(&webhook_by_name, &csv_of(&rows)).await;
+    let status = svc.wait_done(&id).await;
     assert_eq!(status["status"], "failed");
     for (i, product) in status["products"].as_array().unwrap().iter().enumerate() {
         let image = &product["images"][0];

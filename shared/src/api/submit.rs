@@ -106,7 +106,8 @@ pub(super) async fn submit(
     )
     .await?;
     let view = views::SubmitView::from(accepted);
-    let location = HeaderValue::from_str(&view.status_url).map_err(|_| ApiError::NotFound)?;
+    // A path of ASCII and a UUID: always a valid header value.
+    let location = HeaderValue::try_from(view.status_url.as_str()).unwrap_or(HeaderValue::from_static("/v1/requests"));
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)).into_response())
 }
 

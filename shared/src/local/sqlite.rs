@@ -471,11 +471,13 @@ impl JobStore for SqliteStore {
                         Ok(Progress { total: r.get(0)?, succeeded: r.get(1)?, failed: r.get(2)? })
                     })
                     .optional()?;
-                let exists: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM images WHERE request_id = ?1 AND position = ?2 AND idx = ?3)",
-                    params![id, key.product, key.image],
-                    |r| r.get(0),
-                )?;
+                // A changed row proves the image exists; only a no-op needs the look-up.
+                let exists: bool = changed == 1
+                    || tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM images WHERE request_id = ?1 AND position = ?2 AND idx = ?3)",
+                        params![id, key.product, key.image],
+                        |r| r.get(0),
+                    )?;
                 tx.commit()?;
                 Ok(progress.filter(|_| exists).map(|progress| Finished { applied: changed == 1, progress }))
             })

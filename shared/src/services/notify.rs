@@ -9,7 +9,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::App;
-use crate::domain::{RequestRecord, WebhookState, WebhookStatus, results_key};
+use crate::domain::{RequestRecord, WebhookStatus, results_key};
 use crate::net::PostOutcome;
 use crate::ports::PortError;
 
@@ -91,7 +91,7 @@ pub async fn notify(app: &App, request_id: Uuid) -> Result<(), PortError> {
                 tracing::warn!(%request_id, webhook_host = %host, attempt = state.attempts, error = %why, "webhook delivery failed")
             }
         }
-        app.store.record_webhook(request_id, &WebhookState { ..state.clone() }).await?;
+        app.store.record_webhook(request_id, &state).await?;
         if state.status != WebhookStatus::Pending {
             break;
         }

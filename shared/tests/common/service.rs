@@ -67,6 +67,12 @@ impl Service {
         self.submit_to("/v1/requests", csv).await
     }
 
+    /// Submits with `webhook_url` as a query parameter; returns the request ID.
+    pub async fn submit_with_webhook(&self, webhook_url: &str, csv: &str) -> String {
+        let uri = format!("/v1/requests?webhook_url={}", url::form_urlencoded::byte_serialize(webhook_url.as_bytes()).collect::<String>());
+        self.submit_to(&uri, csv).await["request_id"].as_str().expect("a request ID").to_owned()
+    }
+
     pub async fn submit_to(&self, uri: &str, csv: &str) -> Value {
         let req = Request::post(uri).header(header::CONTENT_TYPE, "text/csv").body(Body::from(csv.to_owned())).unwrap();
         let (status, body) = self.json(req).await;
