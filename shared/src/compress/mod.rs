@@ -33,6 +33,16 @@ pub struct Compressed {
     pub height: u32,
     /// The input was stored as it was: re-encoding would not have made it smaller.
     pub original_kept: bool,
+    pub timings: StageTimings,
+}
+
+/// Where one image's CPU time went, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageTimings {
+    /// Reading the input: header, entropy decoding, pixels, orientation.
+    pub decode: std::time::Duration,
+    /// Writing the JPEG.
+    pub encode: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +82,7 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         return Err(CompressError::Decode("the JPEG data is truncated (no end-of-image marker after the last scan)".into()));
     }
 
+    let started = std::time::Instant::now();
     let (mut image, orientation, icc) = if format == ImageFormat::Jpeg {
         let decoded = jpeg::decode(input, settings.max_pixels)?;
         (decoded.image, decoded.orientation, decoded.icc)
@@ -86,6 +97,7 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         return Err(CompressError::TooManyPixels { width: w, height: h, pixels, limit: settings.max_pixels });
     }
     let (data, color) = flatten(image);
+    let decoded = std::time::Instant::now();
     let mut out = Vec::with_capacity(input.len() / 2 + 4096);
     let mut encoder = Encoder::new(&mut out, settings.quality);
     encoder.set_sampling_factor(SamplingFactor::R_4_2_0);
@@ -98,10 +110,11 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         .encode(&data, w as u16, h as u16, color)
         .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
 
+    let timings = StageTimings { decode: decoded - started, encode: decoded.elapsed() };
     if format == ImageFormat::Jpeg && orientation == Orientation::NoTransforms && out.len() >= input.len() {
-        return Ok(Compressed { bytes: input.to_vec(), width: w, height: h, original_kept: true });
+        return Ok(Compressed { bytes: input.to_vec(), width: w, height: h, original_kept: true, timings });
     }
-    Ok(Compressed { bytes: out, width: w, height: h, original_kept: false })
+    Ok(Compressed { bytes: out, width: w, height: h, original_kept: false, timings })
 }
 
 /// PNG, GIF (first frame) and WebP through the `image` crate, with the
