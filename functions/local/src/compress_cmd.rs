@@ -1,12 +1,20 @@
+//! `imgproc-local compress`: the engine on local files, with figures.
+//!
+//! Inputs are read into memory first, so the time measured is the
+//! engine's alone (decode, orientation, encode), like a benchmark of any
+//! other library given bytes in memory.
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use imgproc::compress::{Settings, available_cores, compress};
+use imgproc::compress::{Compressed, Settings, available_cores, compress};
+use serde_json::json;
 
 #[derive(Args)]
 pub struct CompressArgs {
@@ -25,78 +33,143 @@ pub struct CompressArgs {
     /// Largest image accepted, in pixels.
     #[arg(long, default_value_t = 100_000_000)]
     max_pixels: u64,
+    /// Compress everything this many times and report the fastest pass.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    passes: u32,
+    /// Print one JSON object with the figures instead of a line per file.
+    #[arg(long)]
+    json: bool,
 }
 
-struct Row {
-    file: PathBuf,
-    input: u64,
-    result: Result<(u64, u32, u32, bool), String>,
+struct Outcome {
+    index: usize,
+    elapsed: Duration,
+    result: Result<Compressed, String>,
 }
 
 pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let settings = Settings { quality: args.quality, max_pixels: args.max_pixels };
     let threads = args.threads.unwrap_or_else(available_cores).max(1);
+    let inputs = args
+        .files
+        .iter()
+        .map(|f| std::fs::read(f).with_context(|| format!("cannot read {}", f.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Largest first, so that two workers do not wait on one big image at the end.
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].len()));
+
+    let mut best: Option<(Duration, Vec<Outcome>)> = None;
+    let mut per_image_ms = vec![f64::INFINITY; inputs.len()];
+    for _ in 0..args.passes {
+        let (elapsed, outcomes) = one_pass(&inputs, &order, &settings, threads);
+        for o in &outcomes {
+            per_image_ms[o.index] = per_image_ms[o.index].min(o.elapsed.as_secs_f64() * 1e3);
+        }
+        if best.as_ref().is_none_or(|(b, _)| elapsed < *b) {
+            best = Some((elapsed, outcomes));
+        }
+    }
+    let Some((elapsed, mut outcomes)) = best else { anyhow::bail!("no pass ran") };
+    outcomes.sort_by_key(|o| o.index);
+
+    let (mut bytes_in, mut bytes_out, mut failed) = (0u64, 0u64, 0usize);
+    let mut lines = Vec::new();
+    for o in &outcomes {
+        let file = &args.files[o.index];
+        match &o.result {
+            Ok(c) => {
+                write_output(file, &args.out, &c.bytes)?;
+                bytes_in += inputs[o.index].len() as u64;
+                bytes_out += c.bytes.len() as u64;
+                lines.push(format!(
+                    "{}\t{}x{}\t{} -> {} bytes\t{:.1} ms{}",
+                    file.display(),
+                    c.width,
+                    c.height,
+                    inputs[o.index].len(),
+                    c.bytes.len(),
+                    per_image_ms[o.index],
+                    if c.original_kept { "\t(original kept)" } else { "" }
+                ));
+            }
+            Err(e) => {
+                failed += 1;
+                lines.push(format!("{}\tFAILED\t{e}", file.display()));
+            }
+        }
+    }
+    let ok = outcomes.len() - failed;
+    let seconds = elapsed.as_secs_f64();
+    if args.json {
+        let per_image: BTreeMap<String, f64> = outcomes
+            .iter()
+            .map(|o| (file_name(&args.files[o.index]), (per_image_ms[o.index] * 100.0).round() / 100.0))
+            .collect();
+        let figures = json!({
+            "engine": format!("imgproc {}", env!("CARGO_PKG_VERSION")),
+            "threads": threads,
+            "images": ok,
+            "failed": failed,
+            "seconds": seconds,
+            "images_per_s": ok as f64 / seconds.max(1e-9),
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "peak_rss_mb": peak_rss_mb(),
+            "per_image_ms": per_image,
+        });
+        println!("{figures}");
+    } else {
+        for line in lines {
+            println!("{line}");
+        }
+        println!(
+            "{ok} compressed, {failed} failed, {threads} thread(s), {seconds:.3} s, {:.2} images/s, {bytes_in} -> {bytes_out} bytes ({:.1}% smaller)",
+            ok as f64 / seconds.max(1e-9),
+            if bytes_in > 0 { 100.0 * (1.0 - bytes_out as f64 / bytes_in as f64) } else { 0.0 }
+        );
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(4) })
+}
+
+/// Every input once, on `threads` workers taking the next image in `order`.
+fn one_pass(inputs: &[Vec<u8>], order: &[usize], settings: &Settings, threads: usize) -> (Duration, Vec<Outcome>) {
     let next = AtomicUsize::new(0);
-    let rows = Mutex::new(Vec::with_capacity(args.files.len()));
+    let outcomes = Mutex::new(Vec::with_capacity(inputs.len()));
     let started = Instant::now();
     std::thread::scope(|scope| {
-        for _ in 0..threads.min(args.files.len()) {
+        for _ in 0..threads.min(inputs.len()) {
             scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(file) = args.files.get(i) else { break };
-                    let row = compress_one(file, &args.out, &settings);
-                    rows.lock().unwrap_or_else(|p| p.into_inner()).push((i, row));
+                while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let t0 = Instant::now();
+                    let result = compress(&inputs[index], settings).map_err(|e| e.to_string());
+                    let outcome = Outcome { index, elapsed: t0.elapsed(), result };
+                    outcomes.lock().unwrap_or_else(|p| p.into_inner()).push(outcome);
                 }
             });
         }
     });
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut rows = rows.into_inner().unwrap_or_else(|p| p.into_inner());
-    rows.sort_by_key(|(i, _)| *i);
-
-    let (mut bytes_in, mut bytes_out, mut failed) = (0u64, 0u64, 0usize);
-    for (_, row) in &rows {
-        match &row.result {
-            Ok((out, w, h, kept)) => {
-                bytes_in += row.input;
-                bytes_out += out;
-                println!(
-                    "{}\t{}x{}\t{} -> {} bytes{}",
-                    row.file.display(),
-                    w,
-                    h,
-                    row.input,
-                    out,
-                    if *kept { "\t(original kept)" } else { "" }
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                println!("{}\tFAILED\t{e}", row.file.display());
-            }
-        }
-    }
-    let ok = rows.len() - failed;
-    println!(
-        "{ok} compressed, {failed} failed, {threads} thread(s), {elapsed:.3} s, {:.2} images/s, {bytes_in} -> {bytes_out} bytes ({:.1}% smaller)",
-        ok as f64 / elapsed.max(1e-9),
-        if bytes_in > 0 { 100.0 * (1.0 - bytes_out as f64 / bytes_in as f64) } else { 0.0 }
-    );
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(4) })
+    (started.elapsed(), outcomes.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
-fn compress_one(file: &Path, out_dir: &Path, settings: &Settings) -> Row {
-    let input = match std::fs::read(file) {
-        Ok(b) => b,
-        Err(e) => return Row { file: file.to_path_buf(), input: 0, result: Err(e.to_string()) },
-    };
-    let result = compress(&input, settings).map_err(|e| e.to_string()).and_then(|c| {
-        let stem = file.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-        let target = out_dir.join(format!("{stem}.jpg"));
-        std::fs::write(&target, &c.bytes).map_err(|e| format!("{}: {e}", target.display()))?;
-        Ok((c.bytes.len() as u64, c.width, c.height, c.original_kept))
-    });
-    Row { file: file.to_path_buf(), input: input.len() as u64, result }
+fn file_name(file: &Path) -> String {
+    file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn write_output(file: &Path, out_dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let stem = file.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    let target = out_dir.join(format!("{stem}.jpg"));
+    std::fs::write(&target, bytes).with_context(|| format!("cannot write {}", target.display()))
+}
+
+/// The process's peak resident set (Linux `VmHWM`), in MB; 0 where unknown.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

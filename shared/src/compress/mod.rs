@@ -5,7 +5,9 @@
 //! the colour profile, JPEG at the configured quality, and never a larger
 //! file than a JPEG input that needed no rotation.
 
+mod chroma;
 mod jpeg;
+mod libjpeg;
 mod sniff;
 
 use std::io::Cursor;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
-use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+use std::time::Instant;
 
 pub use sniff::{Sniffed, sniff};
 
@@ -78,43 +80,50 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         Sniffed::Unsupported(name) => return Err(CompressError::Unsupported(name)),
         Sniffed::NotAnImage => return Err(CompressError::NotAnImage),
     };
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(input) {
-        return Err(CompressError::Decode("the JPEG data is truncated (no end-of-image marker after the last scan)".into()));
-    }
-
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (mut image, orientation, icc) = if format == ImageFormat::Jpeg {
-        let decoded = jpeg::decode(input, settings.max_pixels)?;
-        (decoded.image, decoded.orientation, decoded.icc)
+        if !jpeg_is_complete(input) {
+            return Err(CompressError::Decode("the JPEG data is truncated (no end-of-image marker after the last scan)".into()));
+        }
+        match jpeg::read(input, settings)? {
+            jpeg::Read::Transcoded { bytes, width, height, rotated, reading } => {
+                let timings = StageTimings { decode: reading, encode: started.elapsed().saturating_sub(reading) };
+                return Ok(keep_smaller(input, Compressed { bytes, width, height, original_kept: false, timings }, rotated));
+            }
+            jpeg::Read::Pixels { image, orientation, icc } => (image, orientation, icc),
+        }
     } else {
         decode_other(input, format, settings.max_pixels)?
     };
     image.apply_orientation(orientation);
 
-    let (w, h) = (image.width(), image.height());
-    if w > u32::from(u16::MAX) || h > u32::from(u16::MAX) {
-        let pixels = u64::from(w) * u64::from(h);
-        return Err(CompressError::TooManyPixels { width: w, height: h, pixels, limit: settings.max_pixels });
+    let (width, height) = (image.width(), image.height());
+    if width > JPEG_MAX_DIMENSION || height > JPEG_MAX_DIMENSION {
+        let pixels = u64::from(width) * u64::from(height);
+        return Err(CompressError::TooManyPixels { width, height, pixels, limit: settings.max_pixels });
     }
-    let (data, color) = flatten(image);
-    let decoded = std::time::Instant::now();
-    let mut out = Vec::with_capacity(input.len() / 2 + 4096);
-    let mut encoder = Encoder::new(&mut out, settings.quality);
-    encoder.set_sampling_factor(SamplingFactor::R_4_2_0);
-    encoder.set_optimized_huffman_tables(true);
-    if let Some(icc) = icc.as_deref() {
-        // A profile too large for JPEG markers is dropped rather than failing the image.
-        let _ = encoder.add_icc_profile(icc);
-    }
-    encoder
-        .encode(&data, w as u16, h as u16, color)
+    let (data, channels) = flatten(image);
+    let decoded = Instant::now();
+    let bytes = libjpeg::encode(&data, width, height, channels, settings.quality, icc.as_deref())
         .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
-
     let timings = StageTimings { decode: decoded - started, encode: decoded.elapsed() };
-    if format == ImageFormat::Jpeg && orientation == Orientation::NoTransforms && out.len() >= input.len() {
-        return Ok(Compressed { bytes: input.to_vec(), width: w, height: h, original_kept: true, timings });
+    let out = Compressed { bytes, width, height, original_kept: false, timings };
+    if format == ImageFormat::Jpeg {
+        return Ok(keep_smaller(input, out, orientation != Orientation::NoTransforms));
     }
-    Ok(Compressed { bytes: out, width: w, height: h, original_kept: false, timings })
+    Ok(out)
+}
+
+/// The largest side libjpeg writes.
+const JPEG_MAX_DIMENSION: u32 = 65_500;
+
+/// A JPEG input that needed no turning is stored as it was when
+/// re-compressing would not make it smaller.
+fn keep_smaller(input: &[u8], out: Compressed, turned: bool) -> Compressed {
+    if !turned && out.bytes.len() >= input.len() {
+        return Compressed { bytes: input.to_vec(), original_kept: true, ..out };
+    }
+    out
 }
 
 /// PNG, GIF (first frame) and WebP through the `image` crate, with the
@@ -162,18 +171,19 @@ fn jpeg_is_complete(data: &[u8]) -> bool {
     }
 }
 
-/// 8-bit samples ready for the encoder: grey stays grey, alpha is composited
-/// onto white, deeper samples are reduced to 8 bits.
-fn flatten(image: DynamicImage) -> (Vec<u8>, ColorType) {
+/// 8-bit samples ready for the encoder, with their count per pixel: grey
+/// stays grey, alpha is composited onto white, deeper samples are reduced
+/// to 8 bits.
+fn flatten(image: DynamicImage) -> (Vec<u8>, u8) {
     match image {
-        DynamicImage::ImageLuma8(img) => (img.into_raw(), ColorType::Luma),
-        DynamicImage::ImageRgb8(img) => (img.into_raw(), ColorType::Rgb),
-        DynamicImage::ImageLuma16(_) => (image.to_luma8().into_raw(), ColorType::Luma),
-        img if !img.color().has_alpha() => (img.to_rgb8().into_raw(), ColorType::Rgb),
+        DynamicImage::ImageLuma8(img) => (img.into_raw(), 1),
+        DynamicImage::ImageRgb8(img) => (img.into_raw(), 3),
+        DynamicImage::ImageLuma16(_) => (image.to_luma8().into_raw(), 1),
+        img if !img.color().has_alpha() => (img.to_rgb8().into_raw(), 3),
         DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLumaA16(_) => {
             let la = image.to_luma_alpha8();
             let data = la.pixels().map(|p| over_white(p.0[0], p.0[1])).collect();
-            (data, ColorType::Luma)
+            (data, 1)
         }
         img => {
             let rgba = img.into_rgba8();
@@ -182,7 +192,7 @@ fn flatten(image: DynamicImage) -> (Vec<u8>, ColorType) {
                 let [r, g, b, a] = p.0;
                 data.extend_from_slice(&[over_white(r, a), over_white(g, a), over_white(b, a)]);
             }
-            (data, ColorType::Rgb)
+            (data, 3)
         }
     }
 }

@@ -1,5 +1,6 @@
 use super::*;
 use image::{GenericImageView, Rgba, RgbaImage};
+use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
 const SETTINGS: Settings = Settings { quality: 50, max_pixels: 100_000_000 };
 
@@ -8,13 +9,35 @@ fn photo(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Decodes with the engine's own decoders (the `image` crate's JPEG
-/// decoder mis-decodes some valid baseline files).
+/// Decodes with a decoder independent of the engine: `jpeg-decoder` for
+/// JPEG (the `image` crate's JPEG decoder mis-decodes some valid baseline
+/// files), the `image` crate for the rest.
 fn decode(bytes: &[u8]) -> DynamicImage {
     match sniff(bytes) {
-        Sniffed::Jpeg => jpeg::decode(bytes, u64::MAX).expect("JPEG decodes").image,
+        Sniffed::Jpeg => {
+            let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+            let data = decoder.decode().expect("JPEG decodes");
+            let info = decoder.info().expect("JPEG header");
+            let (w, h) = (u32::from(info.width), u32::from(info.height));
+            match info.pixel_format {
+                jpeg_decoder::PixelFormat::L8 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, data).unwrap()),
+                jpeg_decoder::PixelFormat::RGB24 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, data).unwrap()),
+                other => panic!("test inputs are grey or RGB, not {other:?}"),
+            }
+        }
         _ => image::load_from_memory(bytes).expect("image decodes"),
     }
+}
+
+/// Encodes with `jpeg-encoder`, which writes baseline 4:2:0 with one scan
+/// per component when its Huffman tables are optimised.
+fn encode_separate_scans(rgb: &image::RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = Encoder::new(&mut out, quality);
+    enc.set_sampling_factor(SamplingFactor::R_4_2_0);
+    enc.set_optimized_huffman_tables(true);
+    enc.encode(rgb.as_raw(), rgb.width() as u16, rgb.height() as u16, ColorType::Rgb).unwrap();
+    out
 }
 
 fn crc32(data: &[u8]) -> u32 {
@@ -134,17 +157,15 @@ fn a_jpeg_that_would_grow_is_kept_as_it_was() {
 }
 
 #[test]
-fn our_own_output_decodes_correctly() {
-    // Baseline 4:2:0 JPEGs with components in separate scans (what optimised
-    // Huffman tables produce here) must decode to the right pixels.
-    let input = photo("chelsea-cat.png");
-    let original = decode(&input);
-    let first = compress(&input, &Settings { quality: 95, ..SETTINGS }).unwrap();
-    let scans = first.bytes.windows(2).filter(|w| w == &[0xFF, 0xDA]).count();
-    assert!(scans >= 3, "the first pass writes one scan per component ({scans} found)");
-    let second = compress(&first.bytes, &Settings { quality: 95, ..SETTINGS }).unwrap();
-    let quality = psnr(&original, &decode(&second.bytes));
-    assert!(quality > 30.0, "PSNR {quality:.1} dB after a second pass");
+fn baseline_420_with_components_in_separate_scans_is_read_correctly() {
+    // The layout one popular Rust decoder gets wrong.
+    let original = decode(&photo("chelsea-cat.png"));
+    let input = encode_separate_scans(&original.to_rgb8(), 95);
+    let scans = input.windows(2).filter(|w| w == &[0xFF, 0xDA]).count();
+    assert!(scans >= 3, "one scan per component ({scans} found)");
+    let out = compress(&input, &Settings { quality: 95, ..SETTINGS }).unwrap();
+    let quality = psnr(&original, &decode(&out.bytes));
+    assert!(quality > 30.0, "PSNR {quality:.1} dB");
 }
 
 #[test]
@@ -187,4 +208,112 @@ async fn the_engine_runs_off_the_runtime() {
     let engine = Engine::new(SETTINGS, 2);
     let out = engine.compress(bytes::Bytes::from(photo("coffee.jpg"))).await.unwrap();
     assert_eq!((out.width, out.height), (600, 400));
+}
+
+/// libjpeg-turbo's `djpeg` (Debian: libjpeg-turbo-progs), the reference
+/// decoder. Panics on any warning, so a file it only half understands fails.
+fn djpeg(jpeg: &[u8]) -> DynamicImage {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("djpeg")
+        .arg("-pnm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("djpeg runs (install libjpeg-turbo-progs; .ci/run does)");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = jpeg.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "djpeg: {}", String::from_utf8_lossy(&out.stderr));
+    parse_pnm(&out.stdout)
+}
+
+/// Binary PGM (P5) or PPM (P6) with 8-bit samples, as djpeg writes them.
+fn parse_pnm(data: &[u8]) -> DynamicImage {
+    let mut fields = Vec::new();
+    let mut pos = 0;
+    while fields.len() < 4 {
+        while data[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        let start = pos;
+        while !data[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        fields.push(std::str::from_utf8(&data[start..pos]).unwrap().to_string());
+    }
+    let pixels = data[pos + 1..].to_vec();
+    let (w, h): (u32, u32) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+    assert_eq!(fields[3], "255");
+    match fields[0].as_str() {
+        "P5" => DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, pixels).unwrap()),
+        "P6" => DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pixels).unwrap()),
+        other => panic!("unexpected PNM type {other}"),
+    }
+}
+
+/// Every layout the engine handles differently: DCT-domain (4:2:0, grey,
+/// rotated on whole blocks or not, progressive, separate scans) and pixels
+/// (4:4:4, 4:2:2, non-JPEG).
+fn jpeg_inputs() -> Vec<(String, Vec<u8>)> {
+    let chelsea = decode(&photo("chelsea-cat.png")).to_rgb8();
+    let encode = |color: ColorType, data: &[u8], sampling: SamplingFactor, quality: u8| {
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(&mut out, quality);
+        enc.set_sampling_factor(sampling);
+        enc.encode(data, chelsea.width() as u16, chelsea.height() as u16, color).unwrap();
+        out
+    };
+    let grey = DynamicImage::ImageRgb8(chelsea.clone()).to_luma8();
+    vec![
+        ("coffee.jpg".into(), photo("coffee.jpg")),
+        ("mountain-meadow-progressive.jpg".into(), photo("mountain-meadow-progressive.jpg")),
+        ("astronaut-portrait-exif6.jpg".into(), photo("astronaut-portrait-exif6.jpg")),
+        ("separate scans 4:2:0".into(), encode_separate_scans(&chelsea, 90)),
+        ("4:4:4".into(), encode(ColorType::Rgb, chelsea.as_raw(), SamplingFactor::R_4_4_4, 90)),
+        ("4:2:2".into(), encode(ColorType::Rgb, chelsea.as_raw(), SamplingFactor::R_4_2_2, 90)),
+        ("greyscale".into(), encode(ColorType::Luma, grey.as_raw(), SamplingFactor::R_4_4_4, 90)),
+        ("already below quality 50".into(), encode(ColorType::Rgb, chelsea.as_raw(), SamplingFactor::R_4_2_0, 30)),
+    ]
+}
+
+/// The stated bound: at quality 50, the output decoded by libjpeg-turbo is
+/// within 30 dB PSNR of libjpeg-turbo's decode of the input, made upright.
+const MIN_PSNR_VS_REFERENCE: f64 = 30.0;
+
+#[test]
+fn outputs_decode_with_libjpeg_turbo_and_match_its_decode_of_the_input() {
+    for (name, input) in jpeg_inputs() {
+        let out = compress(&input, &SETTINGS).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut reference = djpeg(&input);
+        if name.contains("exif6") {
+            reference = reference.rotate90();
+        }
+        let result = djpeg(&out.bytes);
+        assert_eq!(result.dimensions(), reference.dimensions(), "{name}");
+        assert_eq!(result.dimensions(), (out.width, out.height), "{name}");
+        let quality = psnr(&reference, &result);
+        assert!(quality >= MIN_PSNR_VS_REFERENCE, "{name}: PSNR {quality:.1} dB");
+        eprintln!("{name}: {} → {} bytes, PSNR {quality:.1} dB", input.len(), out.bytes.len());
+    }
+    for name in ["chelsea-cat.png", "dandelions-vignette.png", "paint-brushes.webp", "rocket-launch.gif"] {
+        let out = compress(&photo(name), &SETTINGS).unwrap();
+        assert_eq!(djpeg(&out.bytes).dimensions(), (out.width, out.height), "{name}");
+    }
+}
+
+#[test]
+fn the_engine_decodes_jpeg_like_libjpeg_turbo() {
+    // What the pixel path starts from must be libjpeg-turbo's pixels (same
+    // IDCT, same upsampling), bit for bit, in every layout.
+    for (name, input) in jpeg_inputs() {
+        let (decompress, _) = libjpeg::Decompress::new(&input, 1 << 28).unwrap();
+        let pixels = decompress.pixels().unwrap();
+        let reference = djpeg(&input);
+        assert_eq!((pixels.width, pixels.height), reference.dimensions(), "{name}");
+        assert_eq!(&pixels.data, reference.as_bytes(), "{name}");
+    }
 }

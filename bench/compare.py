@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""imgproc against Sharp, side by side, in one run.
+
+    python3 bench/compare.py [--rounds 5] [--passes 2] [--copies 3]
+
+1. builds the corpus of real photographs (scripts/build-corpus.sh; cached);
+2. installs Sharp from npm into bench/.work/sharp (once);
+3. builds imgproc-local and imgproc-bench in release mode;
+4. runs, round after round, Sharp (concurrency 1), imgproc with 1 thread
+   and imgproc with 2 threads on the same in-memory inputs, rotating their
+   order every round so that machine noise hits all of them alike; each
+   run is its own process (so its peak RSS is its own) and reports its
+   fastest of --passes passes; the table shows the median over rounds;
+5. runs the whole service, `imgproc-local serve` on the embedded store,
+   fetching the corpus (--copies times) from a loopback server, with 1
+   and 2 workers, and times it from upload to `completed`;
+6. measures DSSIM of both contenders' outputs against the sources and
+   checks that every output decodes with libjpeg-turbo (djpeg);
+7. prints the table for the targets and writes bench/results.json and
+   bench/engine-figures.json (the inputs of scripts/cost_model.py).
+Standard library only.
+"""
+
+import argparse
+import http.server
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work"
+SHARP_VERSION = "0.35.5"
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def target_dir():
+    return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+
+
+def build(skip):
+    if not skip:
+        log("cargo build --release -p imgproc-local -p imgproc-bench")
+        run(["cargo", "build", "--release", "--locked", "-q", "-p", "imgproc-local", "-p", "imgproc-bench"], cwd=ROOT)
+    rel = target_dir() / "release"
+    return rel / "imgproc-local", rel / "imgproc-bench"
+
+
+def corpus(path):
+    if not (path.is_dir() and any(p.suffix in IMAGE_EXT for p in path.iterdir())):
+        log("building the corpus")
+        run([str(ROOT / "scripts" / "build-corpus.sh"), str(path)])
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXT)
+
+
+def sharp_dir():
+    d = WORK / "sharp"
+    if not (d / "node_modules" / "sharp" / "package.json").exists():
+        log(f"npm install sharp@{SHARP_VERSION} into {d}")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "package.json").write_text('{"private": true}\n')
+        run(["npm", "install", "--silent", "--no-audit", "--no-fund", f"sharp@{SHARP_VERSION}"], cwd=d)
+    shutil.copy(ROOT / "bench" / "sharp-bench.mjs", d / "sharp-bench.mjs")
+    return d
+
+
+def sharp_run(sd, corpus_dir, out, passes):
+    res = run(["node", str(sd / "sharp-bench.mjs"), str(corpus_dir), str(out), str(passes)], capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def imgproc_run(binary, files, out, threads, passes):
+    cmd = [str(binary), "compress", "--json", "--threads", str(threads), "--passes", str(passes), "--out", str(out)]
+    res = subprocess.run(cmd + [str(f) for f in files], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"imgproc compress failed ({res.returncode}): {res.stderr}\n{res.stdout[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve_folder(folder):
+    handler = lambda *a, **kw: QuietHandler(*a, directory=str(folder), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def http_json(method, url, body=None, content_type=None, timeout=30):
+    req = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def pipeline_run(binary, files, threads, copies, file_server):
+    """Images/s through `imgproc-local serve`, from upload to `completed`."""
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="imgproc-bench-"))
+    env = dict(os.environ, ALLOW_PRIVATE_NETWORKS="true", RUST_LOG="warn")
+    proc = subprocess.Popen(
+        [str(binary), "serve", "--addr", f"127.0.0.1:{port}", "--data-dir", str(data), "--workers", str(threads)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                http_json("GET", base + "/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"serve did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
+                time.sleep(0.05)
+        files_base = f"http://127.0.0.1:{file_server.server_address[1]}"
+        rows = ["S. No.,Product Name,Input Image Urls"]
+        n = 0
+        for c in range(copies):
+            for f in files:
+                n += 1
+                rows.append(f'{n},"{f.stem} {c}","{files_base}/{f.name}?copy={c}"')
+        body = ("\n".join(rows) + "\n").encode()
+        started = time.monotonic()
+        accepted = http_json("POST", base + "/v1/requests", body, "text/csv")
+        status_url = base + accepted["status_url"] + "?limit=1"
+        deadline = started + 600
+        while True:
+            status = http_json("GET", status_url)
+            if status["status"] not in ("pending", "processing"):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"pipeline run did not finish: {status['progress']}")
+            time.sleep(0.02)
+        seconds = time.monotonic() - started
+        p = status["progress"]
+        if p["failed"]:
+            raise SystemExit(f"pipeline run: {p['failed']} images failed")
+        return {"threads": threads, "images": p["succeeded"], "seconds": seconds, "images_per_s": p["succeeded"] / seconds}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def dssim(tool, corpus_dir, out, background):
+    res = run([str(tool), "dssim", str(corpus_dir), str(out), "--background", background], capture_output=True, text=True)
+    return json.loads(res.stdout)
+
+
+def djpeg_all(folder):
+    if not shutil.which("djpeg"):
+        return None
+    bad = []
+    for f in sorted(folder.glob("*.jpg")):
+        r = subprocess.run(["djpeg", "-pnm", "-outfile", os.devnull, str(f)], capture_output=True)
+        if r.returncode != 0 or r.stderr:
+            bad.append(f.name)
+    return bad
+
+
+def rss_of_20mp(binary, files, out):
+    """Peak RSS compressing the largest photo alone, and its decoded size."""
+    largest = max(files, key=lambda f: f.stat().st_size)
+    one = imgproc_run(binary, [largest], out, 1, 1)
+    idle = imgproc_run(binary, [ROOT / "examples" / "photos" / "coffee.jpg"], out, 1, 1)
+    return largest.name, one["peak_rss_mb"], idle["peak_rss_mb"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--copies", type=int, default=3, help="times the corpus is repeated in the pipeline CSV")
+    ap.add_argument("--corpus", type=Path, default=ROOT / "bench" / "corpus")
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+
+    files = corpus(args.corpus)
+    sd = sharp_dir()
+    imgproc, tool = build(args.skip_build)
+    outs = {k: Path(tempfile.mkdtemp(prefix=f"bench-{k}-")) for k in ("sharp", "imgproc1", "imgproc2", "misc")}
+    contenders = {
+        "sharp": lambda: sharp_run(sd, args.corpus, outs["sharp"], args.passes),
+        "imgproc1": lambda: imgproc_run(imgproc, files, outs["imgproc1"], 1, args.passes),
+        "imgproc2": lambda: imgproc_run(imgproc, files, outs["imgproc2"], 2, args.passes),
+    }
+    results = {k: [] for k in contenders}
+    order = list(contenders)
+    for r in range(args.rounds):
+        for name in order:
+            results[name].append(contenders[name]())
+            log(f"round {r + 1}/{args.rounds} {name}: {results[name][-1]['images_per_s']:.2f} images/s")
+        order = order[1:] + order[:1]
+
+    pipe = {}
+    server = serve_folder(args.corpus)
+    try:
+        for t in (1, 2):
+            runs = [pipeline_run(imgproc, files, t, args.copies, server) for _ in range(max(1, args.rounds // 2))]
+            pipe[t] = statistics.median(x["images_per_s"] for x in runs)
+            log(f"pipeline, {t} worker(s): {pipe[t]:.2f} images/s over {runs[0]['images']} images")
+    finally:
+        server.shutdown()
+
+    q_sharp = dssim(tool, args.corpus, outs["sharp"], "black")
+    q_ours = dssim(tool, args.corpus, outs["imgproc1"], "white")
+    undecodable = djpeg_all(outs["imgproc1"])
+    big_name, big_rss, idle_rss = rss_of_20mp(imgproc, files, outs["misc"])
+
+    med = {k: statistics.median(x["images_per_s"] for x in v) for k, v in results.items()}
+    rss = {k: max(x["peak_rss_mb"] for x in v) for k, v in results.items()}
+    last = {k: v[-1] for k, v in results.items()}
+    bytes_in = last["imgproc1"]["bytes_in"]
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    rows = [
+        ("1. speed, 1 thread (images/s)", f"{med['sharp']:.2f}", f"{med['imgproc1']:.2f}",
+         ratio(med["imgproc1"], med["sharp"]), "≥ 1.5×"),
+        ("2. size (total output bytes)", f"{last['sharp']['bytes_out']:,}", f"{last['imgproc1']['bytes_out']:,}",
+         ratio(last["imgproc1"]["bytes_out"], last["sharp"]["bytes_out"]), "≤ 1.0×"),
+        ("2. quality (mean DSSIM, lower is better)", f"{q_sharp['mean_dssim']:.5f}", f"{q_ours['mean_dssim']:.5f}",
+         ratio(q_ours["mean_dssim"], q_sharp["mean_dssim"]), "≤ 1.0×"),
+        ("3. peak RSS (MB)", f"{rss['sharp']:.0f}", f"{rss['imgproc1']:.0f}", ratio(rss["imgproc1"], rss["sharp"]), "≤ 0.5×"),
+        ("4. scaling, 2 threads vs 1 (images/s)", f"{med['imgproc1']:.2f}", f"{med['imgproc2']:.2f}",
+         ratio(med["imgproc2"], med["imgproc1"]), "≥ 1.8×"),
+        ("5. pipeline vs compress, 1 worker (images/s)", f"{med['imgproc1']:.2f}", f"{pipe[1]:.2f}",
+         ratio(pipe[1], med["imgproc1"]), "≥ 0.9×"),
+        ("5. pipeline vs compress, 2 workers (images/s)", f"{med['imgproc2']:.2f}", f"{pipe[2]:.2f}",
+         ratio(pipe[2], med["imgproc2"]), "≥ 0.9×"),
+    ]
+    print(f"\ncorpus: {len(files)} files, {bytes_in / 1e6:.1f} MB; {args.rounds} rounds × {args.passes} passes, "
+          f"medians; {last['sharp']['engine']} vs {last['imgproc1']['engine']}\n")
+    print("| target | reference | imgproc | ratio | goal |")
+    print("|---|---|---|---|---|")
+    for name, a, b, r, goal in rows:
+        print(f"| {name} | {a} | {b} | {r:.2f}× | {goal} |")
+    print(f"\nLargest photo alone ({big_name}): peak RSS {big_rss:.0f} MB (process baseline {idle_rss:.0f} MB).")
+    if undecodable is None:
+        print("djpeg not found: libjpeg-turbo decode check skipped (apt-get install libjpeg-turbo-progs).")
+    else:
+        print(f"libjpeg-turbo (djpeg) decodes {len(list(outs['imgproc1'].glob('*.jpg'))) - len(undecodable)} of "
+              f"{len(list(outs['imgproc1'].glob('*.jpg')))} outputs cleanly{': failing ' + ', '.join(undecodable) if undecodable else ''}.")
+
+    # Per-image outliers: where imgproc is slowest relative to Sharp.
+    per = []
+    for f in files:
+        s_ms = min(x["per_image_ms"].get(f.name, float("inf")) for x in results["sharp"])
+        i_ms = min(x["per_image_ms"].get(f.name, float("inf")) for x in results["imgproc1"])
+        per.append((i_ms / s_ms, f.name, s_ms, i_ms, q_sharp["per_image"].get(f.stem), q_ours["per_image"].get(f.stem)))
+    per.sort(reverse=True)
+    print("\n| image | Sharp ms | imgproc ms | time ratio | DSSIM Sharp | DSSIM imgproc |")
+    print("|---|---|---|---|---|---|")
+    for r, name, s_ms, i_ms, qs, qi in per:
+        print(f"| {name} | {s_ms:.1f} | {i_ms:.1f} | {r:.2f} | {qs:.5f} | {qi:.5f} |")
+
+    summary = {
+        "measured_at": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} vCPU {platform.machine()}",
+        "corpus_images": len(files),
+        "rows": [{"target": n, "reference": a, "imgproc": b, "ratio": round(r, 3), "goal": g} for n, a, b, r, g in rows],
+        "runs": results,
+        "pipeline_images_per_s": pipe,
+        "dssim": {"sharp": q_sharp, "imgproc": q_ours},
+    }
+    (ROOT / "bench" / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    n_ok = last["imgproc1"]["images"]
+    figures = {
+        "measured_at": summary["measured_at"],
+        "machine": summary["machine"],
+        "corpus_images": len(files),
+        "mean_input_bytes": round(bytes_in / n_ok),
+        "mean_output_bytes": round(last["imgproc1"]["bytes_out"] / n_ok),
+        "mean_megapixels": round(sum(1 for _ in files) and mean_megapixels(files), 2),
+        "images_per_second_1_thread": round(med["imgproc1"], 2),
+        "peak_rss_mb": round(rss["imgproc1"]),
+    }
+    (ROOT / "bench" / "engine-figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+    for d in outs.values():
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def mean_megapixels(files):
+    """From the image headers, without decoding (JPEG SOF, PNG IHDR, WebP VP8/VP8L/VP8X)."""
+    total = 0.0
+    for f in files:
+        w, h = image_size(f.read_bytes())
+        total += w * h / 1e6
+    return total / len(files)
+
+
+def image_size(b):
+    if b[:8] == b"\x89PNG\r\n\x1a\n":
+        return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
+    if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
+        kind = b[12:16]
+        if kind == b"VP8X":
+            return 1 + int.from_bytes(b[24:27], "little"), 1 + int.from_bytes(b[27:30], "little")
+        if kind == b"VP8L":
+            v = int.from_bytes(b[21:25], "little")
+            return (v & 0x3FFF) + 1, ((v >> 14) & 0x3FFF) + 1
+        return int.from_bytes(b[26:28], "little") & 0x3FFF, int.from_bytes(b[28:30], "little") & 0x3FFF
+    if b[:2] == b"\xff\xd8":
+        i = 2
+        while i < len(b) - 9:
+            if b[i] != 0xFF:
+                i += 1
+                continue
+            m = b[i + 1]
+            if m in (0xD8, 0x01) or 0xD0 <= m <= 0xD7 or m == 0xFF:
+                i += 1 if m == 0xFF else 2
+                continue
+            if m in (0xC0, 0xC1, 0xC2):
+                return int.from_bytes(b[i + 7:i + 9], "big"), int.from_bytes(b[i + 5:i + 7], "big")
+            i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
+    if b[:3] == b"GIF":
+        return int.from_bytes(b[6:8], "little"), int.from_bytes(b[8:10], "little")
+    return 0, 0
+
+
+if __name__ == "__main__":
+    main()
