@@ -233,5 +233,28 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The engine's steps one at a time, for the stage benchmarks.
+#[doc(hidden)]
+pub mod stages {
+    use super::{CompressError, libjpeg};
+
+    /// Header only: size, layout, markers.
+    pub fn jpeg_header(input: &[u8]) -> Result<(u32, u32), CompressError> {
+        let (_, header) = libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
+        Ok((header.width, header.height))
+    }
+
+    /// A full decode to pixels (what the pixel path starts from).
+    pub fn jpeg_pixels(input: &[u8]) -> Result<Vec<u8>, CompressError> {
+        let (decompress, _) = libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
+        Ok(decompress.pixels().map_err(CompressError::Decode)?.data)
+    }
+
+    /// Encoding 8-bit RGB pixels, 4:2:0 with optimised Huffman tables.
+    pub fn encode_rgb(rgb: &[u8], width: u32, height: u32, quality: u8) -> Result<Vec<u8>, CompressError> {
+        libjpeg::encode(rgb, width, height, 3, quality, None).map_err(CompressError::Decode)
+    }
+}
+
 #[cfg(test)]
 mod tests;
