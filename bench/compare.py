@@ -126,7 +126,7 @@ def pipeline_run(binary, files, threads, copies, file_server):
     data = Path(tempfile.mkdtemp(prefix="imgproc-bench-"))
     env = dict(os.environ, ALLOW_PRIVATE_NETWORKS="true", RUST_LOG="warn")
     proc = subprocess.Popen(
-        [str(binary), "serve", "--addr", f"127.0.0.1:{port}", "--data-dir", str(data), "--workers", str(threads)],
+        [str(binary), "serve", "--addr", f"127.0.0.1:{port}", "--data-dir", str(data), "--threads", str(threads)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -296,7 +296,7 @@ def main():
         "corpus_images": len(files),
         "mean_input_bytes": round(bytes_in / n_ok),
         "mean_output_bytes": round(last["imgproc1"]["bytes_out"] / n_ok),
-        "mean_megapixels": round(sum(1 for _ in files) and mean_megapixels(files), 2),
+        "mean_megapixels": round(mean_megapixels(files), 2),
         "images_per_second_1_thread": round(med["imgproc1"], 2),
         "peak_rss_mb": round(rss["imgproc1"]),
     }

@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// uses one thread per core).
     #[arg(long, env = "IMGPROC_WORKERS")]
     workers: Option<usize>,
+    /// Threads compressing images (default: one per core).
+    #[arg(long, env = "IMGPROC_THREADS")]
+    threads: Option<usize>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -30,6 +33,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut options = LocalRuntimeOptions::new(&args.data_dir, format!("{}/files/", public.trim_end_matches('/')));
     if let Some(w) = args.workers {
         options.workers = w.max(1);
+    }
+    if let Some(t) = args.threads {
+        options.cpu_threads = t.max(1);
     }
     let runtime = LocalRuntime::start(config, options).await.map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
