@@ -186,6 +186,44 @@ impl Harness {
     }
 }
 
+#[test]
+fn the_emf_checks_refuse_what_cloudwatch_would_not_extract() {
+    let validator = jsonschema::options().build(&emf_schema()).expect("the EMF schema compiles");
+    let good = json!({
+        "_aws": {"Timestamp": 1_764_345_600_000u64, "CloudWatchMetrics": [
+            {"Namespace": NAMESPACE, "Dimensions": [["ErrorCode"], []], "Metrics": [{"Name": "ImagesFailed", "Unit": "Count"}]}]},
+        "ErrorCode": "timeout",
+        "ImagesFailed": 1,
+    });
+    assert_emf(&format!("{good}\n"), &validator);
+    let mut bad = Vec::new();
+    let mut no_timestamp = good.clone();
+    no_timestamp["_aws"].as_object_mut().unwrap().remove("Timestamp");
+    bad.push(no_timestamp);
+    let mut unknown_unit = good.clone();
+    unknown_unit["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"] = json!("Millis");
+    bad.push(unknown_unit);
+    let mut no_dimension_set = good.clone();
+    no_dimension_set["_aws"]["CloudWatchMetrics"][0]["Dimensions"] = json!([]);
+    bad.push(no_dimension_set);
+    let mut dimension_not_a_string = good.clone();
+    dimension_not_a_string["ErrorCode"] = json!(7);
+    bad.push(dimension_not_a_string);
+    let mut metric_missing = good.clone();
+    metric_missing.as_object_mut().unwrap().remove("ImagesFailed");
+    bad.push(metric_missing);
+    let mut metric_not_a_number = good.clone();
+    metric_not_a_number["ImagesFailed"] = json!("1");
+    bad.push(metric_not_a_number);
+    for doc in bad {
+        let line = format!("{doc}\n");
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| assert_emf(&line, &validator))).is_err();
+        assert!(refused, "accepted an invalid EMF document: {doc}");
+    }
+    let two_lines = format!("{good}\n{good}\n");
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| assert_emf(&two_lines, &validator))).is_err(), "two documents in one line");
+}
+
 /// The sum of `metric` over the documents about request `id`.
 fn total(docs: &[Value], id: Uuid, metric: &str) -> f64 {
     docs.iter().filter(|d| d["request_id"] == id.to_string()).filter_map(|d| d[metric].as_f64()).sum()
