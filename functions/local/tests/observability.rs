@@ -74,8 +74,10 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Given five images: four good ones (one behind a 503 the first time,
-    // one with a token in its URL) and one that answers 404.
+    // Given six images: four good ones (one behind a 503 the first time,
+    // one with a token in its URL), one that answers 404, and one on a
+    // port where nothing listens (its URL carries a token too).
+    let closed = free_port();
     let rows = vec![
         (
             7,
@@ -93,7 +95,14 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
                 images.url("/status/404"),
             ],
         ),
-        (9, "Rocket", vec![images.url("/flaky/1/rocket-launch.gif")]),
+        (
+            9,
+            "Rocket",
+            vec![
+                images.url("/flaky/1/rocket-launch.gif"),
+                format!("http://127.0.0.1:{closed}/gone.jpg?sig={IMAGE_TOKEN}"),
+            ],
+        ),
     ];
     let webhook_url = format!("{}?token={HOOK_TOKEN}", hook.url());
     let query = url::form_urlencoded::Serializer::new(String::new())
@@ -163,11 +172,14 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
     };
     let expected = [
         ("imgproc_requests_accepted_total", 1.0),
-        ("imgproc_images_queued_total", 5.0),
+        ("imgproc_images_queued_total", 6.0),
         ("imgproc_images_succeeded_total", 4.0),
         ("imgproc_images_failed_total{code=\"http_status\"}", 1.0),
+        ("imgproc_images_failed_total{code=\"fetch_failed\"}", 1.0),
         ("imgproc_images_failed_total{code=\"not_an_image\"}", 0.0),
         ("imgproc_image_retries_total{code=\"http_status\"}", 1.0),
+        // MAX_ATTEMPTS is 3: two retries, then the image fails.
+        ("imgproc_image_retries_total{code=\"fetch_failed\"}", 2.0),
         ("imgproc_input_bytes_total", bytes("input_bytes")),
         ("imgproc_output_bytes_total", bytes("output_bytes")),
         ("imgproc_compression_ratio_count", 4.0),
@@ -225,7 +237,7 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
             .collect::<Vec<_>>()
     };
     assert_eq!(with("request accepted").len(), 1);
-    assert_eq!(with("request accepted")[0]["images"], 5);
+    assert_eq!(with("request accepted")[0]["images"], 6);
     let succeeded = with("image succeeded");
     assert_eq!(succeeded.len(), 4);
     let mut named: Vec<(u64, u64)> = succeeded
@@ -248,19 +260,43 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
             .iter()
             .all(|l| l["decode_ms"].is_u64() && l["download_ms"].is_u64())
     );
-    let retried = with("image failed, will retry");
+    // One retry of the 503, two of the closed port (each line naming its image).
+    let mut retried: Vec<(Value, Value, Value)> = with("image failed, will retry")
+        .iter()
+        .map(|l| {
+            (
+                l["span"]["image"].clone(),
+                l["span"]["attempt"].clone(),
+                l["code"].clone(),
+            )
+        })
+        .collect();
+    retried.sort_by_key(|r| (r.0.as_u64(), r.1.as_u64()));
     assert_eq!(
-        (retried.len(), &retried[0]["span"]["serial_number"]),
-        (1, &Value::from(9))
+        retried,
+        vec![
+            (1.into(), 1.into(), "http_status".into()),
+            (2.into(), 1.into(), "fetch_failed".into()),
+            (2.into(), 2.into(), "fetch_failed".into()),
+        ]
     );
-    let failed = with("image failed");
+    let mut failed: Vec<(Value, Value, Value)> = with("image failed")
+        .iter()
+        .map(|l| {
+            (
+                l["span"]["serial_number"].clone(),
+                l["span"]["image"].clone(),
+                l["code"].clone(),
+            )
+        })
+        .collect();
+    failed.sort_by_key(|f| f.0.as_u64());
     assert_eq!(
-        (
-            failed.len(),
-            &failed[0]["code"],
-            &failed[0]["span"]["image"]
-        ),
-        (1, &Value::from("http_status"), &Value::from(2))
+        failed,
+        vec![
+            (8.into(), 2.into(), "http_status".into()),
+            (9.into(), 2.into(), "fetch_failed".into())
+        ]
     );
     assert_eq!(with("request finished").len(), 1);
     assert_eq!(with("webhook answered with an error").len(), 1);
