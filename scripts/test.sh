@@ -12,6 +12,9 @@ source scripts/dev-tools.sh
 
 echo "== cfn-lint template.yaml"
 cfn-lint template.yaml
+# The cost model (COST.md) must still read the benchmark's figures and the template.
+echo "== scripts/cost_model.py"
+python3 scripts/cost_model.py > /dev/null
 start_moto
 echo "== cargo test --workspace"
 cargo test --workspace --locked --features imgproc-shared/stream-poller "$@"

@@ -56,6 +56,8 @@ pub struct Config {
     /// First delay of the exponential backoff used for image and webhook retries.
     pub retry_base_delay: Duration,
     pub allow_private_networks: bool,
+    /// CloudWatch namespace of the metrics the Lambda functions publish.
+    pub metrics_namespace: String,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(10),
             retry_base_delay: Duration::from_secs(1),
             allow_private_networks: false,
+            metrics_namespace: "imgproc".into(),
         }
     }
 }
@@ -113,6 +116,7 @@ impl Config {
             webhook_timeout: Duration::from_secs(number(&get, "WEBHOOK_TIMEOUT_SECS", 10, 1, 300)?),
             retry_base_delay: Duration::from_millis(number(&get, "RETRY_BASE_DELAY_MS", 1000, 1, 600_000)?),
             allow_private_networks: boolean(&get, "ALLOW_PRIVATE_NETWORKS", d.allow_private_networks)?,
+            metrics_namespace: get("METRICS_NAMESPACE").map(|v| namespace("METRICS_NAMESPACE", v)).transpose()?.unwrap_or(d.metrics_namespace),
         })
     }
 
@@ -157,6 +161,19 @@ fn boolean(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bo
     }
 }
 
+/// A CloudWatch namespace: 1–255 of the characters CloudWatch allows, not
+/// starting with `AWS/` (reserved for AWS's own metrics).
+fn namespace(var: &'static str, raw: String) -> Result<String, ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c);
+    if raw.len() > 255 || !raw.chars().all(allowed) || raw.starts_with("AWS/") {
+        return Err(ConfigError {
+            var,
+            problem: format!("must be 1 to 255 letters, digits or . - _ / # : and not start with AWS/, got {raw:?}"),
+        });
+    }
+    Ok(raw)
+}
+
 fn base_url(var: &'static str, raw: &str) -> Result<String, ConfigError> {
     let url = url::Url::parse(raw)
         .map_err(|e| ConfigError { var, problem: format!("must be an absolute URL ({e}), got {raw:?}") })?;
@@ -191,11 +208,12 @@ mod tests {
         assert_eq!(c.fetch_timeout, Duration::from_secs(30));
         assert_eq!((c.max_attempts, c.webhook_max_attempts), (3, 5));
         assert!(!c.allow_private_networks);
+        assert_eq!(c.metrics_namespace, "imgproc");
     }
 
     #[test]
     fn a_bad_value_names_its_variable() {
-        for (var, value) in [("JPEG_QUALITY", "0"), ("JPEG_QUALITY", "101"), ("MAX_ROWS", "ten"), ("ALLOW_PRIVATE_NETWORKS", "maybe"), ("OUTPUT_BASE_URL", "cdn/images")] {
+        for (var, value) in [("JPEG_QUALITY", "0"), ("JPEG_QUALITY", "101"), ("MAX_ROWS", "ten"), ("ALLOW_PRIVATE_NETWORKS", "maybe"), ("OUTPUT_BASE_URL", "cdn/images"), ("METRICS_NAMESPACE", "AWS/Lambda"), ("METRICS_NAMESPACE", "imgproc!")] {
             let err = from(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);
             assert!(err.to_string().contains(var));

@@ -10,6 +10,8 @@ pub mod compress;
 pub mod config;
 pub mod domain;
 pub mod local;
+pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod ports;
 pub mod services;

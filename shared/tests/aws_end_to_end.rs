@@ -4,6 +4,11 @@
 //! signed webhook call; the status route agrees. Also: duplicate SQS
 //! deliveries, a repeated S3 event, and a rejected S3 drop.
 //!
+//! The metrics the handlers publish along the way are captured as the EMF
+//! lines a Lambda function writes to stdout (and printed, as it would),
+//! held to the EMF JSON schema and the specification's other rules, and
+//! added up: they must agree exactly with what the request went through.
+//!
 //! Needs `--features stream-poller` and `MOTO_ENDPOINT` (scripts/test-aws.sh
 //! sets both up); without the endpoint every test says why and passes.
 #![cfg(feature = "stream-poller")]
@@ -25,9 +30,10 @@ use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use imgproc::aws::handlers::ingest::{self, IngestOutcome};
 use imgproc::aws::handlers::{notify, process};
-use imgproc::aws::{Adapters, Clients, DynamoStore, S3Objects, SqsQueue, app_with, stream_poller};
+use imgproc::aws::{Adapters, Clients, DynamoStore, S3Objects, SqsQueue, app_with_metrics, stream_poller};
 use imgproc::config::Config;
 use imgproc::domain::{ImageKey, ImageStatus, Progress, RequestStatus};
+use imgproc::metrics::EmfRecorder;
 use imgproc::ports::{JobSource, JobStore};
 use imgproc::services::App;
 use serde_json::{Value, json};
@@ -96,6 +102,8 @@ struct Harness {
     adapters: Adapters,
     clients: Clients,
     queue_arn: String,
+    /// Every EMF line the app wrote.
+    emf: Arc<Mutex<Vec<String>>>,
 }
 
 /// The app on moto's table and bucket, with a queue of its own so that
@@ -122,11 +130,103 @@ async fn harness() -> Harness {
         "WEBHOOK_SECRET" => Some(SECRET.into()),
         "RETRY_BASE_DELAY_MS" => Some("10".into()),
         "FETCH_TIMEOUT_SECS" => Some("10".into()),
+        "METRICS_NAMESPACE" => Some(NAMESPACE.into()),
         _ => None,
     })
     .unwrap();
-    let app = app_with(config, &adapters).unwrap();
-    Harness { app, adapters, clients, queue_arn }
+    let emf: Arc<Mutex<Vec<String>>> = Arc::default();
+    let captured = emf.clone();
+    let recorder = EmfRecorder::with_sink(config.metrics_namespace.clone(), move |line| {
+        // What the Lambda function writes to stdout (shown with --nocapture).
+        print!("{line}");
+        captured.lock().unwrap().push(line.to_owned());
+    });
+    let app = app_with_metrics(config, &adapters, Arc::new(recorder)).unwrap();
+    Harness { app, adapters, clients, queue_arn, emf }
+}
+
+const NAMESPACE: &str = "imgproc/e2e";
+
+fn emf_schema() -> Value {
+    serde_json::from_str(include_str!("fixtures/emf.schema.json")).expect("the EMF schema is JSON")
+}
+
+/// Parses one EMF line and holds it to the schema and to the rules of the
+/// specification a schema cannot state: one JSON object on one line, every
+/// dimension a string member of the root, every metric a number (or an
+/// array of at most 100 numbers) on the root.
+fn assert_emf(line: &str, validator: &jsonschema::Validator) -> Value {
+    let body = line.strip_suffix('\n').unwrap_or_else(|| panic!("an EMF document is one line: {line:?}"));
+    assert!(!body.contains('\n'), "an EMF document is one line: {line:?}");
+    let doc: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "not a valid EMF document:\n{}\n{doc:#}", errors.join("\n"));
+    let directives = doc["_aws"]["CloudWatchMetrics"].as_array().unwrap();
+    assert!(!directives.is_empty(), "no metric in {doc}");
+    for directive in directives {
+        assert_eq!(directive["Namespace"], NAMESPACE);
+        for name in directive["Dimensions"].as_array().unwrap().iter().flat_map(|set| set.as_array().unwrap()) {
+            assert!(doc[name.as_str().unwrap()].is_string(), "dimension {name} is not a string member: {doc}");
+        }
+        for metric in directive["Metrics"].as_array().unwrap() {
+            let value = &doc[metric["Name"].as_str().unwrap()];
+            let numeric = value.is_number()
+                || value.as_array().is_some_and(|a| a.len() <= 100 && a.iter().all(Value::is_number));
+            assert!(numeric, "metric {} has no numeric member: {doc}", metric["Name"]);
+        }
+    }
+    doc
+}
+
+impl Harness {
+    /// The EMF documents written so far, each checked by [`assert_emf`].
+    fn emf_documents(&self) -> Vec<Value> {
+        let validator = jsonschema::options().build(&emf_schema()).expect("the EMF schema compiles");
+        self.emf.lock().unwrap().iter().map(|line| assert_emf(line, &validator)).collect()
+    }
+}
+
+#[test]
+fn the_emf_checks_refuse_what_cloudwatch_would_not_extract() {
+    let validator = jsonschema::options().build(&emf_schema()).expect("the EMF schema compiles");
+    let good = json!({
+        "_aws": {"Timestamp": 1_764_345_600_000u64, "CloudWatchMetrics": [
+            {"Namespace": NAMESPACE, "Dimensions": [["ErrorCode"], []], "Metrics": [{"Name": "ImagesFailed", "Unit": "Count"}]}]},
+        "ErrorCode": "timeout",
+        "ImagesFailed": 1,
+    });
+    assert_emf(&format!("{good}\n"), &validator);
+    let mut bad = Vec::new();
+    let mut no_timestamp = good.clone();
+    no_timestamp["_aws"].as_object_mut().unwrap().remove("Timestamp");
+    bad.push(no_timestamp);
+    let mut unknown_unit = good.clone();
+    unknown_unit["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"] = json!("Millis");
+    bad.push(unknown_unit);
+    let mut no_dimension_set = good.clone();
+    no_dimension_set["_aws"]["CloudWatchMetrics"][0]["Dimensions"] = json!([]);
+    bad.push(no_dimension_set);
+    let mut dimension_not_a_string = good.clone();
+    dimension_not_a_string["ErrorCode"] = json!(7);
+    bad.push(dimension_not_a_string);
+    let mut metric_missing = good.clone();
+    metric_missing.as_object_mut().unwrap().remove("ImagesFailed");
+    bad.push(metric_missing);
+    let mut metric_not_a_number = good.clone();
+    metric_not_a_number["ImagesFailed"] = json!("1");
+    bad.push(metric_not_a_number);
+    for doc in bad {
+        let line = format!("{doc}\n");
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| assert_emf(&line, &validator))).is_err();
+        assert!(refused, "accepted an invalid EMF document: {doc}");
+    }
+    let two_lines = format!("{good}\n{good}\n");
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| assert_emf(&two_lines, &validator))).is_err(), "two documents in one line");
+}
+
+/// The sum of `metric` over the documents about request `id`.
+fn total(docs: &[Value], id: Uuid, metric: &str) -> f64 {
+    docs.iter().filter(|d| d["request_id"] == id.to_string()).filter_map(|d| d[metric].as_f64()).sum()
 }
 
 impl Harness {
@@ -324,6 +424,31 @@ async fn upload_process_notify_and_status_on_moto() {
     let (status, _, csv) = call(&router, Request::get(format!("/v1/requests/{id}/output.csv")).body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(String::from_utf8_lossy(&csv).lines().count(), 3, "a header and two rows");
+
+    // The metrics, as CloudWatch would extract them from the EMF lines,
+    // tell the same story exactly.
+    let docs = h.emf_documents();
+    let sum = |metric: &str| total(&docs, id, metric);
+    assert_eq!((sum("RequestsAccepted"), sum("ImagesQueued")), (1.0, 4.0));
+    assert_eq!(sum("ImagesSucceeded"), 3.0, "four deliveries of one image count once");
+    assert_eq!(sum("ImagesFailed"), 1.0);
+    let failure = docs.iter().find(|d| d["ImagesFailed"] == 1).unwrap();
+    assert_eq!(failure["ErrorCode"], "http_status");
+    assert_eq!(sum("ImageRetries"), 0.0);
+    assert_eq!(sum("RequestsCompleted"), 1.0);
+    let completed = docs.iter().find(|d| d["RequestsCompleted"] == 1).unwrap();
+    assert_eq!(completed["Status"], "completed_with_errors");
+    assert_eq!((sum("WebhookAttempts"), sum("WebhookAttemptsFailed")), (1.0, 0.0));
+    assert_eq!((sum("WebhooksDelivered"), sum("WebhooksFailed")), (1.0, 0.0));
+    let images: Vec<&Value> = view["products"].as_array().unwrap().iter().flat_map(|p| p["images"].as_array().unwrap()).collect();
+    let bytes = |field: &str| images.iter().filter(|i| i["status"] == "succeeded").filter_map(|i| i[field].as_f64()).sum::<f64>();
+    assert_eq!(sum("BytesIn"), bytes("input_bytes"));
+    assert_eq!(sum("BytesOut"), bytes("output_bytes"));
+    for success in docs.iter().filter(|d| d["ImagesSucceeded"] == 1) {
+        for stage in ["DownloadTime", "DecodeTime", "EncodeTime", "CompressionRatio"] {
+            assert!(success[stage].as_f64().is_some_and(|v| v > 0.0), "{stage} of {success}");
+        }
+    }
 }
 
 async fn s3_event(bucket: &str, key: &str, e_tag: &str) -> S3Event {

@@ -30,16 +30,20 @@ enum Command {
 }
 
 fn init_tracing(json: bool, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     if json {
-        builder.json().flatten_event(true).init();
+        // The same JSON lines as the Lambda functions write, on stderr.
+        tracing_subscriber::registry()
+            .with(imgproc::logging::filter(default_level))
+            .with(imgproc::logging::json_layer(std::io::stderr, true))
+            .init();
     } else {
-        builder.init();
+        tracing_subscriber::fmt()
+            .with_env_filter(imgproc::logging::filter(default_level))
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 }
 

@@ -25,6 +25,7 @@ pub use sqs::SqsQueue;
 
 use crate::compress::{Engine, Settings, available_cores};
 use crate::config::{Config, ConfigError};
+use crate::metrics::{EmfRecorder, Recorder};
 use crate::net::{GuardedClient, NetPolicy};
 use crate::services::App;
 
@@ -98,16 +99,20 @@ impl Adapters {
     }
 }
 
-/// Everything a function needs, from the environment: configuration,
-/// clients, adapters and the `App` the services run on.
-/// JSON log lines for CloudWatch, filtered by `RUST_LOG` (`info` when unset).
-/// Lambda stamps every line with its own time, so none is added here.
+/// JSON log lines on stdout for CloudWatch (the format of
+/// [`crate::logging`]), filtered by `RUST_LOG` (`info` when unset). Lambda
+/// stamps every line with its own time, so none is added here.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().json().with_env_filter(filter).without_time().init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(crate::logging::filter("info"))
+        .with(crate::logging::json_layer(std::io::stdout, false))
+        .init();
 }
 
+/// Everything a function needs, from the environment: configuration,
+/// clients, adapters and the `App` the services run on.
 pub async fn app_from_env() -> Result<(Arc<App>, Adapters), SetupError> {
     let config = Config::from_env()?;
     let clients = Clients::from_env().await;
@@ -115,8 +120,15 @@ pub async fn app_from_env() -> Result<(Arc<App>, Adapters), SetupError> {
     Ok((app_with(config, &adapters)?, adapters))
 }
 
-/// The `App` on these adapters.
+/// The `App` on these adapters, publishing its metrics as EMF lines on
+/// stdout (where Lambda sends them to CloudWatch Logs).
 pub fn app_with(config: Config, adapters: &Adapters) -> Result<Arc<App>, SetupError> {
+    let metrics = Arc::new(EmfRecorder::stdout(config.metrics_namespace.clone()));
+    app_with_metrics(config, adapters, metrics)
+}
+
+/// The `App` on these adapters, with metrics going to `metrics`.
+pub fn app_with_metrics(config: Config, adapters: &Adapters, metrics: Arc<dyn Recorder>) -> Result<Arc<App>, SetupError> {
     let http = GuardedClient::new(NetPolicy { allow_private: config.allow_private_networks, exempt: Vec::new() })
         .map_err(SetupError::Http)?;
     let engine = Engine::new(Settings { quality: config.jpeg_quality, max_pixels: config.max_pixels }, available_cores());
@@ -127,5 +139,6 @@ pub fn app_with(config: Config, adapters: &Adapters) -> Result<Arc<App>, SetupEr
         objects: Arc::new(adapters.objects.clone()),
         http,
         engine,
+        metrics,
     }))
 }

@@ -22,6 +22,7 @@ use crate::api::{self, ApiError};
 use crate::compress::{Engine, Settings, available_cores};
 use crate::config::Config;
 use crate::domain::ImageJob;
+use crate::metrics::{PrometheusRecorder, prometheus_content_type};
 use crate::net::{GuardedClient, NameLookup, NetPolicy};
 use crate::ports::{Delivery, JobQueue, JobSource, PortResult};
 use crate::services::process::{JobResult, complete_if_done, process_job};
@@ -83,6 +84,8 @@ pub struct LocalRuntime {
     pub app: Arc<App>,
     pub store: SqliteStore,
     pub objects: FsObjectStore,
+    /// What the services recorded since the start, served at `/metrics`.
+    pub metrics: Arc<PrometheusRecorder>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -102,6 +105,7 @@ impl LocalRuntime {
         };
         let engine = Engine::new(Settings { quality: config.jpeg_quality, max_pixels: config.max_pixels }, options.cpu_threads);
         let wake = Arc::new(Notify::new());
+        let metrics = Arc::new(PrometheusRecorder::new());
         let app = Arc::new(App {
             config: Arc::new(config),
             store: Arc::new(store.clone()),
@@ -109,6 +113,7 @@ impl LocalRuntime {
             objects: Arc::new(objects.clone()),
             http,
             engine,
+            metrics: metrics.clone(),
         });
 
         let requeued = store.recover().await.map_err(|e| e.to_string())?;
@@ -125,12 +130,17 @@ impl LocalRuntime {
             tokio::spawn(worker_pool(app.clone(), store.clone(), wake, options.workers.max(1), lease, options.poll_interval, stop.clone())),
             tokio::spawn(notifier(app.clone(), store.clone(), options.poll_interval, stop)),
         ];
-        Ok(Self { app, store, objects, shutdown, tasks })
+        Ok(Self { app, store, objects, metrics, shutdown, tasks })
     }
 
-    /// The API plus `/files/*` for stored objects.
+    /// The API plus `/files/*` for stored objects and `/metrics` for
+    /// Prometheus. Both exist only here: on AWS, S3 serves the files and
+    /// CloudWatch holds the metrics. Neither needs the API token, like
+    /// `/health`: `/metrics` holds only counts, no request data.
     pub fn router(&self) -> Router {
-        api::router(self.app.clone()).nest("/files", file_router(self.objects.root().to_path_buf()))
+        api::router(self.app.clone())
+            .nest("/files", file_router(self.objects.root().to_path_buf()))
+            .route("/metrics", get(serve_metrics).with_state(self.metrics.clone()))
     }
 
     /// Stops taking work and waits for the loops to end. Jobs still in
@@ -247,6 +257,10 @@ async fn notifier(app: Arc<App>, store: SqliteStore, poll: Duration, mut stop: w
         }
     }
     running.abort_all();
+}
+
+async fn serve_metrics(State(metrics): State<Arc<PrometheusRecorder>>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(prometheus_content_type()))], metrics.render()).into_response()
 }
 
 /// Serves the files under `root` read-only, with a content type from the

@@ -195,6 +195,9 @@ fn check_scheme(url: &Url) -> Result<(), FetchError> {
 
 /// Classifies a client error, finding the guard's refusal in its causes.
 fn request_error(e: reqwest::Error) -> FetchError {
+    // reqwest names the URL in its message: image URLs can be presigned and
+    // webhook URLs can carry tokens, and the message reaches logs.
+    let e = e.without_url();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = source {
         if let Some(blocked) = err.downcast_ref::<Blocked>() {

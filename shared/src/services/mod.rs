@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::compress::Engine;
 use crate::config::Config;
 use crate::domain::csv_input::Issue;
+use crate::metrics::Recorder;
 use crate::net::GuardedClient;
 use crate::ports::{JobQueue, JobStore, ObjectStore, PortError};
 
@@ -24,6 +25,8 @@ pub struct App {
     pub objects: Arc<dyn ObjectStore>,
     pub http: GuardedClient,
     pub engine: Engine,
+    /// Where the services report what happened (EMF on Lambda, Prometheus locally).
+    pub metrics: Arc<dyn Recorder>,
 }
 
 /// Why a service call did not do what was asked. Mapped to HTTP in one

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::App;
 use crate::domain::{RequestRecord, WebhookStatus, results_key};
+use crate::metrics::{Event, WebhookAttempt};
 use crate::net::PostOutcome;
 use crate::ports::PortError;
 
@@ -51,7 +52,9 @@ pub async fn payload(app: &App, request: &RequestRecord) -> Result<Vec<u8>, Port
 
 /// Delivers the webhook of a terminal request, resuming from the attempts
 /// already recorded. Does nothing for a request that is not terminal, has
-/// no webhook, or whose webhook already ended.
+/// no webhook, or whose webhook already ended. Logs name the receiver's
+/// host only (its URL can carry tokens), never the body.
+#[tracing::instrument(name = "webhook", skip_all, fields(%request_id))]
 pub async fn notify(app: &App, request_id: Uuid) -> Result<(), PortError> {
     let Some(request) = app.store.get_request(request_id).await? else { return Ok(()) };
     let Some(mut state) = request.webhook.clone() else { return Ok(()) };
@@ -80,17 +83,23 @@ pub async fn notify(app: &App, request_id: Uuid) -> Result<(), PortError> {
         };
         // The URL can carry tokens: log its host only.
         let host = url::Url::parse(&state.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let attempt = state.attempts;
         match &outcome {
             PostOutcome::Delivered(code) => {
-                tracing::info!(%request_id, webhook_host = %host, attempt = state.attempts, status = code, "webhook delivered")
+                tracing::info!(webhook_host = %host, attempt, status = code, "webhook delivered")
             }
             PostOutcome::Rejected(code) => {
-                tracing::warn!(%request_id, webhook_host = %host, attempt = state.attempts, status = code, "webhook answered with an error")
+                tracing::warn!(webhook_host = %host, attempt, status = code, "webhook answered with an error")
             }
             PostOutcome::Failed(why) => {
-                tracing::warn!(%request_id, webhook_host = %host, attempt = state.attempts, error = %why, "webhook delivery failed")
+                tracing::warn!(webhook_host = %host, attempt, error = %why, "webhook delivery failed")
             }
         }
+        let result = match outcome {
+            PostOutcome::Delivered(_) => WebhookAttempt::Delivered,
+            _ => WebhookAttempt::Failed { last: state.status == WebhookStatus::Failed },
+        };
+        app.metrics.record(&Event::WebhookAttempted { request_id, attempt, outcome: result });
         app.store.record_webhook(request_id, &state).await?;
         if state.status != WebhookStatus::Pending {
             break;

@@ -7,7 +7,10 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::{App, ServiceError};
-use crate::domain::{Compressed, ErrorCode, ImageError, ImageJob, ImageOutcome, ImageStatus, Progress, results_key};
+use crate::domain::{
+    Compressed, ErrorCode, ImageError, ImageJob, ImageOutcome, ImageStatus, Progress, RequestStatus, results_key,
+};
+use crate::metrics::{Event, ImageTimings};
 use crate::net::FetchLimits;
 use crate::ports::PortError;
 
@@ -24,6 +27,11 @@ pub enum JobResult {
 /// times the queue has delivered it, which bounds the retries: on the last
 /// allowed attempt a transient failure fails the image, so no request hangs.
 /// An `Err` means the store itself failed; the message should come back.
+///
+/// Everything logged here, by the adapters too, happens inside the
+/// `image` span, which names the request, the product and the image.
+#[tracing::instrument(name = "image", skip_all,
+    fields(request_id = %job.request_id, serial_number = job.serial_number, image = job.image, attempt = receive_count))]
 pub async fn process_job(app: &App, job: &ImageJob, receive_count: u32) -> Result<JobResult, PortError> {
     let key = job.key();
     match app.store.image_status(key).await? {
@@ -44,30 +52,46 @@ pub async fn process_job(app: &App, job: &ImageJob, receive_count: u32) -> Resul
 
     let last_attempt = receive_count >= app.config.max_attempts;
     let started = Instant::now();
-    let outcome = match run(app, job).await {
+    let mut timings = ImageTimings::default();
+    let outcome = match run(app, job, &mut timings).await {
         Ok(compressed) => ImageOutcome::Succeeded(compressed),
         Err(failure) if failure.transient && !last_attempt => {
             let delay = app.config.backoff(receive_count);
-            tracing::warn!(request_id = %job.request_id, serial_number = job.serial_number, image = job.image,
-                attempt = receive_count, code = failure.error.code.as_str(), error = %failure.error.message,
+            tracing::warn!(code = failure.error.code.as_str(), error = %failure.error.message,
                 retry_in_ms = delay.as_millis() as u64, "image failed, will retry");
+            app.metrics.record(&Event::ImageRetried { request_id: job.request_id, code: failure.error.code, timings });
             return Ok(JobResult::RetryAfter(delay));
         }
         Err(failure) => ImageOutcome::Failed { error: failure.error, input_bytes: failure.input_bytes },
     };
 
     let finished = app.store.finish_image(key, &outcome).await?;
+    let request_id = job.request_id;
+    let counted = finished.applied;
     match &outcome {
-        ImageOutcome::Succeeded(c) => tracing::info!(request_id = %job.request_id, serial_number = job.serial_number,
-            image = job.image, input_bytes = c.input_bytes, output_bytes = c.output_bytes,
-            original_kept = c.original_kept, ms = started.elapsed().as_millis() as u64, counted = finished.applied,
-            "image succeeded"),
-        ImageOutcome::Failed { error, .. } => tracing::info!(request_id = %job.request_id,
-            serial_number = job.serial_number, image = job.image, code = error.code.as_str(), error = %error.message,
-            attempt = receive_count, counted = finished.applied, "image failed"),
+        ImageOutcome::Succeeded(c) => {
+            tracing::info!(input_bytes = c.input_bytes, output_bytes = c.output_bytes, original_kept = c.original_kept,
+                ms = started.elapsed().as_millis() as u64, download_ms = ms(timings.download),
+                decode_ms = ms(timings.decode), encode_ms = ms(timings.encode), counted, "image succeeded");
+            app.metrics.record(&Event::ImageSucceeded {
+                request_id,
+                counted,
+                input_bytes: c.input_bytes,
+                output_bytes: c.output_bytes,
+                timings,
+            });
+        }
+        ImageOutcome::Failed { error, .. } => {
+            tracing::info!(code = error.code.as_str(), error = %error.message, counted, "image failed");
+            app.metrics.record(&Event::ImageFailed { request_id, counted, code: error.code, timings });
+        }
     }
     complete_if_done(app, job.request_id, finished.progress).await?;
     Ok(JobResult::Done)
+}
+
+fn ms(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| d.as_millis() as u64)
 }
 
 struct Failure {
@@ -76,19 +100,25 @@ struct Failure {
     input_bytes: Option<u64>,
 }
 
-async fn run(app: &App, job: &ImageJob) -> Result<Compressed, Failure> {
+/// Fetches, compresses and stores one image, noting in `timings` how long
+/// each stage it reached took.
+async fn run(app: &App, job: &ImageJob, timings: &mut ImageTimings) -> Result<Compressed, Failure> {
     let limits = FetchLimits { max_bytes: app.config.max_download_bytes, timeout: app.config.fetch_timeout };
+    let fetch_started = Instant::now();
     let input = app.http.fetch(&job.input_url, limits).await.map_err(|e| Failure {
         transient: e.is_transient(),
         error: ImageError::new(e.code(), e.to_string()),
         input_bytes: None,
     })?;
+    timings.download = Some(fetch_started.elapsed());
     let input_bytes = input.len() as u64;
     let out = app.engine.compress(input).await.map_err(|e| Failure {
         transient: false,
         error: ImageError::new(e.code(), e.to_string()),
         input_bytes: Some(input_bytes),
     })?;
+    timings.decode = Some(out.timings.decode);
+    timings.encode = Some(out.timings.encode);
     let output_key = job.output_key();
     let output_bytes = out.bytes.len() as u64;
     app.objects.put(&output_key, Bytes::from(out.bytes), "image/jpeg").await.map_err(|e| Failure {
@@ -109,6 +139,7 @@ async fn run(app: &App, job: &ImageJob) -> Result<Compressed, Failure> {
 /// Once every image has finished: write `results/{id}.csv`, then make the
 /// terminal transition (exactly one caller wins it). The CSV is written
 /// first so that it exists by the time anyone sees the terminal status.
+#[tracing::instrument(name = "complete", skip_all, fields(request_id = %id))]
 pub async fn complete_if_done(app: &App, id: Uuid, progress: Progress) -> Result<bool, PortError> {
     if !progress.is_done() {
         return Ok(false);
@@ -121,8 +152,10 @@ pub async fn complete_if_done(app: &App, id: Uuid, progress: Progress) -> Result
     app.objects.put(&results_key(id), Bytes::from(csv), "text/csv; charset=utf-8").await?;
     let won = app.store.complete_request(id, progress).await?;
     if won {
-        tracing::info!(request_id = %id, total = progress.total, succeeded = progress.succeeded,
+        let status = RequestStatus::from_progress(&progress);
+        tracing::info!(status = status.as_str(), total = progress.total, succeeded = progress.succeeded,
             failed = progress.failed, "request finished");
+        app.metrics.record(&Event::RequestCompleted { request_id: id, status, progress });
     }
     Ok(won)
 }

@@ -2,11 +2,13 @@
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{App, ServiceError};
 use crate::domain::csv_input::{self, check_url};
 use crate::domain::{NewRequest, RequestRecord};
+use crate::metrics::Event;
 use crate::ports::CreateOutcome;
 
 /// Request IDs derived from a name (an `Idempotency-Key`, an S3 object) live
@@ -106,10 +108,17 @@ pub async fn submit(app: &App, sub: Submission<'_>) -> Result<Accepted, ServiceE
         products: parsed.products,
     };
 
+    let span = tracing::info_span!("submit", request_id = %new.id);
+    store_and_queue(app, new).instrument(span).await
+}
+
+/// Stores `new` and queues its images, or answers a repeat with the first answer.
+async fn store_and_queue(app: &App, new: NewRequest) -> Result<Accepted, ServiceError> {
     match app.store.create_request(&new).await? {
         CreateOutcome::Created => {
             send_jobs(app, &new).await?;
-            tracing::info!(request_id = %new.id, products = new.products.len(), images = new.image_count(), "request accepted");
+            tracing::info!(products = new.products.len(), images = new.image_count(), "request accepted");
+            app.metrics.record(&Event::RequestAccepted { request_id: new.id, images: new.image_count() });
             Ok(Accepted {
                 request_id: new.id,
                 products: new.products.len() as u32,
