@@ -60,7 +60,8 @@ pub fn read(input: &[u8], settings: &Settings) -> Result<Read, CompressError> {
         None
     };
     let decompress = if let Some(chroma) = plan {
-        match decompress.transcode(settings.quality, chroma, transform(orientation), header.icc.as_deref()) {
+        let icc = header.icc.as_deref().filter(|p| !super::icc::is_plain_srgb(p));
+        match decompress.transcode(settings.quality, chroma, transform(orientation), icc) {
             Ok(Ok((bytes, reading))) => {
                 let swapped = matches!(
                     orientation,

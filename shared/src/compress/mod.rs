@@ -2,10 +2,14 @@
 //!
 //! Format from the bytes, the pixel cap checked before decoding, EXIF
 //! orientation applied, alpha flattened onto white, metadata dropped except
-//! the colour profile, JPEG at the configured quality, and never a larger
-//! file than a JPEG input that needed no rotation.
+//! the colour profile (a plain sRGB one goes too: it is the default), JPEG
+//! at the configured quality with 4:2:0 chroma and optimised Huffman
+//! tables, and never a larger file than a JPEG input that needed no
+//! rotation. JPEG inputs are re-compressed in the DCT domain where their
+//! layout allows (`jpeg.rs`); everything else goes through pixels.
 
 mod chroma;
+mod icc;
 mod jpeg;
 mod libjpeg;
 mod sniff;
@@ -96,6 +100,7 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         decode_other(input, format, settings.max_pixels)?
     };
     image.apply_orientation(orientation);
+    let icc = icc.filter(|p| !icc::is_plain_srgb(p));
 
     let (width, height) = (image.width(), image.height());
     if width > JPEG_MAX_DIMENSION || height > JPEG_MAX_DIMENSION {
