@@ -46,15 +46,18 @@ fn halving() -> &'static Halving {
 }
 
 /// One block from two stacked ones (`top` over `bottom`), half the height.
+/// Rows of zero coefficients (most of them, in chroma) are skipped.
 pub fn halve_vertically(top: &Block, bottom: &Block) -> Block {
     let m = &halving().0;
     let mut out = [0f32; 64];
-    for v in 0..8 {
-        let row = &mut out[v * 8..v * 8 + 8];
-        for k in 0..16 {
+    for k in 0..16 {
+        let src = if k < 8 { &top[k * 8..k * 8 + 8] } else { &bottom[(k - 8) * 8..(k - 8) * 8 + 8] };
+        if src.iter().all(|&x| x == 0.0) {
+            continue;
+        }
+        for v in 0..8 {
             let weight = m[v][k];
-            let src = if k < 8 { &top[k * 8..k * 8 + 8] } else { &bottom[(k - 8) * 8..(k - 8) * 8 + 8] };
-            for (o, s) in row.iter_mut().zip(src) {
+            for (o, s) in out[v * 8..v * 8 + 8].iter_mut().zip(src) {
                 *o += weight * s;
             }
         }
@@ -62,31 +65,49 @@ pub fn halve_vertically(top: &Block, bottom: &Block) -> Block {
     out
 }
 
-/// One block from two side by side (`left`, `right`), half the width.
+/// One block from two side by side (`left`, `right`), half the width. Each
+/// non-zero coefficient adds its column of the matrix to its row.
 pub fn halve_horizontally(left: &Block, right: &Block) -> Block {
-    let m = &halving().0;
+    let t = &transposed().0;
     let mut out = [0f32; 64];
-    for v in 0..8 {
-        let (l, r) = (&left[v * 8..v * 8 + 8], &right[v * 8..v * 8 + 8]);
-        for u in 0..8 {
-            let w = &m[u];
-            let mut sum = 0.0;
-            for k in 0..8 {
-                sum += w[k] * l[k] + w[k + 8] * r[k];
+    for (k0, block) in [(0, left), (8, right)] {
+        for (i, &c) in block.iter().enumerate() {
+            if c == 0.0 {
+                continue;
             }
-            out[v * 8 + u] = sum;
+            let (v, k) = (i / 8, i % 8);
+            for (o, w) in out[v * 8..v * 8 + 8].iter_mut().zip(&t[k0 + k]) {
+                *o += c * w;
+            }
         }
     }
     out
+}
+
+/// `M` transposed: `T[k][u] = M[u][k]`, for row-wise accumulation.
+struct Transposed([[f32; 8]; 16]);
+
+fn transposed() -> &'static Transposed {
+    static MATRIX: OnceLock<Transposed> = OnceLock::new();
+    MATRIX.get_or_init(|| {
+        let m = &halving().0;
+        Transposed(std::array::from_fn(|k| std::array::from_fn(|u| m[u][k])))
+    })
 }
 
 pub fn dequantise(coefficients: &[i16; 64], table: &[u16; 64]) -> Block {
     std::array::from_fn(|k| f32::from(coefficients[k]) * f32::from(table[k]))
 }
 
-/// Rounds to the nearest step of `table`, as libjpeg's quantiser does.
+/// Rounds to the nearest step of `table` (a half away from zero), as
+/// libjpeg's quantiser does.
 pub fn quantise(block: &Block, table: &[u16; 64]) -> [i16; 64] {
-    std::array::from_fn(|k| (block[k] / f32::from(table[k].max(1))).round() as i16)
+    std::array::from_fn(|k| {
+        let x = block[k] / f32::from(table[k].max(1));
+        // Truncation after adding a half: no libm call, vectorises.
+        let r = (x.abs() + 0.5) as i32;
+        (if x < 0.0 { -r } else { r }) as i16
+    })
 }
 
 #[cfg(test)]

@@ -440,13 +440,14 @@ pub fn coarser_of(source: &[u16; 64], target: &[u16; 64]) -> [u16; 64] {
     std::array::from_fn(|k| source[k].max(target[k]))
 }
 
-/// Fixed-point factors `old / new` with 32 fractional bits, rounded down.
-/// `new ≥ old` (see `coarser_of`), so `|c| · factor` fits in 64 bits, and
-/// the error over any 8-bit coefficient stays below 2^-20 of a step.
-fn requantise_factors(old: &[u16; 64], new: &[u16; 64]) -> [u64; 64] {
+/// Fixed-point factors `old / new` with 16 fractional bits, rounded down.
+/// `new ≥ old` (see `coarser_of`), so a factor is at most 2^16, `|c| ·
+/// factor` stays below 2^28 for any 8-bit coefficient (32-bit lanes), and
+/// the error is under 1/30 of a step, only ever towards zero.
+fn requantise_factors(old: &[u16; 64], new: &[u16; 64]) -> [u32; 64] {
     std::array::from_fn(|k| {
-        let (old, new) = (u64::from(old[k]), u64::from(new[k].max(old[k]).max(1)));
-        (old << 32) / new
+        let (old, new) = (u32::from(old[k]), u32::from(new[k].max(old[k]).max(1)));
+        (old << 16) / new
     })
 }
 
@@ -483,10 +484,12 @@ unsafe fn requantise_component(
 }
 
 #[inline]
-fn requantise_block(block: &mut [JCOEF; 64], factor: &[u64; 64]) {
+fn requantise_block(block: &mut [JCOEF; 64], factor: &[u32; 64]) {
     for (c, &f) in block.iter_mut().zip(factor) {
-        let v = i64::from(*c);
-        let scaled = ((v.unsigned_abs() * f + (1 << 31) - 1) >> 32) as i64;
+        let v = i32::from(*c);
+        // |c| ≤ 2^11 for 8-bit data; clamp so that no input can overflow.
+        let a = v.unsigned_abs().min(1 << 11);
+        let scaled = ((a * f + (1 << 15) - 1) >> 16) as i32;
         *c = (if v < 0 { -scaled } else { scaled }) as JCOEF;
     }
 }
