@@ -2,7 +2,7 @@
 # Every test of the project: cfn-lint of template.yaml, then unit tests,
 # end-to-end tests on the embedded store, the crash/restart test, the
 # network guard, and the AWS adapters, handlers and end-to-end path on a
-# moto server started here on 127.0.0.1.
+# moto server started here on 127.0.0.1; then the web page in a browser.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -15,3 +15,6 @@ cfn-lint template.yaml
 start_moto
 echo "== cargo test --workspace"
 cargo test --workspace --locked --features imgproc-shared/stream-poller "$@"
+# The web page in headless Chromium (skipped with a reason outside CI when
+# Chromium is missing; a failure in CI).
+scripts/test-browser.sh
