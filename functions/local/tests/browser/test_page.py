@@ -232,6 +232,7 @@ class PageTest(unittest.TestCase):
         self.assertIn("ftp://shop.example/c.jpg", lines["4"][2])
         self.assertTrue(self.driver.find_element(By.ID, "upload-view").is_displayed())
         self.assertEqual(self.console_problems("/v1/requests - Failed to load resource: the server responded with a status of 400"), [])
+        self.save_screenshot("upload-errors.png", full_page=True)
 
     def test_3_without_the_token_the_page_says_so(self):
         self.open_page()
