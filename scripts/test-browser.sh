@@ -40,7 +40,10 @@ if ! "$python" -c 'import selenium' 2>/dev/null; then
   fi
 fi
 
-# No-op when `cargo test --workspace` has built it already.
-cargo build --locked -p imgproc-local
-export IMGPROC_LOCAL_BIN="$CARGO_TARGET_DIR/debug/imgproc-local"
+# The binary under test: IMGPROC_LOCAL_BIN when given (scripts/test.sh
+# passes the one its `cargo test` built), else a fresh debug build.
+if [[ -z "${IMGPROC_LOCAL_BIN:-}" ]]; then
+  cargo build --locked -p imgproc-local
+  export IMGPROC_LOCAL_BIN="$CARGO_TARGET_DIR/debug/imgproc-local"
+fi
 "$python" functions/local/tests/browser/test_page.py

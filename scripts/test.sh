@@ -16,5 +16,10 @@ start_moto
 echo "== cargo test --workspace"
 cargo test --workspace --locked --features imgproc-shared/stream-poller "$@"
 # The web page in headless Chromium (skipped with a reason outside CI when
-# Chromium is missing; a failure in CI).
-scripts/test-browser.sh
+# Chromium is missing; a failure in CI). An unfiltered `cargo test` above
+# has just built imgproc-local; with filters the script builds it itself.
+if (($# == 0)); then
+  IMGPROC_LOCAL_BIN="$CARGO_TARGET_DIR/debug/imgproc-local" scripts/test-browser.sh
+else
+  scripts/test-browser.sh
+fi
