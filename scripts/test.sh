@@ -2,7 +2,7 @@
 # Every test of the project: cfn-lint of template.yaml, then unit tests,
 # end-to-end tests on the embedded store, the crash/restart test, the
 # network guard, and the AWS adapters, handlers and end-to-end path on a
-# moto server started here on 127.0.0.1.
+# moto server started here on 127.0.0.1; then the web page in a browser.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -18,3 +18,11 @@ python3 scripts/cost_model.py > /dev/null
 start_moto
 echo "== cargo test --workspace"
 cargo test --workspace --locked --features imgproc-shared/stream-poller "$@"
+# The web page in headless Chromium (skipped with a reason outside CI when
+# Chromium is missing; a failure in CI). An unfiltered `cargo test` above
+# has just built imgproc-local; with filters the script builds it itself.
+if (($# == 0)); then
+  IMGPROC_LOCAL_BIN="$CARGO_TARGET_DIR/debug/imgproc-local" scripts/test-browser.sh
+else
+  scripts/test-browser.sh
+fi

@@ -316,6 +316,12 @@ async fn bearer_auth_guards_every_v1_route() {
     let (code, health) = svc.json(Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(code, StatusCode::OK, "health needs no token");
     assert_schema("Health", &health);
+    // The web page asks for the token itself; loading it needs none.
+    for uri in ["/", "/assets/app.js", "/assets/style.css"] {
+        let (code, headers, _) = svc.call(Request::get(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(code, StatusCode::OK, "{uri} needs no token");
+        assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY), "{uri}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

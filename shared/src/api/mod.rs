@@ -2,6 +2,7 @@
 //! AWS and by `axum::serve` locally.
 
 pub mod error;
+pub mod page;
 mod submit;
 pub mod views;
 
@@ -32,6 +33,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .merge(v1)
+        .merge(page::routes())
         .route("/health", get(health))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
