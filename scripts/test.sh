@@ -15,3 +15,8 @@ cfn-lint template.yaml
 start_moto
 echo "== cargo test --workspace"
 cargo test --workspace --locked --features imgproc-shared/stream-poller "$@"
+
+# API conformance fuzzing: schemathesis against shared/openapi.json and a
+# running imgproc-local serve, in a network namespace of its own (~30 s).
+echo "== scripts/api-conformance.sh"
+scripts/api-conformance.sh
