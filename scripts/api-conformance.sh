@@ -25,9 +25,10 @@ if [[ "${1:-}" != "--inside" ]]; then
     [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv"
     grep -E '^schemathesis' requirements-dev.txt | sed 's/ *#.*//' | xargs "$venv/bin/pip" install -q
   fi
-  echo "== cargo build imgproc-local"
-  # The same features as scripts/test.sh, so the binary it built is reused.
-  cargo build --locked --workspace --features imgproc-shared/stream-poller --bin imgproc-local
+  echo "== build imgproc-local (as scripts/test.sh does)"
+  # The very build scripts/test.sh makes (tests included, so dev-dependency
+  # features unify the same way): after it, nothing is rebuilt.
+  cargo test --no-run --locked --workspace --features imgproc-shared/stream-poller
   if ! unshare -rn true 2>/dev/null; then
     echo "api-conformance: cannot create a network namespace here (unshare -rn); refusing to fuzz with outside network access" >&2
     exit 1
