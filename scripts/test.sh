@@ -26,3 +26,8 @@ if (($# == 0)); then
 else
   scripts/test-browser.sh
 fi
+
+# API conformance fuzzing: schemathesis against shared/openapi.json and a
+# running imgproc-local serve, in a network namespace of its own (~30 s).
+echo "== scripts/api-conformance.sh"
+scripts/api-conformance.sh

@@ -230,31 +230,31 @@ fn total(docs: &[Value], id: Uuid, metric: &str) -> f64 {
 }
 
 impl Harness {
-    /// Receives messages until `n` arrived (or the deadline), shaped as the
-    /// Lambda SQS event the event source mapping would send.
-    async fn receive_event(&self, n: usize) -> SqsEvent {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut records = Vec::new();
-        while records.len() < n && Instant::now() < deadline {
-            let out = self
-                .clients
-                .sqs
-                .receive_message()
-                .queue_url(self.adapters.queue.queue_url())
-                .max_number_of_messages(10)
-                .visibility_timeout(60)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await
-                .unwrap();
-            for m in out.messages.unwrap_or_default() {
+    /// One receive call's messages, shaped as the records of the Lambda SQS
+    /// event the event source mapping would send.
+    async fn receive_records(&self) -> Vec<Value> {
+        let out = self
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(self.adapters.queue.queue_url())
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        out.messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
                 let attributes: serde_json::Map<String, Value> = m
                     .attributes
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(k, v)| (k.as_str().to_owned(), Value::String(v)))
                     .collect();
-                records.push(json!({
+                json!({
                     "messageId": m.message_id,
                     "receiptHandle": m.receipt_handle,
                     "body": m.body,
@@ -264,8 +264,30 @@ impl Harness {
                     "eventSource": "aws:sqs",
                     "eventSourceARN": self.queue_arn,
                     "awsRegion": env("AWS_REGION"),
-                }));
+                })
+            })
+            .collect()
+    }
+
+    /// Receives messages until `n` arrived (or the deadline).
+    async fn receive_event(&self, n: usize) -> SqsEvent {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut records = Vec::new();
+        while records.len() < n && Instant::now() < deadline {
+            records.extend(self.receive_records().await);
+        }
+        serde_json::from_value(json!({ "Records": records })).unwrap()
+    }
+
+    /// Receives every message the queue holds (until a receive comes back empty).
+    async fn receive_all(&self) -> SqsEvent {
+        let mut records = Vec::new();
+        loop {
+            let batch = self.receive_records().await;
+            if batch.is_empty() {
+                break;
             }
+            records.extend(batch);
         }
         serde_json::from_value(json!({ "Records": records })).unwrap()
     }
@@ -540,4 +562,119 @@ async fn a_bad_drop_gets_a_report_and_nothing_else() {
         .filter(|k| k.contains(&name.to_string()))
         .collect();
     assert_eq!(mine.len(), 2, "{mine:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    let photos = photo_server().await;
+    let (hook, calls) = webhook_receiver().await;
+
+    // Given an S3 drop of two products, three images, one of them missing,
+    let key = format!("incoming/duplicates-{}.csv", Uuid::new_v4());
+    let csv = format!(
+        "S. No.,Product Name,Input Image Urls\n\
+         1,A,\"http://{photos}/photos/coffee.jpg,http://{photos}/photos/missing.jpg\"\n\
+         2,B,http://{photos}/photos/chelsea-cat.png\n"
+    );
+    let e_tag = put_drop(&h, &key, &csv, Some(&format!("http://{hook}/hook"))).await;
+    let event = s3_event(&env("BUCKET"), &key, &e_tag).await;
+
+    // when its S3 event arrives five times at once (an invocation that finds
+    // the request still being stored by another fails, and Lambda's
+    // asynchronous retry delivers it again),
+    let retried = std::sync::atomic::AtomicU32::new(0);
+    let ingest_with_retries = || async {
+        for _ in 0..20 {
+            match ingest::handle(&h.app, &h.adapters.objects, event.clone()).await {
+                Ok(outcomes) => return outcomes,
+                Err(e) => {
+                    assert!(e.source.is_transient(), "{e}");
+                    retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        panic!("the S3 event was never ingested");
+    };
+    let ingested = join_all((0..5).map(|_| ingest_with_retries())).await;
+    let ids: std::collections::HashSet<Uuid> = ingested
+        .iter()
+        .map(|o| match o.as_slice() {
+            [IngestOutcome::Accepted { request_id }] => *request_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one request for five events");
+    let id = *ids.iter().next().unwrap();
+
+    // and every message on the queue (a repeat may queue the jobs again
+    // before any has run: harmless) is delivered five times concurrently,
+    let messages = h.receive_all().await;
+    assert!(messages.records.len() >= 3, "every image was queued: {}", messages.records.len());
+    let deliveries = messages.records.iter().flat_map(|m| std::iter::repeat_n(m.clone(), 5)).map(|m| {
+        let mut one = messages.clone();
+        one.records = vec![m];
+        process::handle(&h.app, &h.adapters.queue, one)
+    });
+    let responses = join_all(deliveries).await;
+    assert!(responses.iter().all(|r| r.batch_item_failures.is_empty()), "nothing to retry");
+    for m in &messages.records {
+        h.adapters.queue.ack(m.receipt_handle.as_deref().unwrap()).await.unwrap();
+    }
+    eprintln!(
+        "5 concurrent S3 events ({} retried), {} queue messages, {} process deliveries",
+        retried.load(std::sync::atomic::Ordering::Relaxed),
+        messages.records.len(),
+        responses.len()
+    );
+
+    // then each image counted once and the request is terminal once,
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(r.progress, Progress { total: 3, succeeded: 2, failed: 1 });
+    assert_eq!(r.terminal, Some(RequestStatus::CompletedWithErrors));
+    // (serial number, image): product positions are 0-based, serial numbers as in the CSV.
+    for (serial, image) in [(1u32, 1u32), (2, 1)] {
+        let k = ImageKey { request_id: id, product: serial - 1, image };
+        assert_eq!(h.adapters.store.image_status(k).await.unwrap(), Some(ImageStatus::Succeeded), "{k:?}");
+        assert!(
+            h.adapters
+                .objects
+                .fetch(&env("BUCKET"), &format!("processed/{id}/{serial}/{image}.jpg"), u64::MAX)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    let missing = ImageKey { request_id: id, product: 0, image: 2 };
+    assert_eq!(h.adapters.store.image_status(missing).await.unwrap(), Some(ImageStatus::Failed));
+    let stream = h.stream_event(id).await;
+    let transitions = stream.records.iter().filter(|r| notify::became_terminal(r) == Some(id)).count();
+    assert_eq!(transitions, 1, "the stream shows one terminal transition");
+
+    // and the stream batch redelivered three times sends one webhook.
+    for _ in 0..3 {
+        assert!(notify::handle(&h.app, stream.clone()).await.batch_item_failures.is_empty());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "exactly one webhook call");
+    assert_eq!(json_of(&calls[0].1)["progress"]["succeeded"], 2);
+    assert_eq!(calls[0].0["x-imgproc-signature"], imgproc::services::notify::signature(SECRET, &calls[0].1).as_str());
+
+    // A late repeat of the S3 event finds the finished request and queues nothing.
+    let late = ingest::handle(&h.app, &h.adapters.objects, event).await.unwrap();
+    assert_eq!(late, vec![IngestOutcome::Accepted { request_id: id }]);
+    assert_eq!(queued(&h).await, 0, "nothing queued again");
+    assert_eq!(
+        h.adapters.store.get_request(id).await.unwrap().unwrap().progress,
+        Progress { total: 3, succeeded: 2, failed: 1 }
+    );
 }

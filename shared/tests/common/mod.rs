@@ -225,6 +225,47 @@ impl WebhookReceiver {
     }
 }
 
+/// A listener that serves nothing and only counts the TCP connections it
+/// accepts: proof that nothing connected, even without sending a request.
+pub struct Tripwire {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicU32>,
+}
+
+impl Tripwire {
+    /// Binds `ip:port` (`port` 0: any free port). `None` when the address
+    /// cannot be bound (e.g. no IPv6 loopback on this machine).
+    pub async fn bind(ip: &str, port: u16) -> Option<Self> {
+        let listener = tokio::net::TcpListener::bind((ip, port)).await.ok()?;
+        let addr = listener.local_addr().ok()?;
+        let accepted = Arc::new(AtomicU32::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        Some(Self { addr, accepted })
+    }
+
+    pub fn connections(&self) -> u32 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connects once and waits until the connection is counted, so a test
+    /// proves its tripwire would have seen a connection.
+    pub async fn self_test(&self) {
+        let before = self.connections();
+        let _socket = tokio::net::TcpStream::connect(self.addr).await.expect("connect to the tripwire");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.connections() == before {
+            assert!(Instant::now() < deadline, "the tripwire on {} counts connections", self.addr);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// A CSV with one product per row, each a list of URLs.
 pub fn csv_of(rows: &[(u64, &str, Vec<String>)]) -> String {
     let mut csv = String::from("S. No.,Product Name,Input Image Urls\n");
