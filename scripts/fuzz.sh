@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Fuzzes the CSV parser/validator and the image format sniffer with cargo fuzz
+# (libFuzzer), SECONDS_PER_TARGET each (default 60), starting from the seed
+# corpus in fuzz/seeds/. A crash or a broken invariant stops the run and
+# leaves the input in fuzz/artifacts/<target>/.
+#
+#   scripts/fuzz.sh          # 60 s per target
+#   scripts/fuzz.sh 600      # longer
+#
+# cargo fuzz needs nightly-only compiler flags; RUSTC_BOOTSTRAP=1 lets the
+# stable toolchain accept them. Installs cargo-fuzz (crates.io) if missing.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+seconds="${1:-60}"
+export RUSTC_BOOTSTRAP=1
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/imgproc-fuzz-target}"
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+cd "$repo/fuzz"
+for target in csv_input sniff; do
+  corpus="$(mktemp -d)"
+  cp "seeds/$target"/* "$corpus/"
+  echo "== cargo fuzz run $target for ${seconds} s"
+  # -s none: no sanitizer (safe Rust); -rss_limit_mb: an input that makes the
+  # target allocate without bound fails the run; -max_len: 64 KiB inputs.
+  log="$corpus.log"
+  if ! cargo fuzz run -s none -O "$target" "$corpus" -- \
+    -max_total_time="$seconds" -rss_limit_mb=1024 -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    echo "fuzzing $target failed: the input is in fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+  grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)" "$log"
+  rm -f "$log"
+  rm -rf "$corpus"
+done
