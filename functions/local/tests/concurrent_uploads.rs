@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,9 +19,6 @@ use serde_json::Value;
 const UPLOADS: usize = 100;
 const ROWS: u64 = 50;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
 /// A small real JPEG (a crop of an example photograph): the load is on the
 /// API, the store and the queue, not the encoder.
@@ -50,7 +46,7 @@ async fn a_hundred_concurrent_uploads_all_complete_with_exact_counts() {
     let hook = WebhookReceiver::start(0).await;
 
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(env!("CARGO_BIN_EXE_imgproc-local"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data-dir"])

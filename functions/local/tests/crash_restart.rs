@@ -7,7 +7,6 @@
 #[path = "../../../shared/tests/common/mod.rs"]
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,9 +14,6 @@ use std::time::{Duration, Instant};
 use common::{ImageServer, PHOTOS, WebhookReceiver, csv_of, is_terminal};
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
 fn serve(data: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_imgproc-local"))
@@ -81,7 +77,7 @@ async fn kill_9_at_random_moments_then_restart_loses_nothing_and_counts_nothing_
     let images = ImageServer::start().await;
     let hook = WebhookReceiver::start(0).await;
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
 

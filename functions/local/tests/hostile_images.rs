@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -356,9 +355,6 @@ fn peak_memory_of_the_cli_stays_bounded() {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
 /// VmHWM (peak resident memory) of a running process.
 fn vm_hwm(pid: u32) -> u64 {
@@ -394,7 +390,7 @@ async fn the_service_records_each_outcome_and_its_memory_stays_bounded() {
     let images = ImageServer::start().await;
 
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(env!("CARGO_BIN_EXE_imgproc-local"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data-dir"])

@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,12 +21,6 @@ const HOOK_TOKEN: &str = "hook-token-never-logged";
 /// In an image URL's query, as in a presigned URL.
 const IMAGE_TOKEN: &str = "image-signature-never-logged";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// `name value` lines of an OpenMetrics text, by name with labels.
 fn samples(text: &str) -> HashMap<String, f64> {
@@ -44,7 +37,7 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
     // The first webhook attempt gets a 500, the second a 204.
     let hook = WebhookReceiver::start(1).await;
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log_path = data.path().join("stderr.jsonl");
     let mut server = Command::new(env!("CARGO_BIN_EXE_imgproc-local"))
@@ -77,7 +70,7 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
     // Given six images: four good ones (one behind a 503 the first time,
     // one with a token in its URL), one that answers 404, and one on a
     // port where nothing listens (its URL carries a token too).
-    let closed = free_port();
+    let closed = common::free_port();
     let rows = vec![
         (
             7,

@@ -278,3 +278,8 @@ pub fn csv_of(rows: &[(u64, &str, Vec<String>)]) -> String {
 pub fn is_terminal(status: &Value) -> bool {
     matches!(status["status"].as_str(), Some("completed" | "completed_with_errors" | "failed"))
 }
+
+/// A loopback port nobody listens on right now, for a server started next.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
