@@ -13,8 +13,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-60}"
 export RUSTC_BOOTSTRAP=1
-export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/imgproc-fuzz-target}"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/imgproc-fuzz-target}"
 cd "$repo/fuzz"
 for target in csv_input sniff; do
   corpus="$(mktemp -d)"
@@ -29,7 +29,7 @@ for target in csv_input sniff; do
     echo "fuzzing $target failed: the input is in fuzz/artifacts/$target/" >&2
     exit 1
   fi
-  grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)" "$log"
+  grep -E "^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb)" "$log"
   rm -f "$log"
   rm -rf "$corpus"
 done

@@ -2,7 +2,9 @@
 # Every test of the project: cfn-lint of template.yaml, then unit tests,
 # end-to-end tests on the embedded store, the crash/restart test, the
 # network guard, and the AWS adapters, handlers and end-to-end path on a
-# moto server started here on 127.0.0.1; then the web page in a browser.
+# moto server started here on 127.0.0.1; then the web page in a browser,
+# schemathesis against the API, and a short cargo fuzz run of the CSV
+# parser and the format sniffer.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -31,3 +33,8 @@ fi
 # running imgproc-local serve, in a network namespace of its own (~30 s).
 echo "== scripts/api-conformance.sh"
 scripts/api-conformance.sh
+
+# Coverage-guided fuzzing of the CSV parser and the format sniffer,
+# FUZZ_SECONDS per target (default 60; the build itself takes under a minute).
+echo "== scripts/fuzz.sh"
+scripts/fuzz.sh "${FUZZ_SECONDS:-60}"

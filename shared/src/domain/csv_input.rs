@@ -391,7 +391,13 @@ pub fn check_url(raw: &str) -> Result<url::Url, String> {
         return Err(format!("\"{}\" contains control characters", truncate(raw, 80)));
     }
     let url = url::Url::parse(raw).map_err(|e| format!("\"{}\" is not an absolute URL ({e})", truncate(raw, 80)))?;
-    if !matches!(url.scheme(), "http" | "https") {
+    // The URL standard the parser follows forgives `http:host`, `http:/host`
+    // and `http:\\host`; what a person typed must also spell its scheme and
+    // `//` plainly, so that the URL stored and shown is the one fetched.
+    let spelled_plainly = ["http://", "https://"]
+        .iter()
+        .any(|prefix| raw.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix)));
+    if !spelled_plainly || !matches!(url.scheme(), "http" | "https") {
         return Err(format!("\"{}\" must start with http:// or https://", truncate(raw, 80)));
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -573,6 +579,11 @@ mod tests {
             assert_eq!(i.column.as_deref(), Some("Input Image Urls"), "{bad}");
             assert!(i.message.starts_with("URL 2 "), "{}", i.message);
         }
+        // Forms the URL standard forgives but a person did not mean.
+        for lax in ["http:.gpj", "http:e.com/a.jpg", "http:/e.com/a.jpg", "https:\\\\e.com\\a.jpg"] {
+            assert!(check_url(lax).unwrap_err().contains("must start with http:// or https://"), "{lax}");
+        }
+        assert_eq!(check_url("HTTPS://E.com/a.jpg").map(|u| u.to_string()).as_deref(), Ok("https://e.com/a.jpg"));
         let long = format!("https://e.com/{}", "a".repeat(2040));
         assert!(only(&errs(format!("S. No.,Product Name,Input Image Urls\n1,A,{long}\n").as_bytes())).message.contains("2048"));
     }
