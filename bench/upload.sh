@@ -6,8 +6,8 @@
 #   2. by the AWS `upload` function's router on a moto server
 #      (shared/benches/upload_on_moto.rs).
 #
-#   bench/upload.sh            # 3 uploads each
-#   UPLOAD_RUNS=5 bench/upload.sh
+#   bench/upload.sh                       # 3 uploads each
+#   UPLOAD_RUNS=5 UPLOAD_ROWS=2000 bench/upload.sh   # other counts (3 URLs a row)
 #
 # The URLs point at a closed loopback port, so the local workers that pick
 # the images up fail fast instead of downloading anything.
@@ -16,6 +16,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/imgproc-target}"
 export UPLOAD_RUNS="${UPLOAD_RUNS:-3}"
+rows="${UPLOAD_ROWS:-10000}"
 # shellcheck source=scripts/dev-tools.sh
 source scripts/dev-tools.sh
 
@@ -28,15 +29,15 @@ cleanup() {
 trap cleanup EXIT
 
 export UPLOAD_CSV="$work/products.csv"
-python3 - "$UPLOAD_CSV" <<'PY'
+python3 - "$UPLOAD_CSV" "$rows" <<'PY'
 import sys
 with open(sys.argv[1], "w", newline="") as f:
     f.write("S. No.,Product Name,Input Image Urls\n")
-    for n in range(1, 10_001):
+    for n in range(1, int(sys.argv[2]) + 1):
         urls = ",".join(f"http://127.0.0.1:9/catalogue/{n}/photo-{k}.jpg" for k in range(1, 4))
         f.write(f'{n},Product {n},"{urls}"\n')
 PY
-echo "== CSV: 10,000 rows, 30,000 URLs, $(stat -c %s "$UPLOAD_CSV") bytes"
+echo "== CSV: $rows rows, $((rows * 3)) URLs, $(stat -c %s "$UPLOAD_CSV") bytes"
 
 echo "== cargo build --release -p imgproc-local"
 cargo build --release --locked -q -p imgproc-local

@@ -9,6 +9,7 @@
 //! layout allows (`jpeg.rs`); everything else goes through pixels.
 
 mod chroma;
+mod huffman;
 mod icc;
 mod jpeg;
 mod libjpeg;

@@ -317,3 +317,58 @@ fn the_engine_decodes_jpeg_like_libjpeg_turbo() {
         assert_eq!(&pixels.data, reference.as_bytes(), "{name}");
     }
 }
+
+#[test]
+fn huffman_tables_from_our_counts_are_libjpegs_own() {
+    // The symbol counts behind the optimal tables are gathered by
+    // `huffman::count_scan`, not libjpeg: the files must come out byte for
+    // byte as when libjpeg gathers them, in every layout and at sizes
+    // that leave padding blocks at the right and bottom edges.
+    let chelsea = decode(&photo("chelsea-cat.png")).to_rgb8();
+    let odd = image::imageops::crop_imm(&chelsea, 3, 5, 301, 203).to_image();
+    let mut inputs = jpeg_inputs();
+    for (sampling, label) in [
+        (SamplingFactor::R_4_2_0, "4:2:0"),
+        (SamplingFactor::R_4_2_2, "4:2:2"),
+        (SamplingFactor::R_4_4_4, "4:4:4"),
+    ] {
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(&mut out, 90);
+        enc.set_sampling_factor(sampling);
+        enc.encode(
+            odd.as_raw(),
+            odd.width() as u16,
+            odd.height() as u16,
+            ColorType::Rgb,
+        )
+        .unwrap();
+        inputs.push((format!("301×203 {label}"), out));
+    }
+    let grey = DynamicImage::ImageRgb8(odd.clone()).to_luma8();
+    let mut out = Vec::new();
+    Encoder::new(&mut out, 90)
+        .encode(grey.as_raw(), 301, 203, ColorType::Luma)
+        .unwrap();
+    inputs.push(("301×203 greyscale".into(), out));
+
+    let with = |libjpeg_gathers: bool, input: &[u8]| {
+        libjpeg::LIBJPEG_GATHERS.with(|g| g.set(libjpeg_gathers));
+        let out = compress(input, &SETTINGS);
+        libjpeg::LIBJPEG_GATHERS.with(|g| g.set(false));
+        out
+    };
+    for (name, input) in inputs {
+        let ours = with(false, &input).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let theirs = with(true, &input).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            !ours.original_kept,
+            "{name}: the output must be re-encoded to compare anything"
+        );
+        assert!(
+            ours.bytes == theirs.bytes,
+            "{name}: {} bytes, libjpeg's own tables give {}",
+            ours.bytes.len(),
+            theirs.bytes.len()
+        );
+    }
+}
