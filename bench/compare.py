@@ -6,8 +6,8 @@
 1. builds the corpus of real photographs (scripts/build-corpus.sh; cached);
 2. installs Sharp from npm into bench/.work/sharp (once);
 3. builds imgproc-local and imgproc-bench in release mode;
-4. runs, round after round, Sharp (concurrency 1), imgproc with 1 thread
-   and with 2 threads on the same in-memory inputs, and the whole service
+4. runs, round after round, Sharp (concurrency 1) and imgproc with 1 thread,
+   both pinned to one CPU (taskset), imgproc with 2 threads on the same in-memory inputs, and the whole service
    (`imgproc-local serve` on the embedded store, fetching the corpus
    --copies times from a loopback server, with 1 and 2 compression threads,
    timed from sending the upload to receiving its webhook call), rotating
@@ -83,13 +83,22 @@ def sharp_dir():
     return d
 
 
+# The one-thread contenders run pinned to one CPU: with
+# `sharp.concurrency(1)` libvips still runs a helper thread (Sharp used 122%
+# of a CPU unpinned on an idle machine), so "one thread" means one CPU's
+# worth of work for both.
+ONE_CPU = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+
+
 def sharp_run(sd, corpus_dir, out, passes):
-    res = run(["node", str(sd / "sharp-bench.mjs"), str(corpus_dir), str(out), str(passes)], capture_output=True, text=True)
+    res = run(ONE_CPU + ["node", str(sd / "sharp-bench.mjs"), str(corpus_dir), str(out), str(passes)],
+              capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def imgproc_run(binary, files, out, threads, passes):
-    cmd = [str(binary), "compress", "--json", "--threads", str(threads), "--passes", str(passes), "--out", str(out)]
+    cmd = (ONE_CPU if threads == 1 else []) + [
+        str(binary), "compress", "--json", "--threads", str(threads), "--passes", str(passes), "--out", str(out)]
     res = subprocess.run(cmd + [str(f) for f in files], capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"imgproc compress failed ({res.returncode}): {res.stderr}\n{res.stdout[-2000:]}")

@@ -128,11 +128,16 @@ fn count_block(
 
     let ac = &mut counts.ac[c.ac_table];
     let zigzag: [i16; 64] = std::array::from_fn(|k| block[ZIGZAG[k]]);
-    let nonzero = zigzag
-        .iter()
-        .enumerate()
-        .skip(1)
-        .fold(0u64, |mask, (k, &v)| mask | (u64::from(v != 0) << k));
+    // One byte per coefficient (0 or 1), then eight bytes at a time folded
+    // into eight bits by one multiplication: each byte's bit lands in the
+    // top byte, in order.
+    let flags: [u8; 64] = std::array::from_fn(|k| u8::from(zigzag[k] != 0));
+    let mut nonzero = 0u64;
+    for (i, chunk) in flags.chunks_exact(8).enumerate() {
+        let bytes = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        nonzero |= (bytes.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * i);
+    }
+    nonzero &= !1; // the DC coefficient is counted above
     let mut rest = nonzero;
     let mut last = 0;
     while rest != 0 {
