@@ -7,9 +7,10 @@
 2. installs Sharp from npm into bench/.work/sharp (once);
 3. builds imgproc-local and imgproc-bench in release mode;
 4. runs, round after round, Sharp (concurrency 1) and imgproc with 1 thread,
-   both pinned to one CPU (taskset), imgproc with 2 threads on the same in-memory inputs, and the whole service
-   (`imgproc-local serve` on the embedded store, fetching the corpus
-   --copies times from a loopback server, with 1 and 2 compression threads,
+   both pinned to one CPU (taskset), imgproc with 2 threads, all on the same
+   in-memory inputs, and the whole service (`imgproc-local serve` on the
+   embedded store, fetching the corpus --copies times from a loopback
+   server, with 1 and 2 compression threads,
    timed from sending the upload to receiving its webhook call), rotating
    their order every round so that machine noise hits all of them alike;
    each run is its own process (its peak RSS is its own) and reports its
