@@ -8,6 +8,7 @@
 #
 #   bench/upload.sh                       # 3 uploads each
 #   UPLOAD_RUNS=5 UPLOAD_ROWS=2000 bench/upload.sh   # other counts (3 URLs a row)
+#   UPLOAD_TARGETS=moto UPLOAD_ROWS=100 bench/upload.sh   # one of "local moto"
 #
 # The URLs point at a closed loopback port, so the local workers that pick
 # the images up fail fast instead of downloading anything.
@@ -17,6 +18,7 @@ cd "$repo"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/imgproc-target}"
 export UPLOAD_RUNS="${UPLOAD_RUNS:-3}"
 rows="${UPLOAD_ROWS:-10000}"
+targets="${UPLOAD_TARGETS:-local moto}"
 # shellcheck source=scripts/dev-tools.sh
 source scripts/dev-tools.sh
 
@@ -39,6 +41,7 @@ with open(sys.argv[1], "w", newline="") as f:
 PY
 echo "== CSV: $rows rows, $((rows * 3)) URLs, $(stat -c %s "$UPLOAD_CSV") bytes"
 
+if [[ " $targets " == *" local "* ]]; then
 echo "== cargo build --release -p imgproc-local"
 cargo build --release --locked -q -p imgproc-local
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -59,6 +62,8 @@ for run in $(seq 1 "$UPLOAD_RUNS"); do
 done
 kill "$serve_pid"
 serve_pid=""
+fi
+[[ " $targets " == *" moto "* ]] || exit 0
 
 start_moto
 # start_moto replaces the EXIT trap when it started moto; keep both.
