@@ -10,6 +10,8 @@
 #   UPLOAD_RUNS=5 UPLOAD_ROWS=2000 bench/upload.sh   # other counts (3 URLs a row)
 #   UPLOAD_TARGETS=moto UPLOAD_ROWS=100 bench/upload.sh   # one of "local moto"
 #
+# moto's SQS rescans its whole queue for every message sent, so on moto keep
+# UPLOAD_ROWS in the hundreds (BENCHMARKS.md has the figures and the cause).
 # The URLs point at a closed loopback port, so the local workers that pick
 # the images up fail fast instead of downloading anything.
 set -euo pipefail
@@ -42,26 +44,26 @@ PY
 echo "== CSV: $rows rows, $((rows * 3)) URLs, $(stat -c %s "$UPLOAD_CSV") bytes"
 
 if [[ " $targets " == *" local "* ]]; then
-echo "== cargo build --release -p imgproc-local"
-cargo build --release --locked -q -p imgproc-local
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-ALLOW_PRIVATE_NETWORKS=true MAX_ATTEMPTS=1 RUST_LOG=warn \
-  "$CARGO_TARGET_DIR/release/imgproc-local" serve --addr "127.0.0.1:$port" --data-dir "$work/data" >"$work/serve.log" 2>&1 &
-serve_pid=$!
-deadline=$((SECONDS + 30))
-until curl -fs "http://127.0.0.1:$port/health" >/dev/null; do
-  ((SECONDS < deadline)) || { cat "$work/serve.log" >&2; echo "serve did not start" >&2; exit 1; }
-  sleep 0.1
-done
-for run in $(seq 1 "$UPLOAD_RUNS"); do
-  out="$(curl -fsS -o "$work/answer.json" -w '%{http_code} %{time_total}' \
-    -H 'Content-Type: text/csv' --data-binary "@$UPLOAD_CSV" "http://127.0.0.1:$port/v1/requests")"
-  read -r code seconds <<<"$out"
-  [[ "$code" == 202 ]] || { cat "$work/answer.json" >&2; exit 1; }
-  printf 'local serve, run %s: %.2f s (%s)\n' "$run" "$seconds" "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); print(a["products"], "products,", a["images"], "images")' "$work/answer.json")"
-done
-kill "$serve_pid"
-serve_pid=""
+  echo "== cargo build --release -p imgproc-local"
+  cargo build --release --locked -q -p imgproc-local
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  ALLOW_PRIVATE_NETWORKS=true MAX_ATTEMPTS=1 RUST_LOG=warn \
+    "$CARGO_TARGET_DIR/release/imgproc-local" serve --addr "127.0.0.1:$port" --data-dir "$work/data" >"$work/serve.log" 2>&1 &
+  serve_pid=$!
+  deadline=$((SECONDS + 30))
+  until curl -fs "http://127.0.0.1:$port/health" >/dev/null; do
+    ((SECONDS < deadline)) || { cat "$work/serve.log" >&2; echo "serve did not start" >&2; exit 1; }
+    sleep 0.1
+  done
+  for run in $(seq 1 "$UPLOAD_RUNS"); do
+    out="$(curl -fsS -o "$work/answer.json" -w '%{http_code} %{time_total}' \
+      -H 'Content-Type: text/csv' --data-binary "@$UPLOAD_CSV" "http://127.0.0.1:$port/v1/requests")"
+    read -r code seconds <<<"$out"
+    [[ "$code" == 202 ]] || { cat "$work/answer.json" >&2; exit 1; }
+    printf 'local serve, run %s: %.2f s (%s)\n' "$run" "$seconds" "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); print(a["products"], "products,", a["images"], "images")' "$work/answer.json")"
+  done
+  kill "$serve_pid"
+  serve_pid=""
 fi
 [[ " $targets " == *" moto "* ]] || exit 0
 
