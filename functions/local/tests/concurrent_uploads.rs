@@ -58,11 +58,7 @@ async fn a_hundred_concurrent_uploads_all_complete_with_exact_counts() {
         .spawn()
         .expect("imgproc-local starts");
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(UPLOADS).build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_healthy(&client, &base).await;
 
     // Upload u, row r: image "u-r" (two images on every tenth row).
     let csvs: Vec<String> = (0..UPLOADS)

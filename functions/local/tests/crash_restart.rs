@@ -30,14 +30,6 @@ fn serve(data: &Path, port: u16) -> Child {
         .expect("imgproc-local starts")
 }
 
-async fn wait_healthy(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn status(client: &reqwest::Client, base: &str, id: &str) -> Value {
     client.get(format!("{base}/v1/requests/{id}?limit=1000")).send().await.unwrap().json().await.unwrap()
 }
@@ -95,17 +87,8 @@ async fn kill_9_at_random_moments_then_restart_loses_nothing_and_counts_nothing_
         })
         .collect();
     let mut server = serve(data.path(), port);
-    wait_healthy(&client, &base).await;
-    let accepted: Value = client
-        .post(format!("{base}/v1/requests?webhook_url={}", hook.url()))
-        .header("content-type", "text/csv")
-        .body(csv_of(&rows))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    common::wait_healthy(&client, &base).await;
+    let accepted = common::post_csv(client.post(format!("{base}/v1/requests?webhook_url={}", hook.url())), csv_of(&rows)).await;
     let id = accepted["request_id"].as_str().expect("accepted").to_owned();
     assert_eq!(accepted["images"], IMAGES);
 
@@ -126,7 +109,7 @@ async fn kill_9_at_random_moments_then_restart_loses_nothing_and_counts_nothing_
         server.kill().expect("SIGKILL");
         server.wait().unwrap();
         server = serve(data.path(), port);
-        wait_healthy(&client, &base).await;
+        common::wait_healthy(&client, &base).await;
         let done = finished(&client, &base, &id).await;
         assert!(done < IMAGES, "killed mid-request ({done} finished)");
         killed_at.push(done);

@@ -403,11 +403,7 @@ async fn the_service_records_each_outcome_and_its_memory_stays_bounded() {
         .spawn()
         .expect("imgproc-local starts");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_healthy(&client, &base).await;
     let idle = vm_hwm(server.id());
 
     let expected: Vec<(String, Expect)> = cases()
@@ -417,16 +413,7 @@ async fn the_service_records_each_outcome_and_its_memory_stays_bounded() {
         .collect();
     let rows: Vec<(u64, &str, Vec<String>)> =
         expected.iter().enumerate().map(|(i, (u, _))| (i as u64 + 1, "P", vec![u.clone()])).collect();
-    let accepted: Value = client
-        .post(format!("{base}/v1/requests"))
-        .header("content-type", "text/csv")
-        .body(csv_of(&rows))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted = common::post_csv(client.post(format!("{base}/v1/requests")), csv_of(&rows)).await;
     let id = accepted["request_id"].as_str().expect("accepted").to_owned();
     let deadline = Instant::now() + Duration::from_secs(120);
     let status: Value = loop {

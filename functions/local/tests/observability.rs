@@ -61,11 +61,7 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
         .spawn()
         .expect("imgproc-local starts");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_healthy(&client, &base).await;
 
     // Given six images: four good ones (one behind a 503 the first time,
     // one with a token in its URL), one that answers 404, and one on a
@@ -101,17 +97,7 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
     let query = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("webhook_url", &webhook_url)
         .finish();
-    let accepted: Value = client
-        .post(format!("{base}/v1/requests?{query}"))
-        .bearer_auth(API_TOKEN)
-        .header("content-type", "text/csv")
-        .body(csv_of(&rows))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted = common::post_csv(client.post(format!("{base}/v1/requests?{query}")).bearer_auth(API_TOKEN), csv_of(&rows)).await;
     let id = accepted["request_id"]
         .as_str()
         .unwrap_or_else(|| panic!("accepted: {accepted}"))

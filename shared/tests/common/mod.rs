@@ -283,3 +283,19 @@ pub fn is_terminal(status: &Value) -> bool {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
+
+/// Waits, at most 30 s, until a server at `base` answers `GET /health`.
+pub async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `csv` as `text/csv` with `request` (an upload's POST, with any
+/// query or headers already on it) and returns the JSON answer.
+pub async fn post_csv(request: reqwest::RequestBuilder, csv: String) -> Value {
+    let answer = request.header("content-type", "text/csv").body(csv).send().await.expect("upload sent");
+    serde_json::from_slice(&answer.bytes().await.expect("upload answered")).expect("a JSON answer")
+}
