@@ -28,8 +28,13 @@ async fn main() {
         return;
     };
     let csv = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    let runs: usize = std::env::var("UPLOAD_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let (app, _) = imgproc::aws::app_from_env().await.expect("the AWS app starts on moto");
+    let runs: usize = std::env::var("UPLOAD_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let (app, _) = imgproc::aws::app_from_env()
+        .await
+        .expect("the AWS app starts on moto");
     let router = api::router(app);
 
     for run in 1..=runs {
@@ -38,11 +43,22 @@ async fn main() {
             .body(Body::from(csv.clone()))
             .expect("request");
         let started = Instant::now();
-        let response = router.clone().oneshot(request).await.expect("router answers");
+        let response = router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("router answers");
         let elapsed = started.elapsed();
         let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
-        assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
         let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON answer");
         println!(
             "upload on moto, run {run}: {:.2} s for {} products, {} images ({} bytes)",

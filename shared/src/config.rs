@@ -94,29 +94,66 @@ impl Config {
 
     /// Reads every setting through `lookup`; unset or empty means default.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let d = Config::default();
         Ok(Self {
             table_name: get("TABLE_NAME"),
             queue_url: get("QUEUE_URL"),
             bucket: get("BUCKET"),
-            output_base_url: get("OUTPUT_BASE_URL").map(|v| base_url("OUTPUT_BASE_URL", &v)).transpose()?,
+            output_base_url: get("OUTPUT_BASE_URL")
+                .map(|v| base_url("OUTPUT_BASE_URL", &v))
+                .transpose()?,
             api_token: get("API_TOKEN").map(Secret),
             webhook_secret: get("WEBHOOK_SECRET").map(Secret),
             jpeg_quality: number(&get, "JPEG_QUALITY", d.jpeg_quality, 1, 100)?,
             max_rows: number(&get, "MAX_ROWS", d.max_rows, 1, 1_000_000)?,
             max_images: number(&get, "MAX_IMAGES", d.max_images, 1, 10_000_000)?,
-            max_images_per_row: number(&get, "MAX_IMAGES_PER_ROW", d.max_images_per_row, 1, 10_000)?,
+            max_images_per_row: number(
+                &get,
+                "MAX_IMAGES_PER_ROW",
+                d.max_images_per_row,
+                1,
+                10_000,
+            )?,
             max_upload_bytes: number(&get, "MAX_UPLOAD_BYTES", d.max_upload_bytes, 1, 1 << 30)?,
-            max_download_bytes: number(&get, "MAX_DOWNLOAD_BYTES", d.max_download_bytes, 1, 1 << 32)?,
+            max_download_bytes: number(
+                &get,
+                "MAX_DOWNLOAD_BYTES",
+                d.max_download_bytes,
+                1,
+                1 << 32,
+            )?,
             max_pixels: number(&get, "MAX_PIXELS", d.max_pixels, 1, 1 << 32)?,
             fetch_timeout: Duration::from_secs(number(&get, "FETCH_TIMEOUT_SECS", 30, 1, 900)?),
             max_attempts: number(&get, "MAX_ATTEMPTS", d.max_attempts, 1, 100)?,
-            webhook_max_attempts: number(&get, "WEBHOOK_MAX_ATTEMPTS", d.webhook_max_attempts, 1, 100)?,
+            webhook_max_attempts: number(
+                &get,
+                "WEBHOOK_MAX_ATTEMPTS",
+                d.webhook_max_attempts,
+                1,
+                100,
+            )?,
             webhook_timeout: Duration::from_secs(number(&get, "WEBHOOK_TIMEOUT_SECS", 10, 1, 300)?),
-            retry_base_delay: Duration::from_millis(number(&get, "RETRY_BASE_DELAY_MS", 1000, 1, 600_000)?),
-            allow_private_networks: boolean(&get, "ALLOW_PRIVATE_NETWORKS", d.allow_private_networks)?,
-            metrics_namespace: get("METRICS_NAMESPACE").map(|v| namespace("METRICS_NAMESPACE", v)).transpose()?.unwrap_or(d.metrics_namespace),
+            retry_base_delay: Duration::from_millis(number(
+                &get,
+                "RETRY_BASE_DELAY_MS",
+                1000,
+                1,
+                600_000,
+            )?),
+            allow_private_networks: boolean(
+                &get,
+                "ALLOW_PRIVATE_NETWORKS",
+                d.allow_private_networks,
+            )?,
+            metrics_namespace: get("METRICS_NAMESPACE")
+                .map(|v| namespace("METRICS_NAMESPACE", v))
+                .transpose()?
+                .unwrap_or(d.metrics_namespace),
         })
     }
 
@@ -131,7 +168,9 @@ impl Config {
     /// Delay before retry number `attempt` (1-based): base × 2^(attempt-1), capped at 5 minutes.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.retry_base_delay.saturating_mul(factor).min(Duration::from_secs(300))
+        self.retry_base_delay
+            .saturating_mul(factor)
+            .min(Duration::from_secs(300))
     }
 }
 
@@ -145,19 +184,33 @@ fn number<T>(
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {
-    let Some(raw) = get(var) else { return Ok(default) };
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
     match raw.parse::<T>() {
         Ok(v) if v >= min && v <= max => Ok(v),
-        _ => Err(ConfigError { var, problem: format!("must be a whole number from {min} to {max}, got {raw:?}") }),
+        _ => Err(ConfigError {
+            var,
+            problem: format!("must be a whole number from {min} to {max}, got {raw:?}"),
+        }),
     }
 }
 
-fn boolean(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
-    let Some(raw) = get(var) else { return Ok(default) };
+fn boolean(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
     match raw.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
-        _ => Err(ConfigError { var, problem: format!("must be true or false, got {raw:?}") }),
+        _ => Err(ConfigError {
+            var,
+            problem: format!("must be true or false, got {raw:?}"),
+        }),
     }
 }
 
@@ -168,17 +221,24 @@ fn namespace(var: &'static str, raw: String) -> Result<String, ConfigError> {
     if raw.len() > 255 || !raw.chars().all(allowed) || raw.starts_with("AWS/") {
         return Err(ConfigError {
             var,
-            problem: format!("must be 1 to 255 letters, digits or . - _ / # : and not start with AWS/, got {raw:?}"),
+            problem: format!(
+                "must be 1 to 255 letters, digits or . - _ / # : and not start with AWS/, got {raw:?}"
+            ),
         });
     }
     Ok(raw)
 }
 
 fn base_url(var: &'static str, raw: &str) -> Result<String, ConfigError> {
-    let url = url::Url::parse(raw)
-        .map_err(|e| ConfigError { var, problem: format!("must be an absolute URL ({e}), got {raw:?}") })?;
+    let url = url::Url::parse(raw).map_err(|e| ConfigError {
+        var,
+        problem: format!("must be an absolute URL ({e}), got {raw:?}"),
+    })?;
     if !matches!(url.scheme(), "http" | "https" | "file") {
-        return Err(ConfigError { var, problem: format!("must be an http, https or file URL, got {raw:?}") });
+        return Err(ConfigError {
+            var,
+            problem: format!("must be an http, https or file URL, got {raw:?}"),
+        });
     }
     let mut s = url.to_string();
     if !s.ends_with('/') {
@@ -193,7 +253,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -201,7 +264,10 @@ mod tests {
     fn defaults_follow_the_contract() {
         let c = from(&[]).unwrap();
         assert_eq!(c.jpeg_quality, 50);
-        assert_eq!((c.max_rows, c.max_images, c.max_images_per_row), (10_000, 50_000, 50));
+        assert_eq!(
+            (c.max_rows, c.max_images, c.max_images_per_row),
+            (10_000, 50_000, 50)
+        );
         assert_eq!(c.max_upload_bytes, 4 << 20);
         assert_eq!(c.max_download_bytes, 25 << 20);
         assert_eq!(c.max_pixels, 100_000_000);
@@ -213,7 +279,15 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_variable() {
-        for (var, value) in [("JPEG_QUALITY", "0"), ("JPEG_QUALITY", "101"), ("MAX_ROWS", "ten"), ("ALLOW_PRIVATE_NETWORKS", "maybe"), ("OUTPUT_BASE_URL", "cdn/images"), ("METRICS_NAMESPACE", "AWS/Lambda"), ("METRICS_NAMESPACE", "imgproc!")] {
+        for (var, value) in [
+            ("JPEG_QUALITY", "0"),
+            ("JPEG_QUALITY", "101"),
+            ("MAX_ROWS", "ten"),
+            ("ALLOW_PRIVATE_NETWORKS", "maybe"),
+            ("OUTPUT_BASE_URL", "cdn/images"),
+            ("METRICS_NAMESPACE", "AWS/Lambda"),
+            ("METRICS_NAMESPACE", "imgproc!"),
+        ] {
             let err = from(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);
             assert!(err.to_string().contains(var));
@@ -222,12 +296,24 @@ mod tests {
 
     #[test]
     fn values_are_read() {
-        let c = from(&[("JPEG_QUALITY", "80"), ("ALLOW_PRIVATE_NETWORKS", "TRUE"), ("OUTPUT_BASE_URL", "https://cdn.example.com/img"), ("API_TOKEN", "s3cret")]).unwrap();
+        let c = from(&[
+            ("JPEG_QUALITY", "80"),
+            ("ALLOW_PRIVATE_NETWORKS", "TRUE"),
+            ("OUTPUT_BASE_URL", "https://cdn.example.com/img"),
+            ("API_TOKEN", "s3cret"),
+        ])
+        .unwrap();
         assert_eq!(c.jpeg_quality, 80);
         assert!(c.allow_private_networks);
-        assert_eq!(c.output_base_url.as_deref(), Some("https://cdn.example.com/img/"));
+        assert_eq!(
+            c.output_base_url.as_deref(),
+            Some("https://cdn.example.com/img/")
+        );
         assert_eq!(c.api_token.as_ref().map(Secret::expose), Some("s3cret"));
-        assert!(!format!("{c:?}").contains("s3cret"), "secrets never reach Debug output");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secrets never reach Debug output"
+        );
     }
 
     #[test]

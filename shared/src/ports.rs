@@ -9,7 +9,8 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::domain::{
-    ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest, ProductRecord, Progress, RequestRecord, WebhookState,
+    ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest, ProductRecord, Progress,
+    RequestRecord, WebhookState,
 };
 
 /// What an adapter reports when a backend call fails.
@@ -57,7 +58,12 @@ pub trait JobStore: Send + Sync {
 
     /// Products in input order, with their images, starting after position
     /// `after` (from the first when `None`).
-    async fn list_products(&self, id: Uuid, after: Option<u32>, limit: u32) -> PortResult<Vec<ProductRecord>>;
+    async fn list_products(
+        &self,
+        id: Uuid,
+        after: Option<u32>,
+        limit: u32,
+    ) -> PortResult<Vec<ProductRecord>>;
 
     async fn image_status(&self, key: ImageKey) -> PortResult<Option<ImageStatus>>;
 

@@ -21,16 +21,18 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::routing::{get, post};
-use axum::Router;
 use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use imgproc::aws::handlers::ingest::{self, IngestOutcome};
 use imgproc::aws::handlers::{notify, process};
-use imgproc::aws::{Adapters, Clients, DynamoStore, S3Objects, SqsQueue, app_with_metrics, stream_poller};
+use imgproc::aws::{
+    Adapters, Clients, DynamoStore, S3Objects, SqsQueue, app_with_metrics, stream_poller,
+};
 use imgproc::config::Config;
 use imgproc::domain::{ImageKey, ImageStatus, Progress, RequestStatus};
 use imgproc::metrics::EmfRecorder;
@@ -46,14 +48,17 @@ fn moto() -> Option<String> {
     match std::env::var("MOTO_ENDPOINT") {
         Ok(e) if !e.is_empty() => Some(e),
         _ => {
-            eprintln!("skipped: MOTO_ENDPOINT is not set (run scripts/test-aws.sh to run the AWS end-to-end tests on moto)");
+            eprintln!(
+                "skipped: MOTO_ENDPOINT is not set (run scripts/test-aws.sh to run the AWS end-to-end tests on moto)"
+            );
             None
         }
     }
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set (eval \"$(infra/moto-up.sh)\")"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} must be set (eval \"$(infra/moto-up.sh)\")"))
 }
 
 /// Serves the example photographs, and 404 for anything else.
@@ -62,12 +67,17 @@ async fn photo_server() -> SocketAddr {
     let app = Router::new()
         .route(
             "/photos/{name}",
-            get(|State(dir): State<Arc<PathBuf>>, Path(name): Path<String>| async move {
-                match (name.contains('/') || name.contains(".."), tokio::fs::read(dir.join(&name)).await) {
-                    (false, Ok(bytes)) => (StatusCode::OK, bytes),
-                    _ => (StatusCode::NOT_FOUND, Vec::new()),
-                }
-            }),
+            get(
+                |State(dir): State<Arc<PathBuf>>, Path(name): Path<String>| async move {
+                    match (
+                        name.contains('/') || name.contains(".."),
+                        tokio::fs::read(dir.join(&name)).await,
+                    ) {
+                        (false, Ok(bytes)) => (StatusCode::OK, bytes),
+                        _ => (StatusCode::NOT_FOUND, Vec::new()),
+                    }
+                },
+            ),
         )
         .with_state(Arc::new(dir));
     serve(app).await
@@ -81,10 +91,12 @@ async fn webhook_receiver() -> (SocketAddr, Calls) {
     let app = Router::new()
         .route(
             "/hook",
-            post(|State(calls): State<Calls>, headers: HeaderMap, body: Bytes| async move {
-                calls.lock().unwrap().push((headers, body));
-                StatusCode::NO_CONTENT
-            }),
+            post(
+                |State(calls): State<Calls>, headers: HeaderMap, body: Bytes| async move {
+                    calls.lock().unwrap().push((headers, body));
+                    StatusCode::NO_CONTENT
+                },
+            ),
         )
         .with_state(calls.clone());
     (serve(app).await, calls)
@@ -119,7 +131,11 @@ async fn harness() -> Harness {
         .expect("create a queue on moto")
         .queue_url
         .expect("queue URL");
-    let queue_arn = format!("arn:aws:sqs:{}:123456789012:{}", env("AWS_REGION"), queue_url.rsplit('/').next().unwrap_or(""));
+    let queue_arn = format!(
+        "arn:aws:sqs:{}:123456789012:{}",
+        env("AWS_REGION"),
+        queue_url.rsplit('/').next().unwrap_or("")
+    );
     let adapters = Adapters {
         store: DynamoStore::new(clients.dynamodb.clone(), env("TABLE_NAME")),
         queue: SqsQueue::new(clients.sqs.clone(), queue_url),
@@ -142,7 +158,13 @@ async fn harness() -> Harness {
         captured.lock().unwrap().push(line.to_owned());
     });
     let app = app_with_metrics(config, &adapters, Arc::new(recorder)).unwrap();
-    Harness { app, adapters, clients, queue_arn, emf }
+    Harness {
+        app,
+        adapters,
+        clients,
+        queue_arn,
+        emf,
+    }
 }
 
 const NAMESPACE: &str = "imgproc/e2e";
@@ -156,23 +178,50 @@ fn emf_schema() -> Value {
 /// dimension a string member of the root, every metric a number (or an
 /// array of at most 100 numbers) on the root.
 fn assert_emf(line: &str, validator: &jsonschema::Validator) -> Value {
-    let body = line.strip_suffix('\n').unwrap_or_else(|| panic!("an EMF document is one line: {line:?}"));
-    assert!(!body.contains('\n'), "an EMF document is one line: {line:?}");
-    let doc: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{e} at {}", e.instance_path())).collect();
-    assert!(errors.is_empty(), "not a valid EMF document:\n{}\n{doc:#}", errors.join("\n"));
+    let body = line
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("an EMF document is one line: {line:?}"));
+    assert!(
+        !body.contains('\n'),
+        "an EMF document is one line: {line:?}"
+    );
+    let doc: Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "not a valid EMF document:\n{}\n{doc:#}",
+        errors.join("\n")
+    );
     let directives = doc["_aws"]["CloudWatchMetrics"].as_array().unwrap();
     assert!(!directives.is_empty(), "no metric in {doc}");
     for directive in directives {
         assert_eq!(directive["Namespace"], NAMESPACE);
-        for name in directive["Dimensions"].as_array().unwrap().iter().flat_map(|set| set.as_array().unwrap()) {
-            assert!(doc[name.as_str().unwrap()].is_string(), "dimension {name} is not a string member: {doc}");
+        for name in directive["Dimensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|set| set.as_array().unwrap())
+        {
+            assert!(
+                doc[name.as_str().unwrap()].is_string(),
+                "dimension {name} is not a string member: {doc}"
+            );
         }
         for metric in directive["Metrics"].as_array().unwrap() {
             let value = &doc[metric["Name"].as_str().unwrap()];
             let numeric = value.is_number()
-                || value.as_array().is_some_and(|a| a.len() <= 100 && a.iter().all(Value::is_number));
-            assert!(numeric, "metric {} has no numeric member: {doc}", metric["Name"]);
+                || value
+                    .as_array()
+                    .is_some_and(|a| a.len() <= 100 && a.iter().all(Value::is_number));
+            assert!(
+                numeric,
+                "metric {} has no numeric member: {doc}",
+                metric["Name"]
+            );
         }
     }
     doc
@@ -181,14 +230,23 @@ fn assert_emf(line: &str, validator: &jsonschema::Validator) -> Value {
 impl Harness {
     /// The EMF documents written so far, each checked by [`assert_emf`].
     fn emf_documents(&self) -> Vec<Value> {
-        let validator = jsonschema::options().build(&emf_schema()).expect("the EMF schema compiles");
-        self.emf.lock().unwrap().iter().map(|line| assert_emf(line, &validator)).collect()
+        let validator = jsonschema::options()
+            .build(&emf_schema())
+            .expect("the EMF schema compiles");
+        self.emf
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|line| assert_emf(line, &validator))
+            .collect()
     }
 }
 
 #[test]
 fn the_emf_checks_refuse_what_cloudwatch_would_not_extract() {
-    let validator = jsonschema::options().build(&emf_schema()).expect("the EMF schema compiles");
+    let validator = jsonschema::options()
+        .build(&emf_schema())
+        .expect("the EMF schema compiles");
     let good = json!({
         "_aws": {"Timestamp": 1_764_345_600_000u64, "CloudWatchMetrics": [
             {"Namespace": NAMESPACE, "Dimensions": [["ErrorCode"], []], "Metrics": [{"Name": "ImagesFailed", "Unit": "Count"}]}]},
@@ -198,7 +256,10 @@ fn the_emf_checks_refuse_what_cloudwatch_would_not_extract() {
     assert_emf(&format!("{good}\n"), &validator);
     let mut bad = Vec::new();
     let mut no_timestamp = good.clone();
-    no_timestamp["_aws"].as_object_mut().unwrap().remove("Timestamp");
+    no_timestamp["_aws"]
+        .as_object_mut()
+        .unwrap()
+        .remove("Timestamp");
     bad.push(no_timestamp);
     let mut unknown_unit = good.clone();
     unknown_unit["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"] = json!("Millis");
@@ -210,23 +271,38 @@ fn the_emf_checks_refuse_what_cloudwatch_would_not_extract() {
     dimension_not_a_string["ErrorCode"] = json!(7);
     bad.push(dimension_not_a_string);
     let mut metric_missing = good.clone();
-    metric_missing.as_object_mut().unwrap().remove("ImagesFailed");
+    metric_missing
+        .as_object_mut()
+        .unwrap()
+        .remove("ImagesFailed");
     bad.push(metric_missing);
     let mut metric_not_a_number = good.clone();
     metric_not_a_number["ImagesFailed"] = json!("1");
     bad.push(metric_not_a_number);
     for doc in bad {
         let line = format!("{doc}\n");
-        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| assert_emf(&line, &validator))).is_err();
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert_emf(&line, &validator)
+        }))
+        .is_err();
         assert!(refused, "accepted an invalid EMF document: {doc}");
     }
     let two_lines = format!("{good}\n{good}\n");
-    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| assert_emf(&two_lines, &validator))).is_err(), "two documents in one line");
+    assert!(
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| assert_emf(
+            &two_lines, &validator
+        )))
+        .is_err(),
+        "two documents in one line"
+    );
 }
 
 /// The sum of `metric` over the documents about request `id`.
 fn total(docs: &[Value], id: Uuid, metric: &str) -> f64 {
-    docs.iter().filter(|d| d["request_id"] == id.to_string()).filter_map(|d| d[metric].as_f64()).sum()
+    docs.iter()
+        .filter(|d| d["request_id"] == id.to_string())
+        .filter_map(|d| d[metric].as_f64())
+        .sum()
 }
 
 impl Harness {
@@ -296,10 +372,18 @@ impl Harness {
     /// messages it did not report as failed.
     async fn process(&self, event: SqsEvent) -> Vec<String> {
         let response = process::handle(&self.app, &self.adapters.queue, event.clone()).await;
-        let failed: Vec<String> = response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+        let failed: Vec<String> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
         for m in &event.records {
             if !failed.contains(m.message_id.as_ref().unwrap()) {
-                self.adapters.queue.ack(m.receipt_handle.as_deref().unwrap()).await.unwrap();
+                self.adapters
+                    .queue
+                    .ack(m.receipt_handle.as_deref().unwrap())
+                    .await
+                    .unwrap();
             }
         }
         failed
@@ -307,7 +391,11 @@ impl Harness {
 
     /// The stream records of one request, as the notify function's event.
     async fn stream_event(&self, request_id: Uuid) -> aws_lambda_events::event::dynamodb::Event {
-        let streams = aws_sdk_dynamodbstreams::Client::new(&aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await);
+        let streams = aws_sdk_dynamodbstreams::Client::new(
+            &aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await,
+        );
         let arn = self
             .clients
             .dynamodb
@@ -325,7 +413,11 @@ impl Harness {
             .unwrap()
             .into_iter()
             .filter(|r| {
-                r.dynamodb.as_ref().and_then(|d| d.keys.as_ref()).and_then(|k| k.get("pk")).and_then(|v| v.as_s().ok())
+                r.dynamodb
+                    .as_ref()
+                    .and_then(|d| d.keys.as_ref())
+                    .and_then(|k| k.get("pk"))
+                    .and_then(|v| v.as_s().ok())
                     == Some(&pk)
             })
             .collect();
@@ -336,11 +428,16 @@ impl Harness {
 async fn call(router: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
     let response = router.clone().oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
-    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
 }
 
 fn json_of(bytes: &Bytes) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -365,10 +462,18 @@ async fn upload_process_notify_and_status_on_moto() {
         .body(Body::from(csv))
         .unwrap();
     let (status, headers, body) = call(&router, upload).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let accepted = json_of(&body);
     let id: Uuid = accepted["request_id"].as_str().unwrap().parse().unwrap();
-    assert_eq!((accepted["products"].as_u64(), accepted["images"].as_u64()), (Some(2), Some(4)));
+    assert_eq!(
+        (accepted["products"].as_u64(), accepted["images"].as_u64()),
+        (Some(2), Some(4))
+    );
     assert_eq!(headers["location"], format!("/v1/requests/{id}").as_str());
 
     // When the queue's four messages reach the process handler — the first
@@ -390,24 +495,65 @@ async fn upload_process_notify_and_status_on_moto() {
     .await;
     assert!(duplicates.iter().all(|r| r.batch_item_failures.is_empty()));
     let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
-    assert_eq!(r.progress, Progress { total: 4, succeeded: 1, failed: 0 }, "four deliveries of one image count once");
+    assert_eq!(
+        r.progress,
+        Progress {
+            total: 4,
+            succeeded: 1,
+            failed: 0
+        },
+        "four deliveries of one image count once"
+    );
 
     let failed = h.process(event).await;
     assert!(failed.is_empty(), "nothing to retry: {failed:?}");
 
     // then every image has finished and the request is terminal, once.
     let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
-    assert_eq!(r.progress, Progress { total: 4, succeeded: 3, failed: 1 });
+    assert_eq!(
+        r.progress,
+        Progress {
+            total: 4,
+            succeeded: 3,
+            failed: 1
+        }
+    );
     assert_eq!(r.terminal, Some(RequestStatus::CompletedWithErrors));
-    let missing = ImageKey { request_id: id, product: 1, image: 2 };
-    assert_eq!(h.adapters.store.image_status(missing).await.unwrap(), Some(ImageStatus::Failed));
-    let stored = h.adapters.objects.fetch(&env("BUCKET"), &format!("processed/{id}/1/1.jpg"), u64::MAX).await.unwrap().unwrap();
+    let missing = ImageKey {
+        request_id: id,
+        product: 1,
+        image: 2,
+    };
+    assert_eq!(
+        h.adapters.store.image_status(missing).await.unwrap(),
+        Some(ImageStatus::Failed)
+    );
+    let stored = h
+        .adapters
+        .objects
+        .fetch(&env("BUCKET"), &format!("processed/{id}/1/1.jpg"), u64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&stored.body[..3], b"\xff\xd8\xff", "a JPEG was stored");
-    assert!(h.adapters.objects.fetch(&env("BUCKET"), &format!("results/{id}.csv"), u64::MAX).await.unwrap().is_some());
+    assert!(
+        h.adapters
+            .objects
+            .fetch(&env("BUCKET"), &format!("results/{id}.csv"), u64::MAX)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // When the stream's records reach the notify handler (twice, as a retry would),
     let stream = h.stream_event(id).await;
-    assert!(stream.records.iter().any(|r| notify::became_terminal(r) == Some(id)), "the stream shows the terminal transition");
+    assert!(
+        stream
+            .records
+            .iter()
+            .any(|r| notify::became_terminal(r) == Some(id)),
+        "the stream shows the terminal transition"
+    );
     for _ in 0..2 {
         let response = notify::handle(&h.app, stream.clone()).await;
         assert!(response.batch_item_failures.is_empty());
@@ -422,37 +568,81 @@ async fn upload_process_notify_and_status_on_moto() {
     assert_eq!(calls.len(), 1, "exactly one webhook call");
     let (headers, body) = &calls[0];
     assert_eq!(headers["x-imgproc-event"], "request.completed");
-    assert_eq!(headers["x-imgproc-delivery"], imgproc::services::notify::delivery_id(id).to_string().as_str());
-    assert_eq!(headers["x-imgproc-signature"], imgproc::services::notify::signature(SECRET, body).as_str());
+    assert_eq!(
+        headers["x-imgproc-delivery"],
+        imgproc::services::notify::delivery_id(id)
+            .to_string()
+            .as_str()
+    );
+    assert_eq!(
+        headers["x-imgproc-signature"],
+        imgproc::services::notify::signature(SECRET, body).as_str()
+    );
     let payload = json_of(body);
     assert_eq!(payload["request_id"], id.to_string());
     assert_eq!(payload["status"], "completed_with_errors");
     assert_eq!(payload["progress"]["succeeded"], 3);
-    assert!(payload["output_csv_url"].as_str().unwrap().contains(&format!("results/{id}.csv")));
+    assert!(
+        payload["output_csv_url"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("results/{id}.csv"))
+    );
 
     // And the status route agrees.
-    let (status, _, body) = call(&router, Request::get(format!("/v1/requests/{id}")).body(Body::empty()).unwrap()).await;
+    let (status, _, body) = call(
+        &router,
+        Request::get(format!("/v1/requests/{id}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let view = json_of(&body);
     assert_eq!(view["status"], "completed_with_errors");
-    assert_eq!(view["progress"], json!({"total": 4, "succeeded": 3, "failed": 1, "pending": 0, "percent": 100.0}));
-    assert_eq!(view["webhook"], json!({"url": webhook_url, "status": "delivered", "attempts": 1}));
+    assert_eq!(
+        view["progress"],
+        json!({"total": 4, "succeeded": 3, "failed": 1, "pending": 0, "percent": 100.0})
+    );
+    assert_eq!(
+        view["webhook"],
+        json!({"url": webhook_url, "status": "delivered", "attempts": 1})
+    );
     assert!(view["output_csv_url"].is_string());
     let images = &view["products"][1]["images"];
     assert_eq!(images[0]["status"], "succeeded");
-    assert!(images[0]["output_url"].as_str().unwrap().contains(&format!("processed/{id}/2/1.jpg")));
+    assert!(
+        images[0]["output_url"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("processed/{id}/2/1.jpg"))
+    );
     assert_eq!(images[1]["status"], "failed");
     assert_eq!(images[1]["error"]["code"], "http_status");
-    let (status, _, csv) = call(&router, Request::get(format!("/v1/requests/{id}/output.csv")).body(Body::empty()).unwrap()).await;
+    let (status, _, csv) = call(
+        &router,
+        Request::get(format!("/v1/requests/{id}/output.csv"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(String::from_utf8_lossy(&csv).lines().count(), 3, "a header and two rows");
+    assert_eq!(
+        String::from_utf8_lossy(&csv).lines().count(),
+        3,
+        "a header and two rows"
+    );
 
     // The metrics, as CloudWatch would extract them from the EMF lines,
     // tell the same story exactly.
     let docs = h.emf_documents();
     let sum = |metric: &str| total(&docs, id, metric);
     assert_eq!((sum("RequestsAccepted"), sum("ImagesQueued")), (1.0, 4.0));
-    assert_eq!(sum("ImagesSucceeded"), 3.0, "four deliveries of one image count once");
+    assert_eq!(
+        sum("ImagesSucceeded"),
+        3.0,
+        "four deliveries of one image count once"
+    );
     assert_eq!(sum("ImagesFailed"), 1.0);
     let failure = docs.iter().find(|d| d["ImagesFailed"] == 1).unwrap();
     assert_eq!(failure["ErrorCode"], "http_status");
@@ -460,21 +650,47 @@ async fn upload_process_notify_and_status_on_moto() {
     assert_eq!(sum("RequestsCompleted"), 1.0);
     let completed = docs.iter().find(|d| d["RequestsCompleted"] == 1).unwrap();
     assert_eq!(completed["Status"], "completed_with_errors");
-    assert_eq!((sum("WebhookAttempts"), sum("WebhookAttemptsFailed")), (1.0, 0.0));
-    assert_eq!((sum("WebhooksDelivered"), sum("WebhooksFailed")), (1.0, 0.0));
-    let images: Vec<&Value> = view["products"].as_array().unwrap().iter().flat_map(|p| p["images"].as_array().unwrap()).collect();
-    let bytes = |field: &str| images.iter().filter(|i| i["status"] == "succeeded").filter_map(|i| i[field].as_f64()).sum::<f64>();
+    assert_eq!(
+        (sum("WebhookAttempts"), sum("WebhookAttemptsFailed")),
+        (1.0, 0.0)
+    );
+    assert_eq!(
+        (sum("WebhooksDelivered"), sum("WebhooksFailed")),
+        (1.0, 0.0)
+    );
+    let images: Vec<&Value> = view["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["images"].as_array().unwrap())
+        .collect();
+    let bytes = |field: &str| {
+        images
+            .iter()
+            .filter(|i| i["status"] == "succeeded")
+            .filter_map(|i| i[field].as_f64())
+            .sum::<f64>()
+    };
     assert_eq!(sum("BytesIn"), bytes("input_bytes"));
     assert_eq!(sum("BytesOut"), bytes("output_bytes"));
     for success in docs.iter().filter(|d| d["ImagesSucceeded"] == 1) {
-        for stage in ["DownloadTime", "DecodeTime", "EncodeTime", "CompressionRatio"] {
-            assert!(success[stage].as_f64().is_some_and(|v| v > 0.0), "{stage} of {success}");
+        for stage in [
+            "DownloadTime",
+            "DecodeTime",
+            "EncodeTime",
+            "CompressionRatio",
+        ] {
+            assert!(
+                success[stage].as_f64().is_some_and(|v| v > 0.0),
+                "{stage} of {success}"
+            );
         }
     }
 }
 
 async fn s3_event(bucket: &str, key: &str, e_tag: &str) -> S3Event {
-    let mut event: S3Event = serde_json::from_str(include_str!("../../infra/events/ingest.json")).unwrap();
+    let mut event: S3Event =
+        serde_json::from_str(include_str!("../../infra/events/ingest.json")).unwrap();
     let record = &mut event.records[0];
     record.s3.bucket.name = Some(bucket.into());
     record.s3.object.key = Some(key.replace(' ', "+"));
@@ -483,7 +699,13 @@ async fn s3_event(bucket: &str, key: &str, e_tag: &str) -> S3Event {
 }
 
 async fn put_drop(h: &Harness, key: &str, body: &str, webhook: Option<&str>) -> String {
-    let mut put = h.clients.s3.put_object().bucket(env("BUCKET")).key(key).body(body.as_bytes().to_vec().into());
+    let mut put = h
+        .clients
+        .s3
+        .put_object()
+        .bucket(env("BUCKET"))
+        .key(key)
+        .body(body.as_bytes().to_vec().into());
     if let Some(url) = webhook {
         put = put.metadata("webhook-url", url);
     }
@@ -501,7 +723,10 @@ async fn queued(h: &Harness) -> u64 {
         .await
         .unwrap();
     out.attributes
-        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages).cloned())
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                .cloned()
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
@@ -517,19 +742,48 @@ async fn the_same_s3_event_twice_makes_one_request() {
     let e_tag = put_drop(&h, &key, csv, Some("https://hooks.example.com/imgproc")).await;
     let event = s3_event(&env("BUCKET"), &key, &e_tag).await;
 
-    let first = ingest::handle(&h.app, &h.adapters.objects, event.clone()).await.unwrap();
-    let second = ingest::handle(&h.app, &h.adapters.objects, event).await.unwrap();
-    let [IngestOutcome::Accepted { request_id }] = first.as_slice() else { panic!("{first:?}") };
+    let first = ingest::handle(&h.app, &h.adapters.objects, event.clone())
+        .await
+        .unwrap();
+    let second = ingest::handle(&h.app, &h.adapters.objects, event)
+        .await
+        .unwrap();
+    let [IngestOutcome::Accepted { request_id }] = first.as_slice() else {
+        panic!("{first:?}")
+    };
     assert_eq!(second, first, "the repeated event finds the same request");
-    let r = h.adapters.store.get_request(*request_id).await.unwrap().unwrap();
+    let r = h
+        .adapters
+        .store
+        .get_request(*request_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.progress.total, 2);
-    assert_eq!(r.webhook.map(|w| w.url).as_deref(), Some("https://hooks.example.com/imgproc"));
+    assert_eq!(
+        r.webhook.map(|w| w.url).as_deref(),
+        Some("https://hooks.example.com/imgproc")
+    );
     assert!(queued(&h).await >= 2, "the images were queued");
 
     // Another upload under the same key is new content: a new request.
-    let e_tag = put_drop(&h, &key, &format!("{csv}2,SKU2,https://img.example.com/c.webp\n"), None).await;
-    let third = ingest::handle(&h.app, &h.adapters.objects, s3_event(&env("BUCKET"), &key, &e_tag).await).await.unwrap();
-    assert!(matches!(third.as_slice(), [IngestOutcome::Accepted { request_id: other }] if other != request_id));
+    let e_tag = put_drop(
+        &h,
+        &key,
+        &format!("{csv}2,SKU2,https://img.example.com/c.webp\n"),
+        None,
+    )
+    .await;
+    let third = ingest::handle(
+        &h.app,
+        &h.adapters.objects,
+        s3_event(&env("BUCKET"), &key, &e_tag).await,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(third.as_slice(), [IngestOutcome::Accepted { request_id: other }] if other != request_id)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -540,11 +794,34 @@ async fn a_bad_drop_gets_a_report_and_nothing_else() {
     let h = harness().await;
     let name = Uuid::new_v4();
     let key = format!("incoming/{name}.csv");
-    let e_tag = put_drop(&h, &key, "S. No.,Product Name,Input Image Urls\n0,,ftp://nope\n", None).await;
-    let outcomes = ingest::handle(&h.app, &h.adapters.objects, s3_event(&env("BUCKET"), &key, &e_tag).await).await.unwrap();
-    assert_eq!(outcomes, vec![IngestOutcome::Rejected { report_key: format!("rejected/{key}.json") }]);
+    let e_tag = put_drop(
+        &h,
+        &key,
+        "S. No.,Product Name,Input Image Urls\n0,,ftp://nope\n",
+        None,
+    )
+    .await;
+    let outcomes = ingest::handle(
+        &h.app,
+        &h.adapters.objects,
+        s3_event(&env("BUCKET"), &key, &e_tag).await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![IngestOutcome::Rejected {
+            report_key: format!("rejected/{key}.json")
+        }]
+    );
 
-    let report = h.adapters.objects.fetch(&env("BUCKET"), &format!("rejected/{key}.json"), u64::MAX).await.unwrap().unwrap();
+    let report = h
+        .adapters
+        .objects
+        .fetch(&env("BUCKET"), &format!("rejected/{key}.json"), u64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     let report = json_of(&report.body);
     assert_eq!(report["error"]["code"], "invalid_csv");
     let details = report["error"]["details"].as_array().unwrap();
@@ -553,7 +830,14 @@ async fn a_bad_drop_gets_a_report_and_nothing_else() {
 
     // Nothing else: no job queued, no object but the drop and its report.
     assert_eq!(queued(&h).await, 0);
-    let listed = h.clients.s3.list_objects_v2().bucket(env("BUCKET")).send().await.unwrap();
+    let listed = h
+        .clients
+        .s3
+        .list_objects_v2()
+        .bucket(env("BUCKET"))
+        .send()
+        .await
+        .unwrap();
     let mine: Vec<String> = listed
         .contents
         .unwrap_or_default()
@@ -614,16 +898,31 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
     // and every message on the queue (a repeat may queue the jobs again
     // before any has run: harmless) is delivered five times concurrently,
     let messages = h.receive_all().await;
-    assert!(messages.records.len() >= 3, "every image was queued: {}", messages.records.len());
-    let deliveries = messages.records.iter().flat_map(|m| std::iter::repeat_n(m.clone(), 5)).map(|m| {
-        let mut one = messages.clone();
-        one.records = vec![m];
-        process::handle(&h.app, &h.adapters.queue, one)
-    });
+    assert!(
+        messages.records.len() >= 3,
+        "every image was queued: {}",
+        messages.records.len()
+    );
+    let deliveries = messages
+        .records
+        .iter()
+        .flat_map(|m| std::iter::repeat_n(m.clone(), 5))
+        .map(|m| {
+            let mut one = messages.clone();
+            one.records = vec![m];
+            process::handle(&h.app, &h.adapters.queue, one)
+        });
     let responses = join_all(deliveries).await;
-    assert!(responses.iter().all(|r| r.batch_item_failures.is_empty()), "nothing to retry");
+    assert!(
+        responses.iter().all(|r| r.batch_item_failures.is_empty()),
+        "nothing to retry"
+    );
     for m in &messages.records {
-        h.adapters.queue.ack(m.receipt_handle.as_deref().unwrap()).await.unwrap();
+        h.adapters
+            .queue
+            .ack(m.receipt_handle.as_deref().unwrap())
+            .await
+            .unwrap();
     }
     eprintln!(
         "5 concurrent S3 events ({} retried), {} queue messages, {} process deliveries",
@@ -634,30 +933,65 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
 
     // then each image counted once and the request is terminal once,
     let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
-    assert_eq!(r.progress, Progress { total: 3, succeeded: 2, failed: 1 });
+    assert_eq!(
+        r.progress,
+        Progress {
+            total: 3,
+            succeeded: 2,
+            failed: 1
+        }
+    );
     assert_eq!(r.terminal, Some(RequestStatus::CompletedWithErrors));
     // (serial number, image): product positions are 0-based, serial numbers as in the CSV.
     for (serial, image) in [(1u32, 1u32), (2, 1)] {
-        let k = ImageKey { request_id: id, product: serial - 1, image };
-        assert_eq!(h.adapters.store.image_status(k).await.unwrap(), Some(ImageStatus::Succeeded), "{k:?}");
+        let k = ImageKey {
+            request_id: id,
+            product: serial - 1,
+            image,
+        };
+        assert_eq!(
+            h.adapters.store.image_status(k).await.unwrap(),
+            Some(ImageStatus::Succeeded),
+            "{k:?}"
+        );
         assert!(
             h.adapters
                 .objects
-                .fetch(&env("BUCKET"), &format!("processed/{id}/{serial}/{image}.jpg"), u64::MAX)
+                .fetch(
+                    &env("BUCKET"),
+                    &format!("processed/{id}/{serial}/{image}.jpg"),
+                    u64::MAX
+                )
                 .await
                 .unwrap()
                 .is_some()
         );
     }
-    let missing = ImageKey { request_id: id, product: 0, image: 2 };
-    assert_eq!(h.adapters.store.image_status(missing).await.unwrap(), Some(ImageStatus::Failed));
+    let missing = ImageKey {
+        request_id: id,
+        product: 0,
+        image: 2,
+    };
+    assert_eq!(
+        h.adapters.store.image_status(missing).await.unwrap(),
+        Some(ImageStatus::Failed)
+    );
     let stream = h.stream_event(id).await;
-    let transitions = stream.records.iter().filter(|r| notify::became_terminal(r) == Some(id)).count();
+    let transitions = stream
+        .records
+        .iter()
+        .filter(|r| notify::became_terminal(r) == Some(id))
+        .count();
     assert_eq!(transitions, 1, "the stream shows one terminal transition");
 
     // and the stream batch redelivered three times sends one webhook.
     for _ in 0..3 {
-        assert!(notify::handle(&h.app, stream.clone()).await.batch_item_failures.is_empty());
+        assert!(
+            notify::handle(&h.app, stream.clone())
+                .await
+                .batch_item_failures
+                .is_empty()
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while calls.lock().unwrap().is_empty() && Instant::now() < deadline {
@@ -667,14 +1001,29 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 1, "exactly one webhook call");
     assert_eq!(json_of(&calls[0].1)["progress"]["succeeded"], 2);
-    assert_eq!(calls[0].0["x-imgproc-signature"], imgproc::services::notify::signature(SECRET, &calls[0].1).as_str());
+    assert_eq!(
+        calls[0].0["x-imgproc-signature"],
+        imgproc::services::notify::signature(SECRET, &calls[0].1).as_str()
+    );
 
     // A late repeat of the S3 event finds the finished request and queues nothing.
-    let late = ingest::handle(&h.app, &h.adapters.objects, event).await.unwrap();
+    let late = ingest::handle(&h.app, &h.adapters.objects, event)
+        .await
+        .unwrap();
     assert_eq!(late, vec![IngestOutcome::Accepted { request_id: id }]);
     assert_eq!(queued(&h).await, 0, "nothing queued again");
     assert_eq!(
-        h.adapters.store.get_request(id).await.unwrap().unwrap().progress,
-        Progress { total: 3, succeeded: 2, failed: 1 }
+        h.adapters
+            .store
+            .get_request(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .progress,
+        Progress {
+            total: 3,
+            succeeded: 2,
+            failed: 1
+        }
     );
 }

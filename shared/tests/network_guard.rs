@@ -21,7 +21,10 @@ use imgproc::net::NameLookup;
 struct ToLoopback;
 
 impl NameLookup for ToLoopback {
-    fn lookup(&self, _host: String) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
+    fn lookup(
+        &self,
+        _host: String,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
         Box::pin(async { Ok(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]) })
     }
 }
@@ -35,7 +38,9 @@ struct Tripwires {
 
 impl Tripwires {
     async fn start() -> Self {
-        let v4 = Tripwire::bind("127.0.0.1", 0).await.expect("bind the IPv4 loopback");
+        let v4 = Tripwire::bind("127.0.0.1", 0)
+            .await
+            .expect("bind the IPv4 loopback");
         let port = v4.addr.port();
         let mut wires = vec![v4];
         match Tripwire::bind("::1", port).await {
@@ -140,40 +145,67 @@ async fn image_urls_to_private_addresses_fail_as_blocked_without_connecting() {
         "http://169.254.169.254/latest/meta-data/".to_owned(),
     ];
     for to in &redirects {
-        urls.push(
-            redirector.url(&format!(
-                "/redirect?to={}",
-                url::form_urlencoded::byte_serialize(to.as_bytes()).collect::<String>()
-            )),
-        );
+        urls.push(redirector.url(&format!(
+            "/redirect?to={}",
+            url::form_urlencoded::byte_serialize(to.as_bytes()).collect::<String>()
+        )));
     }
 
-    let rows: Vec<(u64, &str, Vec<String>)> =
-        urls.iter().enumerate().map(|(i, u)| (i as u64 + 1, "P", vec![u.clone()])).collect();
+    let rows: Vec<(u64, &str, Vec<String>)> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (i as u64 + 1, "P", vec![u.clone()]))
+        .collect();
     let accepted = svc.submit(&csv_of(&rows)).await;
-    assert_eq!(accepted["images"].as_u64(), Some(urls.len() as u64), "every spelling is a valid URL: {accepted:#}");
-    let status = svc.wait_done(accepted["request_id"].as_str().unwrap()).await;
+    assert_eq!(
+        accepted["images"].as_u64(),
+        Some(urls.len() as u64),
+        "every spelling is a valid URL: {accepted:#}"
+    );
+    let status = svc
+        .wait_done(accepted["request_id"].as_str().unwrap())
+        .await;
     assert_eq!(status["status"], "failed");
-    assert_eq!(status["progress"]["failed"].as_u64(), Some(urls.len() as u64));
+    assert_eq!(
+        status["progress"]["failed"].as_u64(),
+        Some(urls.len() as u64)
+    );
     for (i, product) in status["products"].as_array().unwrap().iter().enumerate() {
         let image = &product["images"][0];
-        assert_eq!(image["error"]["code"], "blocked_address", "{}: {image:#}", urls[i]);
+        assert_eq!(
+            image["error"]["code"], "blocked_address",
+            "{}: {image:#}",
+            urls[i]
+        );
     }
-    assert_eq!(wires.connections(), baseline, "no connection ever reached a loopback listener");
+    assert_eq!(
+        wires.connections(),
+        baseline,
+        "no connection ever reached a loopback listener"
+    );
     assert_eq!(
         redirector.hits("/redirect"),
         redirects.len() as u32,
         "the allowed hop was made, the private one refused"
     );
-    eprintln!("{} image URLs refused as blocked_address, 0 connections to the loopback", urls.len());
+    eprintln!(
+        "{} image URLs refused as blocked_address, 0 connections to the loopback",
+        urls.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhook_urls_to_private_addresses_are_refused_without_connecting() {
     let wires = Tripwires::start().await;
-    let svc = Service::start_with(&[("ALLOW_PRIVATE_NETWORKS", "false"), ("WEBHOOK_MAX_ATTEMPTS", "2")], |o| {
-        o.lookup = Some(Arc::new(ToLoopback));
-    })
+    let svc = Service::start_with(
+        &[
+            ("ALLOW_PRIVATE_NETWORKS", "false"),
+            ("WEBHOOK_MAX_ATTEMPTS", "2"),
+        ],
+        |o| {
+            o.lookup = Some(Arc::new(ToLoopback));
+        },
+    )
     .await;
     let baseline = wires.connections();
     let p = wires.port;
@@ -208,9 +240,17 @@ async fn webhook_urls_to_private_addresses_are_refused_without_connecting() {
                     .unwrap(),
             )
             .await;
-        assert_eq!(code, StatusCode::BAD_REQUEST, "{hook} (form field): {body:#}");
+        assert_eq!(
+            code,
+            StatusCode::BAD_REQUEST,
+            "{hook} (form field): {body:#}"
+        );
     }
-    assert_eq!(svc.runtime.store.queue_depth().await.unwrap(), 0, "a refused upload queues nothing");
+    assert_eq!(
+        svc.runtime.store.queue_depth().await.unwrap(),
+        0,
+        "a refused upload queues nothing"
+    );
 
     // A name is accepted (it is checked where it is resolved) and every
     // delivery to it is refused: the webhook fails after its attempts.
@@ -221,10 +261,18 @@ async fn webhook_urls_to_private_addresses_are_refused_without_connecting() {
     }
     for (hook, id) in ids {
         let status = svc.wait_done(&id).await;
-        assert_eq!(status["webhook"]["status"], "failed", "{hook}: {:#}", status["webhook"]);
+        assert_eq!(
+            status["webhook"]["status"], "failed",
+            "{hook}: {:#}",
+            status["webhook"]
+        );
         assert_eq!(status["webhook"]["attempts"], 2, "{hook}");
     }
-    assert_eq!(wires.connections(), baseline, "no webhook connection ever reached a loopback listener");
+    assert_eq!(
+        wires.connections(),
+        baseline,
+        "no webhook connection ever reached a loopback listener"
+    );
     eprintln!(
         "{} literal webhook URLs refused at upload (x2 forms), {} names refused at delivery, 0 connections",
         literals.len(),

@@ -11,8 +11,8 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use imgproc::domain::csv_input::ParsedProduct;
 use imgproc::domain::{
-    Compressed, ErrorCode, ImageError, ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest, Progress,
-    RequestStatus, WebhookState, WebhookStatus,
+    Compressed, ErrorCode, ImageError, ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest,
+    Progress, RequestStatus, WebhookState, WebhookStatus,
 };
 use imgproc::ports::{CreateOutcome, JobQueue, JobSource, JobStore, ObjectStore};
 use uuid::Uuid;
@@ -40,7 +40,9 @@ fn new_request(images_per_product: &[usize], fingerprint: &str) -> NewRequest {
                 line: p as u64 + 2,
                 serial_number: p as u64 * 10 + 1,
                 product_name: format!("SKU-{p}"),
-                urls: (1..=n).map(|i| format!("https://img.example.com/{fingerprint}/{p}/{i}.jpg")).collect(),
+                urls: (1..=n)
+                    .map(|i| format!("https://img.example.com/{fingerprint}/{p}/{i}.jpg"))
+                    .collect(),
             })
             .collect(),
     }
@@ -48,7 +50,10 @@ fn new_request(images_per_product: &[usize], fingerprint: &str) -> NewRequest {
 
 fn succeeded(key: ImageKey) -> ImageOutcome {
     ImageOutcome::Succeeded(Compressed {
-        output_key: format!("processed/{}/{}/{}.jpg", key.request_id, key.product, key.image),
+        output_key: format!(
+            "processed/{}/{}/{}.jpg",
+            key.request_id, key.product, key.image
+        ),
         input_bytes: 1000,
         output_bytes: 400,
         width: 64,
@@ -58,22 +63,46 @@ fn succeeded(key: ImageKey) -> ImageOutcome {
 }
 
 fn failed() -> ImageOutcome {
-    ImageOutcome::Failed { error: ImageError::new(ErrorCode::HttpStatus, "the server answered 404"), input_bytes: None }
+    ImageOutcome::Failed {
+        error: ImageError::new(ErrorCode::HttpStatus, "the server answered 404"),
+        input_bytes: None,
+    }
 }
 
 fn key(id: Uuid, product: u32, image: u32) -> ImageKey {
-    ImageKey { request_id: id, product, image }
+    ImageKey {
+        request_id: id,
+        product,
+        image,
+    }
 }
 
 pub async fn create_is_all_or_nothing_and_idempotent(b: &Backends) {
     let new = new_request(&[2, 1, 3], "first");
-    assert_eq!(b.store.create_request(&new).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(
+        b.store.create_request(&new).await.unwrap(),
+        CreateOutcome::Created
+    );
     let stored = b.store.get_request(new.id).await.unwrap().expect("stored");
-    assert_eq!(stored.progress, Progress { total: 6, succeeded: 0, failed: 0 });
+    assert_eq!(
+        stored.progress,
+        Progress {
+            total: 6,
+            succeeded: 0,
+            failed: 0
+        }
+    );
     assert_eq!(stored.product_count, 3);
     assert_eq!(stored.fingerprint, "first");
     assert_eq!(stored.warnings, new.warnings);
-    assert_eq!(stored.webhook, Some(WebhookState { url: "https://hooks.example.com/imgproc".into(), status: WebhookStatus::Pending, attempts: 0 }));
+    assert_eq!(
+        stored.webhook,
+        Some(WebhookState {
+            url: "https://hooks.example.com/imgproc".into(),
+            status: WebhookStatus::Pending,
+            attempts: 0
+        })
+    );
     assert_eq!(stored.status(), RequestStatus::Pending);
 
     // The same ID again: nothing changes and the first request comes back.
@@ -89,7 +118,10 @@ pub async fn create_is_all_or_nothing_and_idempotent(b: &Backends) {
         o => panic!("expected Existing, got {o:?}"),
     }
     let products = b.store.list_products(new.id, None, 100).await.unwrap();
-    assert_eq!(products.iter().map(|p| p.images.len()).collect::<Vec<_>>(), vec![2, 1, 3]);
+    assert_eq!(
+        products.iter().map(|p| p.images.len()).collect::<Vec<_>>(),
+        vec![2, 1, 3]
+    );
     assert!(products[0].images[0].input_url.contains("/first/"));
     assert_eq!(b.store.get_request(Uuid::new_v4()).await.unwrap(), None);
 }
@@ -106,17 +138,47 @@ pub async fn products_page_in_input_order(b: &Backends) {
         after = Some(last.position);
         seen.extend(page);
     }
-    assert_eq!(seen.iter().map(|p| p.position).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        seen.iter().map(|p| p.position).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
     for (p, product) in seen.iter().enumerate() {
         let source = &new.products[p];
         assert_eq!(product.serial_number, source.serial_number);
         assert_eq!(product.product_name, source.product_name);
-        assert_eq!(product.images.iter().map(|i| i.input_url.clone()).collect::<Vec<_>>(), source.urls);
-        assert_eq!(product.images.iter().map(|i| i.index).collect::<Vec<_>>(), (1..=source.urls.len() as u32).collect::<Vec<_>>());
-        assert!(product.images.iter().all(|i| i.status == ImageStatus::Pending && i.output_key.is_none()));
+        assert_eq!(
+            product
+                .images
+                .iter()
+                .map(|i| i.input_url.clone())
+                .collect::<Vec<_>>(),
+            source.urls
+        );
+        assert_eq!(
+            product.images.iter().map(|i| i.index).collect::<Vec<_>>(),
+            (1..=source.urls.len() as u32).collect::<Vec<_>>()
+        );
+        assert!(
+            product
+                .images
+                .iter()
+                .all(|i| i.status == ImageStatus::Pending && i.output_key.is_none())
+        );
     }
-    assert!(b.store.list_products(new.id, Some(4), 10).await.unwrap().is_empty());
-    assert!(b.store.list_products(Uuid::new_v4(), None, 10).await.unwrap().is_empty());
+    assert!(
+        b.store
+            .list_products(new.id, Some(4), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.store
+            .list_products(Uuid::new_v4(), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn an_image_finishes_once_under_concurrent_duplicates(b: &Backends) {
@@ -127,31 +189,84 @@ pub async fn an_image_finishes_once_under_concurrent_duplicates(b: &Backends) {
     let k = key(id, 0, 1);
     let outcome = succeeded(k);
     let results = join_all((0..8).map(|_| b.store.finish_image(k, &outcome))).await;
-    let applied = results.iter().filter(|r| r.as_ref().unwrap().applied).count();
+    let applied = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().applied)
+        .count();
     assert_eq!(applied, 1, "exactly one duplicate counts");
-    assert_eq!(b.store.get_request(id).await.unwrap().unwrap().progress, Progress { total: 4, succeeded: 1, failed: 0 });
-    assert_eq!(b.store.image_status(k).await.unwrap(), Some(ImageStatus::Succeeded));
+    assert_eq!(
+        b.store.get_request(id).await.unwrap().unwrap().progress,
+        Progress {
+            total: 4,
+            succeeded: 1,
+            failed: 0
+        }
+    );
+    assert_eq!(
+        b.store.image_status(k).await.unwrap(),
+        Some(ImageStatus::Succeeded)
+    );
 
     let k2 = key(id, 1, 2);
     let failure = failed();
     let results = join_all((0..8).map(|_| b.store.finish_image(k2, &failure))).await;
-    assert_eq!(results.iter().filter(|r| r.as_ref().unwrap().applied).count(), 1);
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r.as_ref().unwrap().applied)
+            .count(),
+        1
+    );
     // A later, different outcome for a finished image changes nothing.
     let again = b.store.finish_image(k2, &succeeded(k2)).await.unwrap();
     assert!(!again.applied);
-    assert_eq!(again.progress, Progress { total: 4, succeeded: 1, failed: 1 });
+    assert_eq!(
+        again.progress,
+        Progress {
+            total: 4,
+            succeeded: 1,
+            failed: 1
+        }
+    );
 
     let products = b.store.list_products(id, None, 10).await.unwrap();
     let done = &products[0].images[0];
-    assert_eq!((done.status, done.output_key.as_deref()), (ImageStatus::Succeeded, Some(format!("processed/{id}/0/1.jpg").as_str())));
-    assert_eq!((done.input_bytes, done.output_bytes, done.width, done.height, done.original_kept), (Some(1000), Some(400), Some(64), Some(48), false));
+    assert_eq!(
+        (done.status, done.output_key.as_deref()),
+        (
+            ImageStatus::Succeeded,
+            Some(format!("processed/{id}/0/1.jpg").as_str())
+        )
+    );
+    assert_eq!(
+        (
+            done.input_bytes,
+            done.output_bytes,
+            done.width,
+            done.height,
+            done.original_kept
+        ),
+        (Some(1000), Some(400), Some(64), Some(48), false)
+    );
     let bad = &products[1].images[1];
     assert_eq!(bad.status, ImageStatus::Failed);
-    assert_eq!(bad.error.as_ref().map(|e| e.code), Some(ErrorCode::HttpStatus));
-    assert_eq!(bad.error.as_ref().map(|e| e.message.as_str()), Some("the server answered 404"));
+    assert_eq!(
+        bad.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::HttpStatus)
+    );
+    assert_eq!(
+        bad.error.as_ref().map(|e| e.message.as_str()),
+        Some("the server answered 404")
+    );
     assert_eq!(products[0].images[1].status, ImageStatus::Pending);
 
-    assert!(b.store.finish_image(key(id, 5, 1), &failed()).await.is_err(), "no such image");
+    assert!(
+        b.store
+            .finish_image(key(id, 5, 1), &failed())
+            .await
+            .is_err(),
+        "no such image"
+    );
     assert_eq!(b.store.image_status(key(id, 5, 1)).await.unwrap(), None);
 }
 
@@ -160,35 +275,91 @@ pub async fn a_request_completes_exactly_once(b: &Backends) {
     b.store.create_request(&new).await.unwrap();
     let id = new.id;
     let mut progress = Progress::default();
-    for (k, outcome) in [(key(id, 0, 1), succeeded(key(id, 0, 1))), (key(id, 1, 1), failed())] {
+    for (k, outcome) in [
+        (key(id, 0, 1), succeeded(key(id, 0, 1))),
+        (key(id, 1, 1), failed()),
+    ] {
         progress = b.store.finish_image(k, &outcome).await.unwrap().progress;
     }
-    assert!(!b.store.complete_request(id, progress).await.unwrap(), "not every image has finished");
-    progress = b.store.finish_image(key(id, 1, 2), &succeeded(key(id, 1, 2))).await.unwrap().progress;
-    assert_eq!(progress, Progress { total: 3, succeeded: 2, failed: 1 });
-    assert!(!b.store.complete_request(id, Progress { succeeded: 3, failed: 0, ..progress }).await.unwrap(), "stale counters");
+    assert!(
+        !b.store.complete_request(id, progress).await.unwrap(),
+        "not every image has finished"
+    );
+    progress = b
+        .store
+        .finish_image(key(id, 1, 2), &succeeded(key(id, 1, 2)))
+        .await
+        .unwrap()
+        .progress;
+    assert_eq!(
+        progress,
+        Progress {
+            total: 3,
+            succeeded: 2,
+            failed: 1
+        }
+    );
+    assert!(
+        !b.store
+            .complete_request(
+                id,
+                Progress {
+                    succeeded: 3,
+                    failed: 0,
+                    ..progress
+                }
+            )
+            .await
+            .unwrap(),
+        "stale counters"
+    );
 
     let wins = join_all((0..8).map(|_| b.store.complete_request(id, progress))).await;
-    assert_eq!(wins.iter().filter(|w| *w.as_ref().unwrap()).count(), 1, "exactly one terminal transition");
+    assert_eq!(
+        wins.iter().filter(|w| *w.as_ref().unwrap()).count(),
+        1,
+        "exactly one terminal transition"
+    );
     assert!(!b.store.complete_request(id, progress).await.unwrap());
     let r = b.store.get_request(id).await.unwrap().unwrap();
     assert_eq!(r.terminal, Some(RequestStatus::CompletedWithErrors));
     assert_eq!(r.status(), RequestStatus::CompletedWithErrors);
     assert!(r.completed_at.is_some());
 
-    let state = WebhookState { url: "https://hooks.example.com/imgproc".into(), status: WebhookStatus::Delivered, attempts: 2 };
+    let state = WebhookState {
+        url: "https://hooks.example.com/imgproc".into(),
+        status: WebhookStatus::Delivered,
+        attempts: 2,
+    };
     b.store.record_webhook(id, &state).await.unwrap();
-    assert_eq!(b.store.get_request(id).await.unwrap().unwrap().webhook, Some(state.clone()));
+    assert_eq!(
+        b.store.get_request(id).await.unwrap().unwrap().webhook,
+        Some(state.clone())
+    );
     // Recording on a request that does not exist changes nothing.
-    b.store.record_webhook(Uuid::new_v4(), &state).await.unwrap();
+    b.store
+        .record_webhook(Uuid::new_v4(), &state)
+        .await
+        .unwrap();
 }
 
 fn job(id: Uuid, image: u32) -> ImageJob {
-    ImageJob { request_id: id, product: 0, serial_number: 1, image, input_url: format!("https://img.example.com/{image}.jpg") }
+    ImageJob {
+        request_id: id,
+        product: 0,
+        serial_number: 1,
+        image,
+        input_url: format!("https://img.example.com/{image}.jpg"),
+    }
 }
 
 /// Receives until `n` deliveries arrived or `deadline` passed.
-async fn receive_n(source: &dyn JobSource, n: usize, lease: Duration, within: Duration) -> Vec<imgproc::ports::Delivery> {
+async fn receive_n(
+    source: &dyn JobSource,
+    n: usize,
+    lease: Duration,
+    within: Duration,
+) -> Vec<imgproc::ports::Delivery> {
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
     while got.len() < n && Instant::now() < deadline {
@@ -208,39 +379,74 @@ pub async fn the_queue_delivers_acks_and_retries(b: &Backends) {
     let lease = Duration::from_secs(60);
     let got = receive_n(b.source.as_ref(), 3, lease, Duration::from_secs(15)).await;
     assert_eq!(got.len(), 3);
-    assert_eq!(got.iter().map(|d| d.job.image).collect::<BTreeSet<_>>(), BTreeSet::from([1, 2, 3]));
-    assert!(got.iter().all(|d| d.receive_count == 1 && d.job.request_id == id));
+    assert_eq!(
+        got.iter().map(|d| d.job.image).collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 2, 3])
+    );
+    assert!(
+        got.iter()
+            .all(|d| d.receive_count == 1 && d.job.request_id == id)
+    );
     // Leased: nobody else gets them.
     assert!(b.source.receive(10, lease).await.unwrap().is_empty());
 
     // Handed back: delivered again, counted again.
     let first = got.iter().find(|d| d.job.image == 1).unwrap();
-    b.source.retry_later(&first.receipt, Duration::ZERO).await.unwrap();
+    b.source
+        .retry_later(&first.receipt, Duration::ZERO)
+        .await
+        .unwrap();
     let again = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
     assert_eq!(again.len(), 1);
-    assert_eq!((again[0].job.clone(), again[0].receive_count), (first.job.clone(), 2));
+    assert_eq!(
+        (again[0].job.clone(), again[0].receive_count),
+        (first.job.clone(), 2)
+    );
 
     // Acked with a short lease: never delivered again, while an un-acked one is.
     for d in got.iter().filter(|d| d.job.image != 1).chain(again.iter()) {
         b.source.ack(&d.receipt).await.unwrap();
     }
     b.queue.send(&[job(id, 9)]).await.unwrap();
-    let leased = receive_n(b.source.as_ref(), 1, Duration::from_secs(1), Duration::from_secs(15)).await;
-    assert_eq!(leased.iter().map(|d| d.job.image).collect::<Vec<_>>(), vec![9]);
+    let leased = receive_n(
+        b.source.as_ref(),
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        leased.iter().map(|d| d.job.image).collect::<Vec<_>>(),
+        vec![9]
+    );
     let back = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
-    assert_eq!(back.iter().map(|d| (d.job.image, d.receive_count)).collect::<Vec<_>>(), vec![(9, 2)]);
+    assert_eq!(
+        back.iter()
+            .map(|d| (d.job.image, d.receive_count))
+            .collect::<Vec<_>>(),
+        vec![(9, 2)]
+    );
     b.source.ack(&back[0].receipt).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(b.source.receive(10, lease).await.unwrap().is_empty(), "acked jobs never come back");
+    assert!(
+        b.source.receive(10, lease).await.unwrap().is_empty(),
+        "acked jobs never come back"
+    );
 }
 
 pub async fn objects_put_get_and_url(b: &Backends) {
     let key = format!("processed/{}/1/1.jpg", Uuid::new_v4());
     let body = Bytes::from_static(b"\xff\xd8\xff\xe0 not really a jpeg");
-    b.objects.put(&key, body.clone(), "image/jpeg").await.unwrap();
+    b.objects
+        .put(&key, body.clone(), "image/jpeg")
+        .await
+        .unwrap();
     assert_eq!(b.objects.get(&key).await.unwrap(), Some(body.clone()));
     let replaced = Bytes::from_static(b"second version");
-    b.objects.put(&key, replaced.clone(), "image/jpeg").await.unwrap();
+    b.objects
+        .put(&key, replaced.clone(), "image/jpeg")
+        .await
+        .unwrap();
     assert_eq!(b.objects.get(&key).await.unwrap(), Some(replaced));
     assert_eq!(b.objects.get("processed/none/1/1.jpg").await.unwrap(), None);
     let url = b.objects.url(&key).await.unwrap();
@@ -252,27 +458,39 @@ macro_rules! conformance {
     ($backends:path) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn create_is_all_or_nothing_and_idempotent() {
-            if let Some(b) = $backends().await { super::create_is_all_or_nothing_and_idempotent(&b).await }
+            if let Some(b) = $backends().await {
+                super::create_is_all_or_nothing_and_idempotent(&b).await
+            }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn products_page_in_input_order() {
-            if let Some(b) = $backends().await { super::products_page_in_input_order(&b).await }
+            if let Some(b) = $backends().await {
+                super::products_page_in_input_order(&b).await
+            }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn an_image_finishes_once_under_concurrent_duplicates() {
-            if let Some(b) = $backends().await { super::an_image_finishes_once_under_concurrent_duplicates(&b).await }
+            if let Some(b) = $backends().await {
+                super::an_image_finishes_once_under_concurrent_duplicates(&b).await
+            }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn a_request_completes_exactly_once() {
-            if let Some(b) = $backends().await { super::a_request_completes_exactly_once(&b).await }
+            if let Some(b) = $backends().await {
+                super::a_request_completes_exactly_once(&b).await
+            }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn the_queue_delivers_acks_and_retries() {
-            if let Some(b) = $backends().await { super::the_queue_delivers_acks_and_retries(&b).await }
+            if let Some(b) = $backends().await {
+                super::the_queue_delivers_acks_and_retries(&b).await
+            }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn objects_put_get_and_url() {
-            if let Some(b) = $backends().await { super::objects_put_get_and_url(&b).await }
+            if let Some(b) = $backends().await {
+                super::objects_put_get_and_url(&b).await
+            }
         }
     };
 }
@@ -284,7 +502,8 @@ mod embedded {
     async fn backends() -> Option<Backends> {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("imgproc.sqlite")).unwrap();
-        let objects = FsObjectStore::new(dir.path().join("objects"), "http://127.0.0.1:3000/files/");
+        let objects =
+            FsObjectStore::new(dir.path().join("objects"), "http://127.0.0.1:3000/files/");
         Some(Backends {
             store: Arc::new(store.clone()),
             queue: Arc::new(store.clone()),
@@ -306,10 +525,14 @@ mod aws {
     /// note on stderr) when no moto server was given.
     async fn backends() -> Option<Backends> {
         let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") else {
-            eprintln!("skipped: MOTO_ENDPOINT is not set (run scripts/test-aws.sh to test the AWS adapters on moto)");
+            eprintln!(
+                "skipped: MOTO_ENDPOINT is not set (run scripts/test-aws.sh to test the AWS adapters on moto)"
+            );
             return None;
         };
-        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with MOTO_ENDPOINT={endpoint} (eval \"$(infra/moto-up.sh)\")"));
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with MOTO_ENDPOINT={endpoint} (eval \"$(infra/moto-up.sh)\")"))
+        };
         let clients = Clients::from_env().await;
         let queue_url = clients
             .sqs
@@ -337,14 +560,27 @@ mod aws {
     async fn presigned_urls_fetch_the_object_and_a_base_url_wins() {
         let Some(b) = backends().await else { return };
         let key = format!("results/{}.csv", Uuid::new_v4());
-        b.objects.put(&key, Bytes::from_static(b"a,b\n"), "text/csv").await.unwrap();
+        b.objects
+            .put(&key, Bytes::from_static(b"a,b\n"), "text/csv")
+            .await
+            .unwrap();
         let url = b.objects.url(&key).await.unwrap();
-        assert!(url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=604800"), "{url}");
+        assert!(
+            url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=604800"),
+            "{url}"
+        );
         let got = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
         assert_eq!(&got[..], b"a,b\n");
 
         let clients = Clients::from_env().await;
-        let with_base = S3Objects::new(clients.s3, std::env::var("BUCKET").unwrap(), Some("https://cdn.example.com/".into()));
-        assert_eq!(with_base.url(&key).await.unwrap(), format!("https://cdn.example.com/{key}"));
+        let with_base = S3Objects::new(
+            clients.s3,
+            std::env::var("BUCKET").unwrap(),
+            Some("https://cdn.example.com/".into()),
+        );
+        assert_eq!(
+            with_base.url(&key).await.unwrap(),
+            format!("https://cdn.example.com/{key}")
+        );
     }
 }

@@ -36,18 +36,34 @@ enum Background {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Cli::Dssim { corpus, outputs, background } = Cli::parse();
+    let Cli::Dssim {
+        corpus,
+        outputs,
+        background,
+    } = Cli::parse();
     let dssim = dssim_core::Dssim::new();
     let mut per_image = BTreeMap::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&corpus)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&corpus)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
     entries.sort();
     for source in entries.iter().filter(|p| is_image(p)) {
-        let stem = source.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let stem = source
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let output = outputs.join(format!("{stem}.jpg"));
-        let reference = load_upright(source, background).with_context(|| source.display().to_string())?;
-        let result = load_upright(&output, background).with_context(|| output.display().to_string())?;
+        let reference =
+            load_upright(source, background).with_context(|| source.display().to_string())?;
+        let result =
+            load_upright(&output, background).with_context(|| output.display().to_string())?;
         if reference.dimensions() != result.dimensions() {
-            bail!("{stem}: {:?} vs {:?}", reference.dimensions(), result.dimensions());
+            bail!(
+                "{stem}: {:?} vs {:?}",
+                reference.dimensions(),
+                result.dimensions()
+            );
         }
         let a = to_dssim(&dssim, &reference)?;
         let b = to_dssim(&dssim, &result)?;
@@ -55,19 +71,31 @@ fn main() -> anyhow::Result<()> {
         per_image.insert(stem, f64::from(value));
     }
     let mean = per_image.values().sum::<f64>() / per_image.len().max(1) as f64;
-    println!("{}", json!({ "images": per_image.len(), "mean_dssim": mean, "per_image": per_image }));
+    println!(
+        "{}",
+        json!({ "images": per_image.len(), "mean_dssim": mean, "per_image": per_image })
+    );
     Ok(())
 }
 
 fn is_image(p: &Path) -> bool {
     matches!(
-        p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("jpg" | "jpeg" | "png" | "webp" | "gif")
     )
 }
 
-fn to_dssim(dssim: &dssim_core::Dssim, img: &RgbImage) -> anyhow::Result<dssim_core::DssimImage<f32>> {
-    let pixels: Vec<rgb::RGB8> = img.pixels().map(|p| rgb::RGB8::new(p.0[0], p.0[1], p.0[2])).collect();
+fn to_dssim(
+    dssim: &dssim_core::Dssim,
+    img: &RgbImage,
+) -> anyhow::Result<dssim_core::DssimImage<f32>> {
+    let pixels: Vec<rgb::RGB8> = img
+        .pixels()
+        .map(|p| rgb::RGB8::new(p.0[0], p.0[1], p.0[2]))
+        .collect();
     dssim
         .create_image_rgb(&pixels, img.width() as usize, img.height() as usize)
         .context("image too small for DSSIM")
@@ -81,14 +109,23 @@ fn load_upright(path: &Path, background: Background) -> anyhow::Result<RgbImage>
         let info = decoder.info().context("no JPEG header")?;
         let (w, h) = (u32::from(info.width), u32::from(info.height));
         let image = match info.pixel_format {
-            jpeg_decoder::PixelFormat::L8 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, data).context("size")?),
-            jpeg_decoder::PixelFormat::RGB24 => DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, data).context("size")?),
+            jpeg_decoder::PixelFormat::L8 => {
+                DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, data).context("size")?)
+            }
+            jpeg_decoder::PixelFormat::RGB24 => {
+                DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, data).context("size")?)
+            }
             other => bail!("{other:?} JPEG"),
         };
-        let orientation = decoder.exif_data().and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms);
+        let orientation = decoder
+            .exif_data()
+            .and_then(Orientation::from_exif_chunk)
+            .unwrap_or(Orientation::NoTransforms);
         (image, orientation)
     } else {
-        let mut decoder = ImageReader::new(Cursor::new(&bytes)).with_guessed_format()?.into_decoder()?;
+        let mut decoder = ImageReader::new(Cursor::new(&bytes))
+            .with_guessed_format()?
+            .into_decoder()?;
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
         (DynamicImage::from_decoder(decoder)?, orientation)
     };
@@ -104,7 +141,8 @@ fn load_upright(path: &Path, background: Background) -> anyhow::Result<RgbImage>
     let rgba = image.to_rgba8();
     Ok(RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
         let [r, g, b, a] = rgba.get_pixel(x, y).0;
-        let over = |c: u8| ((u32::from(c) * u32::from(a) + bg * (255 - u32::from(a)) + 127) / 255) as u8;
+        let over =
+            |c: u8| ((u32::from(c) * u32::from(a) + bg * (255 - u32::from(a)) + 127) / 255) as u8;
         image::Rgb([over(r), over(g), over(b)])
     }))
 }

@@ -48,8 +48,12 @@ struct Outcome {
 }
 
 pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let settings = Settings { quality: args.quality, max_pixels: args.max_pixels };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let settings = Settings {
+        quality: args.quality,
+        max_pixels: args.max_pixels,
+    };
     let threads = args.threads.unwrap_or_else(available_cores).max(1);
     let inputs = args
         .files
@@ -71,7 +75,9 @@ pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
             best = Some((elapsed, outcomes));
         }
     }
-    let Some((elapsed, mut outcomes)) = best else { anyhow::bail!("no pass ran") };
+    let Some((elapsed, mut outcomes)) = best else {
+        anyhow::bail!("no pass ran")
+    };
     outcomes.sort_by_key(|o| o.index);
 
     let (mut bytes_in, mut bytes_out, mut failed) = (0u64, 0u64, 0usize);
@@ -91,7 +97,11 @@ pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
                     inputs[o.index].len(),
                     c.bytes.len(),
                     per_image_ms[o.index],
-                    if c.original_kept { "\t(original kept)" } else { "" }
+                    if c.original_kept {
+                        "\t(original kept)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             Err(e) => {
@@ -105,7 +115,12 @@ pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let per_image: BTreeMap<String, f64> = outcomes
             .iter()
-            .map(|o| (file_name(&args.files[o.index]), (per_image_ms[o.index] * 100.0).round() / 100.0))
+            .map(|o| {
+                (
+                    file_name(&args.files[o.index]),
+                    (per_image_ms[o.index] * 100.0).round() / 100.0,
+                )
+            })
             .collect();
         let figures = json!({
             "engine": format!("imgproc {}", env!("CARGO_PKG_VERSION")),
@@ -127,14 +142,27 @@ pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{ok} compressed, {failed} failed, {threads} thread(s), {seconds:.3} s, {:.2} images/s, {bytes_in} -> {bytes_out} bytes ({:.1}% smaller)",
             ok as f64 / seconds.max(1e-9),
-            if bytes_in > 0 { 100.0 * (1.0 - bytes_out as f64 / bytes_in as f64) } else { 0.0 }
+            if bytes_in > 0 {
+                100.0 * (1.0 - bytes_out as f64 / bytes_in as f64)
+            } else {
+                0.0
+            }
         );
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(4) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
 }
 
 /// Every input once, on `threads` workers taking the next image in `order`.
-fn one_pass(inputs: &[Vec<u8>], order: &[usize], settings: &Settings, threads: usize) -> (Duration, Vec<Outcome>) {
+fn one_pass(
+    inputs: &[Vec<u8>],
+    order: &[usize],
+    settings: &Settings,
+    threads: usize,
+) -> (Duration, Vec<Outcome>) {
     let next = AtomicUsize::new(0);
     let outcomes = Mutex::new(Vec::with_capacity(inputs.len()));
     let started = Instant::now();
@@ -144,21 +172,36 @@ fn one_pass(inputs: &[Vec<u8>], order: &[usize], settings: &Settings, threads: u
                 while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let t0 = Instant::now();
                     let result = compress(&inputs[index], settings).map_err(|e| e.to_string());
-                    let outcome = Outcome { index, elapsed: t0.elapsed(), result };
-                    outcomes.lock().unwrap_or_else(|p| p.into_inner()).push(outcome);
+                    let outcome = Outcome {
+                        index,
+                        elapsed: t0.elapsed(),
+                        result,
+                    };
+                    outcomes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(outcome);
                 }
             });
         }
     });
-    (started.elapsed(), outcomes.into_inner().unwrap_or_else(|p| p.into_inner()))
+    (
+        started.elapsed(),
+        outcomes.into_inner().unwrap_or_else(|p| p.into_inner()),
+    )
 }
 
 fn file_name(file: &Path) -> String {
-    file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned())
+    file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn write_output(file: &Path, out_dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let stem = file.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    let stem = file
+        .file_stem()
+        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
     let target = out_dir.join(format!("{stem}.jpg"));
     std::fs::write(&target, bytes).with_context(|| format!("cannot write {}", target.display()))
 }

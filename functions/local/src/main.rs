@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "imgproc-local", version, about = "Bulk image compression from a CSV of products, on one machine")]
+#[command(
+    name = "imgproc-local",
+    version,
+    about = "Bulk image compression from a CSV of products, on one machine"
+)]
 struct Cli {
     /// Log lines as JSON (one object per line) instead of text.
     #[arg(long, global = true, env = "IMGPROC_LOG_JSON")]
@@ -54,7 +58,10 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_tracing(cli.log_json, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

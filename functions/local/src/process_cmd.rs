@@ -58,14 +58,20 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<ExitCode> {
         config.jpeg_quality = q;
     }
     let token = config.api_token.as_ref().map(|t| t.expose().to_owned());
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let out = args.out.canonicalize().with_context(|| format!("cannot resolve {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let out = args
+        .out
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", args.out.display()))?;
     if config.output_base_url.is_none() {
         // Output URLs point at the files written into the output folder.
-        let base = url::Url::from_directory_path(&out).map_err(|()| anyhow::anyhow!("{} is not an absolute path", out.display()))?;
+        let base = url::Url::from_directory_path(&out)
+            .map_err(|()| anyhow::anyhow!("{} is not an absolute path", out.display()))?;
         config.output_base_url = Some(base.to_string());
     }
-    let csv = std::fs::read(&args.csv).with_context(|| format!("cannot read {}", args.csv.display()))?;
+    let csv =
+        std::fs::read(&args.csv).with_context(|| format!("cannot read {}", args.csv.display()))?;
 
     let mut options = LocalRuntimeOptions::new(out.join(".imgproc"), "");
     options.objects_dir = Some(out.clone());
@@ -76,14 +82,24 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => {
             let listener = tokio::net::TcpListener::bind(args.serve_addr)
                 .await
-                .with_context(|| format!("cannot serve {} on {} (use --serve-addr)", dir.display(), args.serve_addr))?;
+                .with_context(|| {
+                    format!(
+                        "cannot serve {} on {} (use --serve-addr)",
+                        dir.display(),
+                        args.serve_addr
+                    )
+                })?;
             options.net_exempt.push(args.serve_addr);
             let app = file_router(dir.clone());
-            Some(tokio::spawn(async move { axum::serve(listener, app).await }))
+            Some(tokio::spawn(
+                async move { axum::serve(listener, app).await },
+            ))
         }
         None => None,
     };
-    let runtime = LocalRuntime::start(config, options).await.map_err(anyhow::Error::msg)?;
+    let runtime = LocalRuntime::start(config, options)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let router = runtime.router();
     let code = drive(&router, token.as_deref(), &args, &csv, &out).await;
     runtime.shutdown().await;
@@ -93,9 +109,15 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     code
 }
 
-async fn call(router: &Router, token: Option<&str>, mut request: Request<Body>) -> anyhow::Result<(StatusCode, Bytes)> {
+async fn call(
+    router: &Router,
+    token: Option<&str>,
+    mut request: Request<Body>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     if let Some(t) = token {
-        request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {t}").parse()?);
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, format!("Bearer {t}").parse()?);
     }
     let response = router.clone().oneshot(request).await?;
     let status = response.status();
@@ -111,7 +133,13 @@ async fn get_json(router: &Router, token: Option<&str>, uri: &str) -> anyhow::Re
     Ok(serde_json::from_slice(&body)?)
 }
 
-async fn drive(router: &Router, token: Option<&str>, args: &ProcessArgs, csv: &[u8], out: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn drive(
+    router: &Router,
+    token: Option<&str>,
+    args: &ProcessArgs,
+    csv: &[u8],
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     // The same CSV and webhook give the same request: running the command
     // again after an interruption resumes that request instead of starting over.
     let mut h = Sha256::new();
@@ -120,7 +148,10 @@ async fn drive(router: &Router, token: Option<&str>, args: &ProcessArgs, csv: &[
     let key = format!("process-{}", hex::encode(h.finalize()));
     let mut uri = "/v1/requests".to_owned();
     if let Some(w) = &args.webhook_url {
-        uri.push_str(&format!("?webhook_url={}", url::form_urlencoded::byte_serialize(w.as_bytes()).collect::<String>()));
+        uri.push_str(&format!(
+            "?webhook_url={}",
+            url::form_urlencoded::byte_serialize(w.as_bytes()).collect::<String>()
+        ));
     }
     let request = Request::post(&uri)
         .header(header::CONTENT_TYPE, "text/csv")
@@ -130,7 +161,11 @@ async fn drive(router: &Router, token: Option<&str>, args: &ProcessArgs, csv: &[
     let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if status != StatusCode::ACCEPTED {
         let error = &answer["error"];
-        eprintln!("{}: {}", args.csv.display(), error["message"].as_str().unwrap_or("rejected"));
+        eprintln!(
+            "{}: {}",
+            args.csv.display(),
+            error["message"].as_str().unwrap_or("rejected")
+        );
         for d in error["details"].as_array().into_iter().flatten() {
             let at = match (d["line"].as_u64(), d["column"].as_str()) {
                 (Some(l), Some(c)) => format!("line {l}, {c}: "),
@@ -139,7 +174,11 @@ async fn drive(router: &Router, token: Option<&str>, args: &ProcessArgs, csv: &[
             };
             eprintln!("  {at}{}", d["message"].as_str().unwrap_or(""));
         }
-        return Ok(ExitCode::from(if error["code"] == "invalid_csv" { EXIT_INVALID_CSV } else { 1 }));
+        return Ok(ExitCode::from(if error["code"] == "invalid_csv" {
+            EXIT_INVALID_CSV
+        } else {
+            1
+        }));
     }
     for w in answer["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", w.as_str().unwrap_or(""));
@@ -150,33 +189,47 @@ async fn drive(router: &Router, token: Option<&str>, args: &ProcessArgs, csv: &[
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout);
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let status = loop {
         let s = get_json(router, token, &format!("/v1/requests/{id}?limit=1")).await?;
         let p = &s["progress"];
         bar.set_position(p["succeeded"].as_u64().unwrap_or(0) + p["failed"].as_u64().unwrap_or(0));
         bar.set_message(format!("({} failed)", p["failed"].as_u64().unwrap_or(0)));
-        let terminal = matches!(s["status"].as_str(), Some("completed" | "completed_with_errors" | "failed"));
+        let terminal = matches!(
+            s["status"].as_str(),
+            Some("completed" | "completed_with_errors" | "failed")
+        );
         let webhook_pending = s["webhook"]["status"].as_str() == Some("pending");
         if terminal && !webhook_pending {
             break s;
         }
         if Instant::now() > deadline {
             bar.abandon();
-            bail!("request {id} did not finish within {} s; run the same command again to resume", args.timeout);
+            bail!(
+                "request {id} did not finish within {} s; run the same command again to resume",
+                args.timeout
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     bar.finish_and_clear();
 
-    let (code, csv_body) = call(router, token, Request::get(format!("/v1/requests/{id}/output.csv")).body(Body::empty())?).await?;
+    let (code, csv_body) = call(
+        router,
+        token,
+        Request::get(format!("/v1/requests/{id}/output.csv")).body(Body::empty())?,
+    )
+    .await?;
     if code != StatusCode::OK {
         bail!("output CSV: {code}");
     }
     let output_csv = out.join("output.csv");
-    std::fs::write(&output_csv, &csv_body).with_context(|| format!("cannot write {}", output_csv.display()))?;
+    std::fs::write(&output_csv, &csv_body)
+        .with_context(|| format!("cannot write {}", output_csv.display()))?;
 
     // Totals and failures, page by page.
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
@@ -238,7 +291,11 @@ async fn drive(router: &Router, token: Option<&str>, args: &ProcessArgs, csv: &[
         }
     }
     if let Some(w) = status["webhook"].as_object() {
-        println!("Webhook: {} after {} attempt(s).", w["status"].as_str().unwrap_or(""), w["attempts"]);
+        println!(
+            "Webhook: {} after {} attempt(s).",
+            w["status"].as_str().unwrap_or(""),
+            w["attempts"]
+        );
     }
     println!("Output CSV: {}", output_csv.display());
     println!("Images:     {}", out.join("processed").join(&id).display());

@@ -29,18 +29,29 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    let public = args.public_url.unwrap_or_else(|| format!("http://{}", args.addr));
-    let mut options = LocalRuntimeOptions::new(&args.data_dir, format!("{}/files/", public.trim_end_matches('/')));
+    let public = args
+        .public_url
+        .unwrap_or_else(|| format!("http://{}", args.addr));
+    let mut options = LocalRuntimeOptions::new(
+        &args.data_dir,
+        format!("{}/files/", public.trim_end_matches('/')),
+    );
     if let Some(w) = args.workers {
         options.workers = w.max(1);
     }
     if let Some(t) = args.threads {
         options.cpu_threads = t.max(1);
     }
-    let runtime = LocalRuntime::start(config, options).await.map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+    let runtime = LocalRuntime::start(config, options)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
     tracing::info!(addr = %args.addr, data_dir = %args.data_dir.display(), "imgproc-local serving");
-    axum::serve(listener, runtime.router()).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, runtime.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     runtime.shutdown().await;
     Ok(())
 }

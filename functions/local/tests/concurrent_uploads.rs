@@ -19,14 +19,17 @@ use serde_json::Value;
 const UPLOADS: usize = 100;
 const ROWS: u64 = 50;
 
-
 /// A small real JPEG (a crop of an example photograph): the load is on the
 /// API, the store and the queue, not the encoder.
 fn small_jpeg() -> Vec<u8> {
     let photo = image::open(common::photos_dir().join("coffee.jpg")).expect("example photo");
     let crop = photo.crop_imm(0, 0, 48, 48).to_rgb8();
     let mut out = Vec::new();
-    crop.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Jpeg).expect("encode");
+    crop.write_to(
+        &mut std::io::Cursor::new(&mut out),
+        image::ImageFormat::Jpeg,
+    )
+    .expect("encode");
     out
 }
 
@@ -49,7 +52,12 @@ async fn a_hundred_concurrent_uploads_all_complete_with_exact_counts() {
     let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(env!("CARGO_BIN_EXE_imgproc-local"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(data.path())
         .env("ALLOW_PRIVATE_NETWORKS", "true")
         .env("RUST_LOG", "warn")
@@ -57,7 +65,11 @@ async fn a_hundred_concurrent_uploads_all_complete_with_exact_counts() {
         .stderr(Stdio::null())
         .spawn()
         .expect("imgproc-local starts");
-    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(UPLOADS).build().unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(UPLOADS)
+        .build()
+        .unwrap();
     common::wait_healthy(&client, &base).await;
 
     // Upload u, row r: image "u-r" (two images on every tenth row).
@@ -66,7 +78,13 @@ async fn a_hundred_concurrent_uploads_all_complete_with_exact_counts() {
             let rows: Vec<(u64, &str, Vec<String>)> = (1..=ROWS)
                 .map(|r| {
                     let n = if r % 10 == 0 { 2 } else { 1 };
-                    (r, "Product", (0..n).map(|i| format!("http://{images_addr}/img/{u}-{r}-{i}")).collect())
+                    (
+                        r,
+                        "Product",
+                        (0..n)
+                            .map(|i| format!("http://{images_addr}/img/{u}-{r}-{i}"))
+                            .collect(),
+                    )
                 })
                 .collect();
             csv_of(&rows)
@@ -86,7 +104,10 @@ async fn a_hundred_concurrent_uploads_all_complete_with_exact_counts() {
                 .send()
                 .await
                 .expect("upload answered");
-            (r.status().as_u16(), r.json::<Value>().await.expect("JSON answer"))
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.expect("JSON answer"),
+            )
         }
     }))
     .await;
@@ -108,13 +129,23 @@ async fn a_hundred_concurrent_uploads_all_complete_with_exact_counts() {
             if done.contains_key(id) {
                 continue;
             }
-            let s: Value =
-                client.get(format!("{base}/v1/requests/{id}?limit=1000")).send().await.unwrap().json().await.unwrap();
+            let s: Value = client
+                .get(format!("{base}/v1/requests/{id}?limit=1000"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if is_terminal(&s) && s["webhook"]["status"] != "pending" {
                 done.insert(id.clone(), s);
             }
         }
-        assert!(Instant::now() < deadline, "{} of {UPLOADS} requests finished in time", done.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {UPLOADS} requests finished in time",
+            done.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let total_time = started.elapsed();
@@ -122,7 +153,10 @@ async fn a_hundred_concurrent_uploads_all_complete_with_exact_counts() {
     for (id, s) in &done {
         assert_eq!(s["status"], "completed", "{id}");
         assert_eq!(s["progress"]["total"], per_upload);
-        assert_eq!(s["progress"]["succeeded"], per_upload, "{id}: every image counted once");
+        assert_eq!(
+            s["progress"]["succeeded"], per_upload,
+            "{id}: every image counted once"
+        );
         let listed = s["products"]
             .as_array()
             .unwrap()
@@ -139,10 +173,15 @@ async fn a_hundred_concurrent_uploads_all_complete_with_exact_counts() {
     let calls = hook.calls();
     let mut per_request: HashMap<String, usize> = HashMap::new();
     for c in &calls {
-        *per_request.entry(c.json()["request_id"].as_str().unwrap().to_owned()).or_default() += 1;
+        *per_request
+            .entry(c.json()["request_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     assert_eq!(per_request.len(), UPLOADS, "a webhook for every request");
-    assert!(per_request.values().all(|&n| n == 1), "exactly one webhook each");
+    assert!(
+        per_request.values().all(|&n| n == 1),
+        "exactly one webhook each"
+    );
     eprintln!(
         "{UPLOADS} concurrent uploads of {ROWS} rows ({} images): all accepted in {upload_time:?}, all complete in {total_time:?}",
         UPLOADS as u64 * per_upload

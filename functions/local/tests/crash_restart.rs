@@ -14,10 +14,14 @@ use std::time::{Duration, Instant};
 use common::{ImageServer, PHOTOS, WebhookReceiver, csv_of, is_terminal};
 use serde_json::Value;
 
-
 fn serve(data: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_imgproc-local"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(data)
         .env("ALLOW_PRIVATE_NETWORKS", "true")
         .env("RETRY_BASE_DELAY_MS", "50")
@@ -31,12 +35,26 @@ fn serve(data: &Path, port: u16) -> Child {
 }
 
 async fn status(client: &reqwest::Client, base: &str, id: &str) -> Value {
-    client.get(format!("{base}/v1/requests/{id}?limit=1000")).send().await.unwrap().json().await.unwrap()
+    client
+        .get(format!("{base}/v1/requests/{id}?limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Images finished so far (the progress needs no page of products).
 async fn finished(client: &reqwest::Client, base: &str, id: &str) -> u64 {
-    let s: Value = client.get(format!("{base}/v1/requests/{id}?limit=1")).send().await.unwrap().json().await.unwrap();
+    let s: Value = client
+        .get(format!("{base}/v1/requests/{id}?limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     s["progress"]["succeeded"].as_u64().unwrap() + s["progress"]["failed"].as_u64().unwrap()
 }
 
@@ -45,9 +63,15 @@ struct Moments(u64);
 
 impl Moments {
     fn from_env_or_clock() -> (u64, Self) {
-        let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-        });
+        let seed = std::env::var("CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
         (seed, Self(seed.max(1)))
     }
 
@@ -81,15 +105,28 @@ async fn kill_9_at_random_moments_then_restart_loses_nothing_and_counts_nothing_
                 r + 1,
                 "Product",
                 (0..5u64)
-                    .map(|i| images.url(&format!("/slow/40/{}?n={}", PHOTOS[((r * 5 + i) % 7) as usize], r * 5 + i)))
+                    .map(|i| {
+                        images.url(&format!(
+                            "/slow/40/{}?n={}",
+                            PHOTOS[((r * 5 + i) % 7) as usize],
+                            r * 5 + i
+                        ))
+                    })
                     .collect(),
             )
         })
         .collect();
     let mut server = serve(data.path(), port);
     common::wait_healthy(&client, &base).await;
-    let accepted = common::post_csv(client.post(format!("{base}/v1/requests?webhook_url={}", hook.url())), csv_of(&rows)).await;
-    let id = accepted["request_id"].as_str().expect("accepted").to_owned();
+    let accepted = common::post_csv(
+        client.post(format!("{base}/v1/requests?webhook_url={}", hook.url())),
+        csv_of(&rows),
+    )
+    .await;
+    let id = accepted["request_id"]
+        .as_str()
+        .expect("accepted")
+        .to_owned();
     assert_eq!(accepted["images"], IMAGES);
 
     // Random moments: a progress mark in each fifth of the first 90 %, then
@@ -122,31 +159,62 @@ async fn kill_9_at_random_moments_then_restart_loses_nothing_and_counts_nothing_
         if is_terminal(&s) && s["webhook"]["status"] != "pending" {
             break s;
         }
-        assert!(Instant::now() < deadline, "request did not finish: {}", s["progress"]);
+        assert!(
+            Instant::now() < deadline,
+            "request did not finish: {}",
+            s["progress"]
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(s["status"], "completed", "{:#}", s["products"][0]);
     assert_eq!(s["progress"]["total"], IMAGES);
-    assert_eq!(s["progress"]["succeeded"], IMAGES, "every image processed, none counted twice");
+    assert_eq!(
+        s["progress"]["succeeded"], IMAGES,
+        "every image processed, none counted twice"
+    );
     assert_eq!(s["progress"]["failed"], 0);
-    let listed: Vec<Value> =
-        s["products"].as_array().unwrap().iter().flat_map(|p| p["images"].as_array().unwrap().clone()).collect();
+    let listed: Vec<Value> = s["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["images"].as_array().unwrap().clone())
+        .collect();
     assert_eq!(listed.len() as u64, IMAGES);
     assert!(
-        listed.iter().all(|i| i["status"] == "succeeded" && i["output_url"].is_string()),
+        listed
+            .iter()
+            .all(|i| i["status"] == "succeeded" && i["output_url"].is_string()),
         "every image has its output"
     );
     let stored = std::fs::read_dir(data.path().join("objects/processed").join(&id))
         .unwrap()
         .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
-        .filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|e| e == "jpg"))
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "jpg")
+        })
         .count();
     assert_eq!(stored as u64, IMAGES, "one stored file per image");
     // The output CSV names one output per input, all distinct.
-    let csv_out = client.get(format!("{base}/v1/requests/{id}/output.csv")).send().await.unwrap().text().await.unwrap();
+    let csv_out = client
+        .get(format!("{base}/v1/requests/{id}/output.csv"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let mut outputs: Vec<String> = csv::Reader::from_reader(csv_out.as_bytes())
         .records()
-        .flat_map(|r| r.unwrap()[3].split(',').map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|r| {
+            r.unwrap()[3]
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .collect();
     outputs.sort();
     outputs.dedup();

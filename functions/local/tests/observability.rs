@@ -21,7 +21,6 @@ const HOOK_TOKEN: &str = "hook-token-never-logged";
 /// In an image URL's query, as in a presigned URL.
 const IMAGE_TOKEN: &str = "image-signature-never-logged";
 
-
 /// `name value` lines of an OpenMetrics text, by name with labels.
 fn samples(text: &str) -> HashMap<String, f64> {
     text.lines()
@@ -97,7 +96,13 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
     let query = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("webhook_url", &webhook_url)
         .finish();
-    let accepted = common::post_csv(client.post(format!("{base}/v1/requests?{query}")).bearer_auth(API_TOKEN), csv_of(&rows)).await;
+    let accepted = common::post_csv(
+        client
+            .post(format!("{base}/v1/requests?{query}"))
+            .bearer_auth(API_TOKEN),
+        csv_of(&rows),
+    )
+    .await;
     let id = accepted["request_id"]
         .as_str()
         .unwrap_or_else(|| panic!("accepted: {accepted}"))

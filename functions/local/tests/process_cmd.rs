@@ -23,29 +23,73 @@ fn run(args: &[&str], dir: &Path) -> Output {
 async fn process_writes_the_output_csv_and_images_and_reports_by_exit_code() {
     let srv = ImageServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ok.csv"), csv_of(&[(1, "A", vec![srv.photo("coffee.jpg"), srv.photo("rocket-launch.gif")])])).unwrap();
-    std::fs::write(dir.path().join("partial.csv"), csv_of(&[(1, "A", vec![srv.photo("coffee.jpg"), srv.url("/status/404")])])).unwrap();
-    std::fs::write(dir.path().join("bad.csv"), "S. No.,Product Name,Input Image Urls\nx,A,https://e.com/a.jpg\n").unwrap();
+    std::fs::write(
+        dir.path().join("ok.csv"),
+        csv_of(&[(
+            1,
+            "A",
+            vec![srv.photo("coffee.jpg"), srv.photo("rocket-launch.gif")],
+        )]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("partial.csv"),
+        csv_of(&[(
+            1,
+            "A",
+            vec![srv.photo("coffee.jpg"), srv.url("/status/404")],
+        )]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.csv"),
+        "S. No.,Product Name,Input Image Urls\nx,A,https://e.com/a.jpg\n",
+    )
+    .unwrap();
 
     let ok = run(&["process", "ok.csv", "--out", "out"], dir.path());
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert_eq!(ok.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(stdout.contains("2 succeeded, 0 failed"), "{stdout}");
     let csv = std::fs::read_to_string(dir.path().join("out/output.csv")).unwrap();
     let row = csv.lines().nth(1).unwrap();
-    let outputs: Vec<&str> = row.rsplit_once(",\"").unwrap().1.trim_end_matches('"').split(',').collect();
+    let outputs: Vec<&str> = row
+        .rsplit_once(",\"")
+        .unwrap()
+        .1
+        .trim_end_matches('"')
+        .split(',')
+        .collect();
     assert_eq!(outputs.len(), 2);
     for url in outputs {
         let path = url::Url::parse(url).unwrap().to_file_path().unwrap();
-        assert_eq!(&std::fs::read(&path).unwrap()[..3], &[0xFF, 0xD8, 0xFF], "{url}");
+        assert_eq!(
+            &std::fs::read(&path).unwrap()[..3],
+            &[0xFF, 0xD8, 0xFF],
+            "{url}"
+        );
     }
 
     let again = run(&["process", "ok.csv", "--out", "out"], dir.path());
     assert_eq!(again.status.code(), Some(0));
-    assert_eq!(srv.hits("/photos/coffee.jpg"), 1, "running again returns the same request");
+    assert_eq!(
+        srv.hits("/photos/coffee.jpg"),
+        1,
+        "running again returns the same request"
+    );
 
     let partial = run(&["process", "partial.csv", "--out", "out2"], dir.path());
-    assert_eq!(partial.status.code(), Some(4), "{}", String::from_utf8_lossy(&partial.stdout));
+    assert_eq!(
+        partial.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&partial.stdout)
+    );
     assert!(String::from_utf8_lossy(&partial.stdout).contains("HTTP 404"));
 
     let bad = run(&["process", "bad.csv", "--out", "out3"], dir.path());
@@ -58,7 +102,10 @@ async fn process_writes_the_output_csv_and_images_and_reports_by_exit_code() {
 fn compress_converts_local_files() {
     let dir = tempfile::tempdir().unwrap();
     let photos = photos_dir();
-    let files: Vec<String> = ["coffee.jpg", "chelsea-cat.png", "paint-brushes.webp"].iter().map(|f| photos.join(f).display().to_string()).collect();
+    let files: Vec<String> = ["coffee.jpg", "chelsea-cat.png", "paint-brushes.webp"]
+        .iter()
+        .map(|f| photos.join(f).display().to_string())
+        .collect();
     let mut args = vec!["compress", "--out", "o", "--threads", "2"];
     args.extend(files.iter().map(String::as_str));
     let out = run(&args, dir.path());
@@ -66,6 +113,9 @@ fn compress_converts_local_files() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("3 compressed, 0 failed"), "{stdout}");
     for name in ["coffee.jpg", "chelsea-cat.jpg", "paint-brushes.jpg"] {
-        assert_eq!(&std::fs::read(dir.path().join("o").join(name)).unwrap()[..2], &[0xFF, 0xD8]);
+        assert_eq!(
+            &std::fs::read(dir.path().join("o").join(name)).unwrap()[..2],
+            &[0xFF, 0xD8]
+        );
     }
 }

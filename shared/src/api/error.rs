@@ -76,7 +76,11 @@ impl ApiError {
 
 /// The error body for a status and code, for errors raised outside handlers.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message, "details": []}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message, "details": []}})),
+    )
+        .into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -86,7 +90,9 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {"code": code, "message": message, "details": details}});
         let mut response = (status, Json(body)).into_response();
         if unauthorized {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-pub use error::ApiError;
 use crate::services::{App, status};
+pub use error::ApiError;
 use views::StatusView;
 
 /// The whole API. `App` carries the adapters; no route is written twice.
@@ -41,7 +41,11 @@ pub fn router(app: Arc<App>) -> Router {
         // contract's error body.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            error::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred; try again")
+            error::error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an internal error occurred; try again",
+            )
         }))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
@@ -59,10 +63,15 @@ async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .unwrap_or("");
-        let ok: bool = Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(token.expose().as_bytes())).into();
+        let ok: bool = Sha256::digest(given.as_bytes())
+            .ct_eq(&Sha256::digest(token.expose().as_bytes()))
+            .into();
         if !ok || given.is_empty() {
             return ApiError::Unauthorized.into_response();
         }
@@ -103,7 +112,13 @@ async fn get_output_csv(
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{id}.csv\""))
         .unwrap_or(HeaderValue::from_static("attachment"));
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8")), (header::CONTENT_DISPOSITION, disposition)],
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
         csv,
     )
         .into_response())

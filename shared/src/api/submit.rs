@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 use super::{ApiError, query_param, views};
 use crate::services::App;
@@ -27,7 +27,14 @@ fn kind_of(request: &Request) -> Result<Kind, ApiError> {
             "Content-Type is required: send the CSV as text/csv or as multipart/form-data with a file field".into(),
         ));
     };
-    let essence = raw.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = raw
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "text/csv" | "application/csv" => Ok(Kind::Csv),
         "multipart/form-data" => Ok(Kind::Multipart),
@@ -41,7 +48,10 @@ fn kind_of(request: &Request) -> Result<Kind, ApiError> {
 /// whatever Content-Length claimed).
 async fn read_body(body: Body, limit: usize, reported_limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = e.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some();
+        let too_large = e
+            .into_inner()
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some();
         if too_large {
             ApiError::PayloadTooLarge(reported_limit)
         } else {
@@ -73,7 +83,9 @@ pub(super) async fn submit(
         None => None,
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| ApiError::InvalidRequest("Idempotency-Key must be printable ASCII".into()))?
+                .map_err(|_| {
+                    ApiError::InvalidRequest("Idempotency-Key must be printable ASCII".into())
+                })?
                 .to_owned(),
         ),
     };
@@ -107,21 +119,32 @@ pub(super) async fn submit(
     .await?;
     let view = views::SubmitView::from(accepted);
     // A path of ASCII and a UUID: always a valid header value.
-    let location = HeaderValue::try_from(view.status_url.as_str()).unwrap_or(HeaderValue::from_static("/v1/requests"));
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)).into_response())
+    let location = HeaderValue::try_from(view.status_url.as_str())
+        .unwrap_or(HeaderValue::from_static("/v1/requests"));
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
 }
 
 /// The `file` part (required) and the `webhook_url` part (optional).
 async fn read_form(request: Request, limit: usize) -> Result<(Bytes, Option<String>), ApiError> {
-    let bad = |why: String| ApiError::InvalidRequest(format!("the multipart form is malformed: {why}"));
-    let mut form = Multipart::from_request(request, &()).await.map_err(|e| bad(e.body_text()))?;
+    let bad =
+        |why: String| ApiError::InvalidRequest(format!("the multipart form is malformed: {why}"));
+    let mut form = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| bad(e.body_text()))?;
     let mut file = None;
     let mut webhook = None;
     while let Some(field) = form.next_field().await.map_err(|e| bad(e.body_text()))? {
         match field.name() {
             Some("file") => {
                 if file.is_some() {
-                    return Err(ApiError::InvalidRequest("send exactly one file field".into()));
+                    return Err(ApiError::InvalidRequest(
+                        "send exactly one file field".into(),
+                    ));
                 }
                 let bytes = field.bytes().await.map_err(|e| bad(e.body_text()))?;
                 if bytes.len() > limit {
@@ -136,6 +159,8 @@ async fn read_form(request: Request, limit: usize) -> Result<(Bytes, Option<Stri
             _ => {}
         }
     }
-    let file = file.ok_or_else(|| ApiError::InvalidRequest("the form has no file field: attach the CSV as \"file\"".into()))?;
+    let file = file.ok_or_else(|| {
+        ApiError::InvalidRequest("the form has no file field: attach the CSV as \"file\"".into())
+    })?;
     Ok((file, webhook))
 }

@@ -4,7 +4,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::{ImageError, ImageRecord, ProductRecord, Progress, RequestStatus, WebhookState};
+use crate::domain::{
+    ImageError, ImageRecord, ProductRecord, Progress, RequestStatus, WebhookState,
+};
 use crate::services::status::StatusPage;
 use crate::services::submit::Accepted;
 
@@ -50,7 +52,13 @@ pub struct ProgressView {
 
 impl From<Progress> for ProgressView {
     fn from(p: Progress) -> Self {
-        Self { total: p.total, succeeded: p.succeeded, failed: p.failed, pending: p.pending(), percent: p.percent() }
+        Self {
+            total: p.total,
+            succeeded: p.succeeded,
+            failed: p.failed,
+            pending: p.pending(),
+            percent: p.percent(),
+        }
     }
 }
 
@@ -131,7 +139,11 @@ impl<'a> StatusView<'a> {
             progress: r.progress.into(),
             webhook: r.webhook.as_ref(),
             output_csv_url: page.output_csv_url.as_deref(),
-            products: page.products.iter().map(|(p, urls)| ProductView::new(p, urls)).collect(),
+            products: page
+                .products
+                .iter()
+                .map(|(p, urls)| ProductView::new(p, urls))
+                .collect(),
             next_cursor: page.next_cursor.as_deref(),
         }
     }

@@ -18,15 +18,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, TransactWriteItem, Update, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, PutRequest, TransactWriteItem, Update, WriteRequest,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::error::{has_code, port_error};
 use crate::domain::{
-    ErrorCode, ImageError, ImageKey, ImageOutcome, ImageRecord, ImageStatus, NewRequest, ProductRecord, Progress,
-    RequestRecord, RequestStatus, WebhookState, WebhookStatus,
+    ErrorCode, ImageError, ImageKey, ImageOutcome, ImageRecord, ImageStatus, NewRequest,
+    ProductRecord, Progress, RequestRecord, RequestStatus, WebhookState, WebhookStatus,
 };
 use crate::ports::{CreateOutcome, Finished, JobStore, PortError, PortResult};
 
@@ -78,15 +80,21 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
-    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
 }
 
 fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Option<T> {
-    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 fn get_ts(item: &Item, name: &str) -> Option<DateTime<Utc>> {
-    get_s(item, name).and_then(|v| DateTime::parse_from_rfc3339(v).ok()).map(|t| t.with_timezone(&Utc))
+    get_s(item, name)
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn corrupt(what: &str, item: &Item) -> PortError {
@@ -102,14 +110,21 @@ async fn pause(attempt: u32) {
 
 fn request_from_item(item: &Item) -> PortResult<RequestRecord> {
     let bad = || corrupt("request", item);
-    let id = get_s(item, "pk").and_then(|p| p.strip_prefix("REQ#")).and_then(|p| Uuid::parse_str(p).ok()).ok_or_else(bad)?;
+    let id = get_s(item, "pk")
+        .and_then(|p| p.strip_prefix("REQ#"))
+        .and_then(|p| Uuid::parse_str(p).ok())
+        .ok_or_else(bad)?;
     let webhook = get_s(item, "webhook_url").map(|url| WebhookState {
         url: url.to_owned(),
-        status: get_s(item, "webhook_status").and_then(WebhookStatus::parse).unwrap_or(WebhookStatus::Pending),
+        status: get_s(item, "webhook_status")
+            .and_then(WebhookStatus::parse)
+            .unwrap_or(WebhookStatus::Pending),
         attempts: get_n(item, "webhook_attempts").unwrap_or(0),
     });
     let warnings = match item.get("warnings") {
-        Some(AttributeValue::L(list)) => list.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
+        Some(AttributeValue::L(list)) => {
+            list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
+        }
         _ => Vec::new(),
     };
     Ok(RequestRecord {
@@ -132,14 +147,18 @@ fn request_from_item(item: &Item) -> PortResult<RequestRecord> {
 
 fn image_from_item(item: &Item) -> PortResult<ImageRecord> {
     let bad = || corrupt("image", item);
-    let error = get_s(item, "error_code").and_then(ErrorCode::parse).map(|code| ImageError {
-        code,
-        message: get_s(item, "error_message").unwrap_or_default().to_owned(),
-    });
+    let error = get_s(item, "error_code")
+        .and_then(ErrorCode::parse)
+        .map(|code| ImageError {
+            code,
+            message: get_s(item, "error_message").unwrap_or_default().to_owned(),
+        });
     Ok(ImageRecord {
         index: get_n(item, "idx").ok_or_else(bad)?,
         input_url: get_s(item, "input_url").ok_or_else(bad)?.to_owned(),
-        status: get_s(item, "status").and_then(ImageStatus::parse).ok_or_else(bad)?,
+        status: get_s(item, "status")
+            .and_then(ImageStatus::parse)
+            .ok_or_else(bad)?,
         output_key: get_s(item, "output_key").map(str::to_owned),
         input_bytes: get_n(item, "input_bytes"),
         output_bytes: get_n(item, "output_bytes"),
@@ -152,7 +171,11 @@ fn image_from_item(item: &Item) -> PortResult<ImageRecord> {
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into(), ttl: DEFAULT_TTL }
+        Self {
+            client,
+            table: table.into(),
+            ttl: DEFAULT_TTL,
+        }
     }
 
     /// How long items live after the request was created (DynamoDB's TTL).
@@ -194,7 +217,9 @@ impl DynamoStore {
                         let put = PutRequest::builder()
                             .set_item(Some(item.clone()))
                             .build()
-                            .map_err(|e| PortError::Permanent(format!("DynamoDB put request: {e}")))?;
+                            .map_err(|e| {
+                                PortError::Permanent(format!("DynamoDB put request: {e}"))
+                            })?;
                         Ok(WriteRequest::builder().put_request(put).build())
                     })
                     .collect::<PortResult<Vec<_>>>()
@@ -237,14 +262,20 @@ impl DynamoStore {
                 }
             }
         }
-        Err(PortError::Transient(format!("DynamoDB left {} item(s) unwritten after {MAX_TRIES} tries", batch.len())))
+        Err(PortError::Transient(format!(
+            "DynamoDB left {} item(s) unwritten after {MAX_TRIES} tries",
+            batch.len()
+        )))
     }
 
     /// Takes the right to write this request's items. See `create_request`.
     async fn claim(&self, new: &NewRequest, now: DateTime<Utc>) -> PortResult<bool> {
         let mut item = key(new.id, "C");
         item.insert("fingerprint".into(), s(&new.fingerprint));
-        item.insert("lease_until".into(), n(now.timestamp() + CLAIM_LEASE.as_secs() as i64));
+        item.insert(
+            "lease_until".into(),
+            n(now.timestamp() + CLAIM_LEASE.as_secs() as i64),
+        );
         item.insert("expires_at".into(), self.expires_at(now));
         let result = self
             .client
@@ -299,7 +330,10 @@ impl DynamoStore {
         item.insert("failed".into(), n(0));
         item.insert("product_count".into(), n(new.products.len()));
         item.insert("fingerprint".into(), s(&new.fingerprint));
-        item.insert("warnings".into(), AttributeValue::L(new.warnings.iter().map(s).collect()));
+        item.insert(
+            "warnings".into(),
+            AttributeValue::L(new.warnings.iter().map(s).collect()),
+        );
         if let Some(url) = &new.webhook_url {
             item.insert("webhook_url".into(), s(url));
             item.insert("webhook_status".into(), s(WebhookStatus::Pending.as_str()));
@@ -319,7 +353,10 @@ impl DynamoStore {
     }
 
     async fn image_exists(&self, k: ImageKey) -> PortResult<bool> {
-        Ok(self.get_item(key(k.request_id, image_sk(k.product, k.image))).await?.is_some())
+        Ok(self
+            .get_item(key(k.request_id, image_sk(k.product, k.image)))
+            .await?
+            .is_some())
     }
 
     async fn progress(&self, id: Uuid) -> PortResult<Option<Progress>> {
@@ -341,8 +378,18 @@ impl DynamoStore {
                 values.insert(":output_bytes".into(), n(c.output_bytes));
                 values.insert(":width".into(), n(c.width));
                 values.insert(":height".into(), n(c.height));
-                values.insert(":original_kept".into(), AttributeValue::Bool(c.original_kept));
-                sets.extend(["output_key", "input_bytes", "output_bytes", "width", "height", "original_kept"]);
+                values.insert(
+                    ":original_kept".into(),
+                    AttributeValue::Bool(c.original_kept),
+                );
+                sets.extend([
+                    "output_key",
+                    "input_bytes",
+                    "output_bytes",
+                    "width",
+                    "height",
+                    "original_kept",
+                ]);
             }
             ImageOutcome::Failed { error, input_bytes } => {
                 values.insert(":error_code".into(), s(error.code.as_str()));
@@ -354,8 +401,15 @@ impl DynamoStore {
                 }
             }
         }
-        let update = sets.iter().map(|a| format!("#{a} = :{a}")).collect::<Vec<_>>().join(", ");
-        let names = sets.iter().map(|a| (format!("#{a}"), (*a).to_owned())).collect();
+        let update = sets
+            .iter()
+            .map(|a| format!("#{a} = :{a}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names = sets
+            .iter()
+            .map(|a| (format!("#{a}"), (*a).to_owned()))
+            .collect();
         Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(k.request_id, image_sk(k.product, k.image))))
@@ -368,7 +422,11 @@ impl DynamoStore {
     }
 
     fn counter_update(&self, k: ImageKey, status: ImageStatus, now: &str) -> PortResult<Update> {
-        let counter = if status == ImageStatus::Succeeded { "succeeded" } else { "failed" };
+        let counter = if status == ImageStatus::Succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
         Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(k.request_id, "A")))
@@ -437,17 +495,30 @@ impl JobStore for DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(CreateOutcome::Created),
-            Err(e) if has_code(&e, "ConditionalCheckFailedException") => self.existing(new.id).await,
+            Err(e) if has_code(&e, "ConditionalCheckFailedException") => {
+                self.existing(new.id).await
+            }
             Err(e) => Err(port_error("DynamoDB PutItem (request)", e)),
         }
     }
 
     async fn get_request(&self, id: Uuid) -> PortResult<Option<RequestRecord>> {
-        self.get_item(key(id, "A")).await?.as_ref().map(request_from_item).transpose()
+        self.get_item(key(id, "A"))
+            .await?
+            .as_ref()
+            .map(request_from_item)
+            .transpose()
     }
 
-    async fn list_products(&self, id: Uuid, after: Option<u32>, limit: u32) -> PortResult<Vec<ProductRecord>> {
-        let Some(request) = self.get_item(key(id, "A")).await? else { return Ok(Vec::new()) };
+    async fn list_products(
+        &self,
+        id: Uuid,
+        after: Option<u32>,
+        limit: u32,
+    ) -> PortResult<Vec<ProductRecord>> {
+        let Some(request) = self.get_item(key(id, "A")).await? else {
+            return Ok(Vec::new());
+        };
         let product_count: u32 = get_n(&request, "product_count").unwrap_or(0);
         let start = after.map_or(0, |a| a.saturating_add(1));
         let mut products: Vec<ProductRecord> = Vec::new();
@@ -471,12 +542,16 @@ impl JobStore for DynamoStore {
                 .await
                 .map_err(|e| port_error("DynamoDB Query", e))?;
             for item in out.items.unwrap_or_default() {
-                let position: u32 = get_n(&item, "position").ok_or_else(|| corrupt("product", &item))?;
+                let position: u32 =
+                    get_n(&item, "position").ok_or_else(|| corrupt("product", &item))?;
                 if position >= product_count {
                     break 'pages;
                 }
                 if item.contains_key("idx") {
-                    let (Some(product), Some(count)) = (products.last_mut(), image_counts.last()) else { continue };
+                    let (Some(product), Some(count)) = (products.last_mut(), image_counts.last())
+                    else {
+                        continue;
+                    };
                     let image = image_from_item(&item)?;
                     if product.position == position && image.index <= *count {
                         product.images.push(image);
@@ -487,7 +562,8 @@ impl JobStore for DynamoStore {
                     }
                     products.push(ProductRecord {
                         position,
-                        serial_number: get_n(&item, "serial_number").ok_or_else(|| corrupt("product", &item))?,
+                        serial_number: get_n(&item, "serial_number")
+                            .ok_or_else(|| corrupt("product", &item))?,
                         product_name: get_s(&item, "product_name").unwrap_or_default().to_owned(),
                         images: Vec::new(),
                     });
@@ -503,21 +579,37 @@ impl JobStore for DynamoStore {
     }
 
     async fn image_status(&self, k: ImageKey) -> PortResult<Option<ImageStatus>> {
-        let item = self.get_item(key(k.request_id, image_sk(k.product, k.image))).await?;
-        Ok(item.as_ref().and_then(|i| get_s(i, "status")).and_then(ImageStatus::parse))
+        let item = self
+            .get_item(key(k.request_id, image_sk(k.product, k.image)))
+            .await?;
+        Ok(item
+            .as_ref()
+            .and_then(|i| get_s(i, "status"))
+            .and_then(ImageStatus::parse))
     }
 
     async fn finish_image(&self, k: ImageKey, outcome: &ImageOutcome) -> PortResult<Finished> {
-        let missing = || PortError::Permanent(format!("no image {}/{}/{}", k.request_id, k.product, k.image));
+        let missing = || {
+            PortError::Permanent(format!(
+                "no image {}/{}/{}",
+                k.request_id, k.product, k.image
+            ))
+        };
         let mut attempt = 0;
         let applied = loop {
             let now = ts(Utc::now());
             let result = self
                 .client
                 .transact_write_items()
-                .transact_items(TransactWriteItem::builder().update(self.image_update(k, outcome, &now)?).build())
                 .transact_items(
-                    TransactWriteItem::builder().update(self.counter_update(k, outcome.status(), &now)?).build(),
+                    TransactWriteItem::builder()
+                        .update(self.image_update(k, outcome, &now)?)
+                        .build(),
+                )
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .update(self.counter_update(k, outcome.status(), &now)?)
+                        .build(),
                 )
                 .send()
                 .await;
@@ -557,7 +649,9 @@ impl JobStore for DynamoStore {
                     pause(attempt).await;
                 }
                 Transition::Conflict => {
-                    return Err(PortError::Transient("DynamoDB: the image transaction kept conflicting".into()));
+                    return Err(PortError::Transient(
+                        "DynamoDB: the image transaction kept conflicting".into(),
+                    ));
                 }
             }
         };
@@ -580,7 +674,9 @@ impl JobStore for DynamoStore {
                 "attribute_exists(pk) AND attribute_not_exists(#terminal) \
                  AND #total = :total AND #succeeded = :succeeded AND #failed = :failed",
             )
-            .update_expression("SET #terminal = :terminal, #completed_at = :now, #updated_at = :now")
+            .update_expression(
+                "SET #terminal = :terminal, #completed_at = :now, #updated_at = :now",
+            )
             .expression_attribute_names("#terminal", "terminal")
             .expression_attribute_names("#total", "total")
             .expression_attribute_names("#succeeded", "succeeded")
@@ -608,7 +704,9 @@ impl JobStore for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key(id, "A")))
             .condition_expression("attribute_exists(pk)")
-            .update_expression("SET #webhook_status = :status, #webhook_attempts = :attempts, #updated_at = :now")
+            .update_expression(
+                "SET #webhook_status = :status, #webhook_attempts = :attempts, #updated_at = :now",
+            )
             .expression_attribute_names("#webhook_status", "webhook_status")
             .expression_attribute_names("#webhook_attempts", "webhook_attempts")
             .expression_attribute_names("#updated_at", "updated_at")
@@ -632,7 +730,8 @@ pub fn request_id_of_key(pk: &str, sk: &str) -> Option<Uuid> {
     if sk != "A" {
         return None;
     }
-    pk.strip_prefix("REQ#").and_then(|id| Uuid::parse_str(id).ok())
+    pk.strip_prefix("REQ#")
+        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 #[cfg(test)]
@@ -641,9 +740,26 @@ mod tests {
 
     #[test]
     fn sort_keys_order_products_then_their_images_in_input_order() {
-        let mut keys = vec![product_sk(10), image_sk(2, 10), product_sk(2), image_sk(2, 2), image_sk(10, 1), product_sk(3)];
+        let mut keys = vec![
+            product_sk(10),
+            image_sk(2, 10),
+            product_sk(2),
+            image_sk(2, 2),
+            image_sk(10, 1),
+            product_sk(3),
+        ];
         keys.sort();
-        assert_eq!(keys, vec![product_sk(2), image_sk(2, 2), image_sk(2, 10), product_sk(3), product_sk(10), image_sk(10, 1)]);
+        assert_eq!(
+            keys,
+            vec![
+                product_sk(2),
+                image_sk(2, 2),
+                image_sk(2, 10),
+                product_sk(3),
+                product_sk(10),
+                image_sk(10, 1)
+            ]
+        );
         // The request and claim items sort before every product.
         assert!("A" < product_sk(0).as_str() && "C" < product_sk(0).as_str());
     }

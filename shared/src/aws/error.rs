@@ -34,7 +34,9 @@ where
     R: std::fmt::Debug,
 {
     let transient = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("");
             TRANSIENT_CODES.contains(&code)
@@ -42,7 +44,11 @@ where
         _ => false,
     };
     let message = format!("{what}: {}", DisplayErrorContext(&err));
-    if transient { PortError::Transient(message) } else { PortError::Permanent(message) }
+    if transient {
+        PortError::Transient(message)
+    } else {
+        PortError::Permanent(message)
+    }
 }
 
 /// True when a service answered with this error code (e.g. a failed condition).

@@ -6,8 +6,8 @@
 //! emulator such as moto or LocalStack; S3 then uses path-style addresses,
 //! which emulators need.
 
-mod error;
 pub mod dynamo;
+mod error;
 pub mod handlers;
 pub mod s3;
 pub mod sqs;
@@ -44,8 +44,11 @@ impl Clients {
         let emulated = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
             .iter()
             .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
-        let path_style = emulated || std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-        let s3 = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style).build();
+        let path_style = emulated
+            || std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let s3 = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(path_style)
+            .build();
         Self {
             dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
@@ -73,17 +76,27 @@ pub struct Adapters {
 }
 
 fn required(value: &Option<String>, var: &'static str) -> Result<String, ConfigError> {
-    value.clone().ok_or(ConfigError { var, problem: "must be set".into() })
+    value.clone().ok_or(ConfigError {
+        var,
+        problem: "must be set".into(),
+    })
 }
 
 /// Days items live before DynamoDB's TTL removes them (`RECORD_TTL_DAYS`, default 30).
 fn ttl_from_env() -> Result<Duration, ConfigError> {
     let var = "RECORD_TTL_DAYS";
-    match std::env::var(var).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+    match std::env::var(var)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+    {
         None => Ok(dynamo::DEFAULT_TTL),
         Some(raw) => match raw.parse::<u64>() {
             Ok(days @ 1..=3650) => Ok(Duration::from_secs(days * 24 * 3600)),
-            _ => Err(ConfigError { var, problem: format!("must be a whole number of days from 1 to 3650, got {raw:?}") }),
+            _ => Err(ConfigError {
+                var,
+                problem: format!("must be a whole number of days from 1 to 3650, got {raw:?}"),
+            }),
         },
     }
 }
@@ -91,10 +104,20 @@ fn ttl_from_env() -> Result<Duration, ConfigError> {
 impl Adapters {
     pub fn new(config: &Config, clients: &Clients) -> Result<Self, ConfigError> {
         Ok(Self {
-            store: DynamoStore::new(clients.dynamodb.clone(), required(&config.table_name, "TABLE_NAME")?)
-                .with_ttl(ttl_from_env()?),
-            queue: SqsQueue::new(clients.sqs.clone(), required(&config.queue_url, "QUEUE_URL")?),
-            objects: S3Objects::new(clients.s3.clone(), required(&config.bucket, "BUCKET")?, config.output_base_url.clone()),
+            store: DynamoStore::new(
+                clients.dynamodb.clone(),
+                required(&config.table_name, "TABLE_NAME")?,
+            )
+            .with_ttl(ttl_from_env()?),
+            queue: SqsQueue::new(
+                clients.sqs.clone(),
+                required(&config.queue_url, "QUEUE_URL")?,
+            ),
+            objects: S3Objects::new(
+                clients.s3.clone(),
+                required(&config.bucket, "BUCKET")?,
+                config.output_base_url.clone(),
+            ),
         })
     }
 }
@@ -128,10 +151,23 @@ pub fn app_with(config: Config, adapters: &Adapters) -> Result<Arc<App>, SetupEr
 }
 
 /// The `App` on these adapters, with metrics going to `metrics`.
-pub fn app_with_metrics(config: Config, adapters: &Adapters, metrics: Arc<dyn Recorder>) -> Result<Arc<App>, SetupError> {
-    let http = GuardedClient::new(NetPolicy { allow_private: config.allow_private_networks, exempt: Vec::new() })
-        .map_err(SetupError::Http)?;
-    let engine = Engine::new(Settings { quality: config.jpeg_quality, max_pixels: config.max_pixels }, available_cores());
+pub fn app_with_metrics(
+    config: Config,
+    adapters: &Adapters,
+    metrics: Arc<dyn Recorder>,
+) -> Result<Arc<App>, SetupError> {
+    let http = GuardedClient::new(NetPolicy {
+        allow_private: config.allow_private_networks,
+        exempt: Vec::new(),
+    })
+    .map_err(SetupError::Http)?;
+    let engine = Engine::new(
+        Settings {
+            quality: config.jpeg_quality,
+            max_pixels: config.max_pixels,
+        },
+        available_cores(),
+    );
     Ok(Arc::new(App {
         config: Arc::new(config),
         store: Arc::new(adapters.store.clone()),

@@ -37,7 +37,11 @@ pub struct FetchedObject {
 
 impl S3Objects {
     pub fn new(client: Client, bucket: impl Into<String>, base_url: Option<String>) -> Self {
-        Self { client, bucket: bucket.into(), base_url }
+        Self {
+            client,
+            bucket: bucket.into(),
+            base_url,
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -50,14 +54,30 @@ impl S3Objects {
 
     /// Reads `bucket/key` (any bucket: S3 events name their own), refusing
     /// objects over `max_bytes` before downloading them.
-    pub async fn fetch(&self, bucket: &str, key: &str, max_bytes: u64) -> PortResult<Option<FetchedObject>> {
-        let out = match self.client.get_object().bucket(bucket).key(key).send().await {
+    pub async fn fetch(
+        &self,
+        bucket: &str,
+        key: &str,
+        max_bytes: u64,
+    ) -> PortResult<Option<FetchedObject>> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => out,
-            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => return Ok(None),
+            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
+                return Ok(None);
+            }
             Err(e) => return Err(port_error("S3 GetObject", e)),
         };
         if out.content_length.is_some_and(|n| n as u64 > max_bytes) {
-            return Err(PortError::Permanent(format!("object {key} is larger than {max_bytes} bytes")));
+            return Err(PortError::Permanent(format!(
+                "object {key} is larger than {max_bytes} bytes"
+            )));
         }
         let metadata = out.metadata.clone().unwrap_or_default();
         let (e_tag, version_id) = (out.e_tag.clone(), out.version_id.clone());
@@ -67,11 +87,22 @@ impl S3Objects {
             .await
             .map_err(|e| PortError::Transient(format!("S3 GetObject body: {e}")))?
             .into_bytes();
-        Ok(Some(FetchedObject { body, metadata, e_tag, version_id }))
+        Ok(Some(FetchedObject {
+            body,
+            metadata,
+            e_tag,
+            version_id,
+        }))
     }
 
     /// Writes `bucket/key`.
-    pub async fn put_in(&self, bucket: &str, key: &str, body: Bytes, content_type: &str) -> PortResult<()> {
+    pub async fn put_in(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> PortResult<()> {
         self.client
             .put_object()
             .bucket(bucket)
@@ -93,7 +124,10 @@ impl ObjectStore for S3Objects {
     }
 
     async fn get(&self, key: &str) -> PortResult<Option<Bytes>> {
-        Ok(self.fetch(&self.bucket, key, u64::MAX).await?.map(|o| o.body))
+        Ok(self
+            .fetch(&self.bucket, key, u64::MAX)
+            .await?
+            .map(|o| o.body))
     }
 
     async fn url(&self, key: &str) -> PortResult<String> {

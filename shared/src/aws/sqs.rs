@@ -29,7 +29,10 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
-        Self { client, queue_url: queue_url.into() }
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
     }
 
     pub fn queue_url(&self) -> &str {
@@ -62,7 +65,14 @@ impl SqsQueue {
                         .map_err(|e| PortError::Permanent(format!("SQS batch entry: {e}")))
                 })
                 .collect::<PortResult<Vec<_>>>()?;
-            match self.client.send_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send().await {
+            match self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
                 Ok(out) => {
                     let failed = out.failed;
                     // A sender's fault (a malformed entry) will fail the same way again.
@@ -128,18 +138,31 @@ impl JobSource for SqsQueue {
             .map_err(|e| port_error("SQS ReceiveMessage", e))?;
         let mut deliveries = Vec::new();
         for message in out.messages.unwrap_or_default() {
-            let Some(receipt) = message.receipt_handle.clone() else { continue };
+            let Some(receipt) = message.receipt_handle.clone() else {
+                continue;
+            };
             let receive_count = message
                 .attributes
                 .as_ref()
                 .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
-            match message.body.as_deref().map(serde_json::from_str::<ImageJob>) {
-                Some(Ok(job)) => deliveries.push(Delivery { job, receipt, receive_count }),
+            match message
+                .body
+                .as_deref()
+                .map(serde_json::from_str::<ImageJob>)
+            {
+                Some(Ok(job)) => deliveries.push(Delivery {
+                    job,
+                    receipt,
+                    receive_count,
+                }),
                 // Like the embedded queue: a body that is not a job never will be.
                 _ => {
-                    tracing::warn!(message_id = message.message_id.as_deref().unwrap_or(""), "dropping a message that is not an image job");
+                    tracing::warn!(
+                        message_id = message.message_id.as_deref().unwrap_or(""),
+                        "dropping a message that is not an image job"
+                    );
                     self.ack(&receipt).await?;
                 }
             }

@@ -21,10 +21,15 @@ pub async fn read_all(client: &Client, stream_arn: &str) -> PortResult<Vec<Recor
         .send()
         .await
         .map_err(|e| port_error("DynamoDB Streams DescribeStream", e))?;
-    let shards = stream.stream_description.and_then(|d| d.shards).unwrap_or_default();
+    let shards = stream
+        .stream_description
+        .and_then(|d| d.shards)
+        .unwrap_or_default();
     let mut records = Vec::new();
     for shard in shards {
-        let Some(shard_id) = shard.shard_id else { continue };
+        let Some(shard_id) = shard.shard_id else {
+            continue;
+        };
         let mut iterator = client
             .get_shard_iterator()
             .stream_arn(stream_arn)
@@ -63,8 +68,12 @@ fn attribute(v: &AttributeValue) -> Value {
         AttributeValue::Ns(l) => json!({ "NS": l }),
         AttributeValue::L(l) => json!({ "L": l.iter().map(attribute).collect::<Vec<_>>() }),
         AttributeValue::M(m) => json!({ "M": item(m) }),
-        AttributeValue::B(b) => json!({ "B": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b.as_ref()) }),
-        AttributeValue::Bs(l) => json!({ "BS": l.iter().map(|b| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b.as_ref())).collect::<Vec<_>>() }),
+        AttributeValue::B(b) => {
+            json!({ "B": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b.as_ref()) })
+        }
+        AttributeValue::Bs(l) => {
+            json!({ "BS": l.iter().map(|b| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b.as_ref())).collect::<Vec<_>>() })
+        }
         _ => Value::Null,
     }
 }
@@ -105,6 +114,7 @@ pub fn lambda_event(records: &[Record], stream_arn: &str) -> PortResult<Event> {
             })
         })
         .collect();
-    serde_json::from_value(json!({ "Records": records }))
-        .map_err(|e| PortError::Permanent(format!("stream records do not form a Lambda event: {e}")))
+    serde_json::from_value(json!({ "Records": records })).map_err(|e| {
+        PortError::Permanent(format!("stream records do not form a Lambda event: {e}"))
+    })
 }

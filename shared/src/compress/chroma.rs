@@ -21,7 +21,11 @@ fn halving() -> &'static Halving {
     MATRIX.get_or_init(|| {
         // Orthonormal 8-point DCT-II: D[u][x]; its inverse is its transpose.
         let d = |u: usize, x: usize| {
-            let c = if u == 0 { std::f64::consts::FRAC_1_SQRT_2 } else { 1.0 };
+            let c = if u == 0 {
+                std::f64::consts::FRAC_1_SQRT_2
+            } else {
+                1.0
+            };
             0.5 * c * ((2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / 16.0).cos()
         };
         let mut m = [[0f32; 16]; 8];
@@ -51,7 +55,11 @@ pub fn halve_vertically(top: &Block, bottom: &Block) -> Block {
     let m = &halving().0;
     let mut out = [0f32; 64];
     for k in 0..16 {
-        let src = if k < 8 { &top[k * 8..k * 8 + 8] } else { &bottom[(k - 8) * 8..(k - 8) * 8 + 8] };
+        let src = if k < 8 {
+            &top[k * 8..k * 8 + 8]
+        } else {
+            &bottom[(k - 8) * 8..(k - 8) * 8 + 8]
+        };
         if src.iter().all(|&x| x == 0.0) {
             continue;
         }
@@ -117,7 +125,11 @@ mod tests {
     /// The DCT of an 8×8 sample block, straight from the definition.
     fn fdct(samples: &[[f64; 8]; 8]) -> Block {
         let d = |u: usize, x: usize| {
-            let c = if u == 0 { std::f64::consts::FRAC_1_SQRT_2 } else { 1.0 };
+            let c = if u == 0 {
+                std::f64::consts::FRAC_1_SQRT_2
+            } else {
+                1.0
+            };
             0.5 * c * ((2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / 16.0).cos()
         };
         std::array::from_fn(|i| {
@@ -151,14 +163,20 @@ mod tests {
 
     fn assert_close(a: &Block, b: &Block) {
         for k in 0..64 {
-            assert!((a[k] - b[k]).abs() < 1e-2, "coefficient {k}: {} vs {}", a[k], b[k]);
+            assert!(
+                (a[k] - b[k]).abs() < 1e-2,
+                "coefficient {k}: {} vs {}",
+                a[k],
+                b[k]
+            );
         }
     }
 
     #[test]
     fn halving_the_height_equals_averaging_pixel_rows() {
         let p = patch();
-        let expected: [[f64; 8]; 8] = std::array::from_fn(|y| std::array::from_fn(|x| (p[2 * y][x] + p[2 * y + 1][x]) / 2.0));
+        let expected: [[f64; 8]; 8] =
+            std::array::from_fn(|y| std::array::from_fn(|x| (p[2 * y][x] + p[2 * y + 1][x]) / 2.0));
         let got = halve_vertically(&fdct(&block_of(&p, 0, 0)), &fdct(&block_of(&p, 8, 0)));
         assert_close(&got, &fdct(&expected));
     }
@@ -166,7 +184,8 @@ mod tests {
     #[test]
     fn halving_the_width_equals_averaging_pixel_columns() {
         let p = patch();
-        let expected: [[f64; 8]; 8] = std::array::from_fn(|y| std::array::from_fn(|x| (p[y][2 * x] + p[y][2 * x + 1]) / 2.0));
+        let expected: [[f64; 8]; 8] =
+            std::array::from_fn(|y| std::array::from_fn(|x| (p[y][2 * x] + p[y][2 * x + 1]) / 2.0));
         let got = halve_horizontally(&fdct(&block_of(&p, 0, 0)), &fdct(&block_of(&p, 0, 8)));
         assert_close(&got, &fdct(&expected));
     }

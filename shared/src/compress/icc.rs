@@ -22,21 +22,33 @@ fn description(profile: &[u8]) -> Option<String> {
     let count = be32(profile, 128)?.min(256);
     let (offset, size) = (0..count).find_map(|i| {
         let entry = 132 + i * 12;
-        (profile.get(entry..entry + 4)? == b"desc").then(|| Some((be32(profile, entry + 4)?, be32(profile, entry + 8)?)))?
+        (profile.get(entry..entry + 4)? == b"desc")
+            .then(|| Some((be32(profile, entry + 4)?, be32(profile, entry + 8)?)))?
     })?;
     let tag = profile.get(offset..offset.checked_add(size)?)?;
     match tag.get(..4)? {
         b"desc" => {
             let len = be32(tag, 8)?;
             let text = tag.get(12..12usize.checked_add(len)?)?;
-            Some(String::from_utf8_lossy(text).trim_end_matches('\0').to_string())
+            Some(
+                String::from_utf8_lossy(text)
+                    .trim_end_matches('\0')
+                    .to_string(),
+            )
         }
         b"mluc" => {
             // The first record: length and offset of UTF-16BE text.
             let (len, at) = (be32(tag, 20)?, be32(tag, 24)?);
             let text = tag.get(at..at.checked_add(len)?)?;
-            let units: Vec<u16> = text.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
-            Some(String::from_utf16_lossy(&units).trim_end_matches('\0').to_string())
+            let units: Vec<u16> = text
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            Some(
+                String::from_utf16_lossy(&units)
+                    .trim_end_matches('\0')
+                    .to_string(),
+            )
         }
         _ => None,
     }
@@ -80,15 +92,30 @@ mod tests {
 
     #[test]
     fn srgb_profiles_are_recognised_in_both_encodings() {
-        assert!(is_plain_srgb(&profile(b"mntrRGB ", &v2_desc("sRGB IEC61966-2.1"))));
-        assert!(is_plain_srgb(&profile(b"mntrRGB ", &v4_mluc("sRGB built-in"))));
+        assert!(is_plain_srgb(&profile(
+            b"mntrRGB ",
+            &v2_desc("sRGB IEC61966-2.1")
+        )));
+        assert!(is_plain_srgb(&profile(
+            b"mntrRGB ",
+            &v4_mluc("sRGB built-in")
+        )));
     }
 
     #[test]
     fn other_profiles_are_kept() {
-        assert!(!is_plain_srgb(&profile(b"mntrRGB ", &v2_desc("Adobe RGB (1998)"))));
-        assert!(!is_plain_srgb(&profile(b"mntrRGB ", &v4_mluc("Display P3"))));
-        assert!(!is_plain_srgb(&profile(b"prtrCMYK", &v2_desc("sRGB lookalike"))));
+        assert!(!is_plain_srgb(&profile(
+            b"mntrRGB ",
+            &v2_desc("Adobe RGB (1998)")
+        )));
+        assert!(!is_plain_srgb(&profile(
+            b"mntrRGB ",
+            &v4_mluc("Display P3")
+        )));
+        assert!(!is_plain_srgb(&profile(
+            b"prtrCMYK",
+            &v2_desc("sRGB lookalike")
+        )));
         assert!(!is_plain_srgb(b"short"));
         let mut truncated = profile(b"mntrRGB ", &v2_desc("sRGB IEC61966-2.1"));
         truncated.truncate(150);

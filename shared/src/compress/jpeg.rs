@@ -19,9 +19,19 @@ use super::{CompressError, Settings, libjpeg};
 
 pub enum Read {
     /// Already compressed, upright; `reading` is the time spent before writing began.
-    Transcoded { bytes: Vec<u8>, width: u32, height: u32, rotated: bool, reading: Duration },
+    Transcoded {
+        bytes: Vec<u8>,
+        width: u32,
+        height: u32,
+        rotated: bool,
+        reading: Duration,
+    },
     /// Decoded pixels, still in stored orientation.
-    Pixels { image: DynamicImage, orientation: Orientation, icc: Option<Vec<u8>> },
+    Pixels {
+        image: DynamicImage,
+        orientation: Orientation,
+        icc: Option<Vec<u8>>,
+    },
 }
 
 /// libjpeg's own allocations, beyond what the pixel cap already bounds
@@ -29,11 +39,14 @@ pub enum Read {
 fn memory_budget(pixels: u64) -> usize {
     // Whole-image coefficient buffers (progressive input, optimised Huffman
     // output) take 2 bytes per sample; 3 full-size components at most.
-    usize::try_from(pixels.saturating_mul(8)).unwrap_or(usize::MAX).max(64 << 20)
+    usize::try_from(pixels.saturating_mul(8))
+        .unwrap_or(usize::MAX)
+        .max(64 << 20)
 }
 
 pub fn read(input: &[u8], settings: &Settings) -> Result<Read, CompressError> {
-    let (mut decompress, header) = libjpeg::Decompress::new(input, 64 << 20).map_err(CompressError::Decode)?;
+    let (mut decompress, header) =
+        libjpeg::Decompress::new(input, 64 << 20).map_err(CompressError::Decode)?;
     let pixels = u64::from(header.width) * u64::from(header.height);
     if pixels > settings.max_pixels {
         return Err(CompressError::TooManyPixels {
@@ -60,14 +73,24 @@ pub fn read(input: &[u8], settings: &Settings) -> Result<Read, CompressError> {
         None
     };
     let decompress = if let Some(chroma) = plan {
-        let icc = header.icc.as_deref().filter(|p| !super::icc::is_plain_srgb(p));
+        let icc = header
+            .icc
+            .as_deref()
+            .filter(|p| !super::icc::is_plain_srgb(p));
         match decompress.transcode(settings.quality, chroma, transform(orientation), icc) {
             Ok(Ok((bytes, reading))) => {
                 let swapped = matches!(
                     orientation,
-                    Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+                    Orientation::Rotate90
+                        | Orientation::Rotate270
+                        | Orientation::Rotate90FlipH
+                        | Orientation::Rotate270FlipH
                 );
-                let (width, height) = if swapped { (header.height, header.width) } else { (header.width, header.height) };
+                let (width, height) = if swapped {
+                    (header.height, header.width)
+                } else {
+                    (header.width, header.height)
+                };
                 return Ok(Read::Transcoded {
                     bytes,
                     width,
@@ -87,11 +110,19 @@ pub fn read(input: &[u8], settings: &Settings) -> Result<Read, CompressError> {
     let bad_size = || CompressError::Decode("decoded data does not match the image size".into());
     let (w, h) = (decoded.width, decoded.height);
     let image = match decoded.color_space {
-        J_COLOR_SPACE::JCS_GRAYSCALE => DynamicImage::ImageLuma8(GrayImage::from_raw(w, h, decoded.data).ok_or_else(bad_size)?),
-        J_COLOR_SPACE::JCS_CMYK => DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, cmyk_to_rgb(&decoded.data)).ok_or_else(bad_size)?),
+        J_COLOR_SPACE::JCS_GRAYSCALE => {
+            DynamicImage::ImageLuma8(GrayImage::from_raw(w, h, decoded.data).ok_or_else(bad_size)?)
+        }
+        J_COLOR_SPACE::JCS_CMYK => DynamicImage::ImageRgb8(
+            RgbImage::from_raw(w, h, cmyk_to_rgb(&decoded.data)).ok_or_else(bad_size)?,
+        ),
         _ => DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, decoded.data).ok_or_else(bad_size)?),
     };
-    Ok(Read::Pixels { image, orientation, icc: header.icc })
+    Ok(Read::Pixels {
+        image,
+        orientation,
+        icc: header.icc,
+    })
 }
 
 /// The lossless transform that makes a picture with this EXIF orientation upright.

@@ -17,13 +17,16 @@ use std::ptr;
 use std::time::{Duration, Instant};
 
 use mozjpeg_sys::{
-    JBLOCK, JCOEF, JCROP_CODE, JHUFF_TBL, JDIMENSION, JWRN_JPEG_EOF, JXFORM_CODE, JXFORM_CODE_JXFORM_NONE, boolean, jpeg_add_quant_table, jpeg_alloc_huff_table,
-    jpeg_c_set_int_param, jpeg_common_struct, jpeg_component_info, jpeg_compress_struct, jpeg_copy_critical_parameters,
-    jpeg_create_compress, jpeg_create_decompress, jpeg_decompress_struct, jpeg_destination_mgr, jpeg_destroy_compress,
-    jpeg_destroy_decompress, jpeg_error_mgr, jpeg_finish_compress, jpeg_finish_decompress, jpeg_mem_src,
-    jpeg_read_coefficients, jpeg_read_header, jpeg_read_scanlines, jpeg_save_markers, jpeg_set_defaults, jpeg_set_quality,
-    jpeg_start_compress, jpeg_start_decompress, jpeg_std_error, jpeg_write_coefficients, jpeg_write_icc_profile,
-    jpeg_write_scanlines, jvirt_barray_ptr, J_COLOR_SPACE, J_INT_PARAM, JCP_FASTEST,
+    J_COLOR_SPACE, J_INT_PARAM, JBLOCK, JCOEF, JCP_FASTEST, JCROP_CODE, JDIMENSION, JHUFF_TBL,
+    JWRN_JPEG_EOF, JXFORM_CODE, JXFORM_CODE_JXFORM_NONE, boolean, jpeg_add_quant_table,
+    jpeg_alloc_huff_table, jpeg_c_set_int_param, jpeg_common_struct, jpeg_component_info,
+    jpeg_compress_struct, jpeg_copy_critical_parameters, jpeg_create_compress,
+    jpeg_create_decompress, jpeg_decompress_struct, jpeg_destination_mgr, jpeg_destroy_compress,
+    jpeg_destroy_decompress, jpeg_error_mgr, jpeg_finish_compress, jpeg_finish_decompress,
+    jpeg_mem_src, jpeg_read_coefficients, jpeg_read_header, jpeg_read_scanlines, jpeg_save_markers,
+    jpeg_set_defaults, jpeg_set_quality, jpeg_start_compress, jpeg_start_decompress,
+    jpeg_std_error, jpeg_write_coefficients, jpeg_write_icc_profile, jpeg_write_scanlines,
+    jvirt_barray_ptr,
 };
 
 use super::{chroma, huffman};
@@ -148,11 +151,16 @@ impl<'a> Decompress<'a> {
         // SAFETY: zeroed, then created by `jpeg_create_decompress`; `Drop` copes with both.
         let mut cinfo: Box<jpeg_decompress_struct> = Box::new(unsafe { std::mem::zeroed() });
         cinfo.common.err = &mut *err;
-        let mut this = Self { cinfo, _err: err, _input: PhantomData };
+        let mut this = Self {
+            cinfo,
+            _err: err,
+            _input: PhantomData,
+        };
         let header = guarded(|| unsafe {
             let cinfo = &mut *this.cinfo;
             jpeg_create_decompress(cinfo);
-            (*cinfo.common.mem).max_memory_to_use = max_memory.try_into().unwrap_or(std::ffi::c_long::MAX);
+            (*cinfo.common.mem).max_memory_to_use =
+                max_memory.try_into().unwrap_or(std::ffi::c_long::MAX);
             jpeg_mem_src(cinfo, input.as_ptr(), input.len() as c_ulong);
             jpeg_save_markers(cinfo, APP1, 0xFFFF);
             jpeg_save_markers(cinfo, APP2, 0xFFFF);
@@ -165,7 +173,10 @@ impl<'a> Decompress<'a> {
     /// Caps libjpeg's own allocations from here on.
     pub fn set_memory_budget(&mut self, bytes: usize) {
         // SAFETY: `mem` was set up by `jpeg_create_decompress` in `new`.
-        unsafe { (*self.cinfo.common.mem).max_memory_to_use = bytes.try_into().unwrap_or(std::ffi::c_long::MAX) };
+        unsafe {
+            (*self.cinfo.common.mem).max_memory_to_use =
+                bytes.try_into().unwrap_or(std::ffi::c_long::MAX)
+        };
     }
 
     /// Decodes to pixels: grey stays grey, CMYK stays CMYK, the rest is RGB.
@@ -183,7 +194,8 @@ impl<'a> Decompress<'a> {
             // Large zeroed allocations come straight from the kernel: no cost
             // for zeroing pages that the decoder then overwrites.
             let mut data = vec![0u8; stride * height];
-            let mut rows: Vec<*mut u8> = Vec::with_capacity(cinfo.rec_outbuf_height.max(1) as usize);
+            let mut rows: Vec<*mut u8> =
+                Vec::with_capacity(cinfo.rec_outbuf_height.max(1) as usize);
             while (cinfo.output_scanline as usize) < height {
                 let first = cinfo.output_scanline as usize;
                 let count = (cinfo.rec_outbuf_height.max(1) as usize).min(height - first);
@@ -192,7 +204,12 @@ impl<'a> Decompress<'a> {
                 jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), count as c_uint);
             }
             jpeg_finish_decompress(cinfo);
-            Pixels { data, width: cinfo.output_width, height: cinfo.output_height as u32, color_space: cinfo.out_color_space }
+            Pixels {
+                data,
+                width: cinfo.output_width,
+                height: cinfo.output_height as u32,
+                color_space: cinfo.out_color_space,
+            }
         })
     }
 
@@ -219,7 +236,9 @@ impl<'a> Decompress<'a> {
         let mut transform_info: TransformInfo = unsafe { std::mem::zeroed() };
         transform_info.transform = transform;
         transform_info.perfect = 1;
-        let possible = guarded(|| unsafe { jtransform_request_workspace(&mut *self.cinfo, &mut transform_info) != 0 })?;
+        let possible = guarded(|| unsafe {
+            jtransform_request_workspace(&mut *self.cinfo, &mut transform_info) != 0
+        })?;
         if !possible {
             return Ok(Err(self));
         }
@@ -232,7 +251,10 @@ impl<'a> Decompress<'a> {
             jpeg_copy_critical_parameters(src, dst_info);
             // The target tables at this quality, libjpeg's own way.
             jpeg_set_quality(dst_info, c_int::from(quality), 1);
-            let target = [(*dst_info.quant_tbl_ptrs[0]).quantval, (*dst_info.quant_tbl_ptrs[1]).quantval];
+            let target = [
+                (*dst_info.quant_tbl_ptrs[0]).quantval,
+                (*dst_info.quant_tbl_ptrs[1]).quantval,
+            ];
             if chroma != Chroma::Keep {
                 let luma = &mut *dst_info.comp_info;
                 (luma.h_samp_factor, luma.v_samp_factor) = (2, 2);
@@ -259,7 +281,13 @@ impl<'a> Decompress<'a> {
             for ci in 0..components {
                 if ci == 0 || chroma == Chroma::Keep {
                     let comp = &*src.comp_info.add(ci);
-                    requantise_component(src, *src_arrays.add(ci), comp, &tables[ci].0, &tables[ci].1);
+                    requantise_component(
+                        src,
+                        *src_arrays.add(ci),
+                        comp,
+                        &tables[ci].0,
+                        &tables[ci].1,
+                    );
                 }
             }
             // Optimal Huffman tables, from counts gathered here rather than
@@ -268,7 +296,8 @@ impl<'a> Decompress<'a> {
             dst_info.optimize_coding = boolean::from(!own_tables);
             let src_common: *mut jpeg_common_struct = &mut src.common;
             let (owner, final_arrays, _halved_arrays) = if turning {
-                let dst_arrays = jtransform_adjust_parameters(src, dst_info, src_arrays, &mut transform_info);
+                let dst_arrays =
+                    jtransform_adjust_parameters(src, dst_info, src_arrays, &mut transform_info);
                 jpeg_write_coefficients(dst_info, dst_arrays);
                 write_icc(dst_info, icc);
                 jtransform_execute_transform(src, dst_info, src_arrays, &mut transform_info);
@@ -334,7 +363,10 @@ struct TransformInfo {
 
 #[allow(clashing_extern_declarations)]
 unsafe extern "C-unwind" {
-    fn jtransform_request_workspace(src: *mut jpeg_decompress_struct, info: *mut TransformInfo) -> boolean;
+    fn jtransform_request_workspace(
+        src: *mut jpeg_decompress_struct,
+        info: *mut TransformInfo,
+    ) -> boolean;
     fn jtransform_adjust_parameters(
         src: *mut jpeg_decompress_struct,
         dst: *mut jpeg_compress_struct,
@@ -490,11 +522,32 @@ impl HalvedArrays {
         unsafe {
             let luma = &*src.comp_info;
             let (wib, hib) = (luma.width_in_blocks, luma.height_in_blocks);
-            let request = (*dst.common.mem).request_virt_barray.expect("libjpeg memory manager");
-            let luma_array = request(&mut dst.common, JPOOL_IMAGE, 1, round_up(wib, 2), round_up(hib, 2), 2);
+            let request = (*dst.common.mem)
+                .request_virt_barray
+                .expect("libjpeg memory manager");
+            let luma_array = request(
+                &mut dst.common,
+                JPOOL_IMAGE,
+                1,
+                round_up(wib, 2),
+                round_up(hib, 2),
+                2,
+            );
             let chroma_blocks = (src.image_width.div_ceil(16), src.image_height.div_ceil(16));
-            let mut chroma = || request(&mut dst.common, JPOOL_IMAGE, 0, chroma_blocks.0, chroma_blocks.1, 1);
-            Self { arrays: [luma_array, chroma(), chroma()], chroma_blocks }
+            let mut chroma = || {
+                request(
+                    &mut dst.common,
+                    JPOOL_IMAGE,
+                    0,
+                    chroma_blocks.0,
+                    chroma_blocks.1,
+                    1,
+                )
+            };
+            Self {
+                arrays: [luma_array, chroma(), chroma()],
+                chroma_blocks,
+            }
         }
     }
 
@@ -508,8 +561,12 @@ impl HalvedArrays {
         tables: &[([u16; 64], [u16; 64])],
     ) {
         unsafe {
-            let read = (*src.common.mem).access_virt_barray.expect("libjpeg memory manager");
-            let write = (*dst.common.mem).access_virt_barray.expect("libjpeg memory manager");
+            let read = (*src.common.mem)
+                .access_virt_barray
+                .expect("libjpeg memory manager");
+            let write = (*dst.common.mem)
+                .access_virt_barray
+                .expect("libjpeg memory manager");
             let luma = &*src.comp_info;
             for row in 0..luma.height_in_blocks {
                 let from = *read(&mut src.common, *src_arrays, row, 1, 0);
@@ -525,10 +582,18 @@ impl HalvedArrays {
                 for row in 0..out_h {
                     let top_row = (2 * row).min(in_h - 1);
                     let bottom_row = (2 * row + 1).min(in_h - 1);
-                    let top = std::slice::from_raw_parts(*read(&mut src.common, src_arrays.add(ci).read(), top_row, 1, 0), in_w);
-                    let bottom =
-                        std::slice::from_raw_parts(*read(&mut src.common, src_arrays.add(ci).read(), bottom_row, 1, 0), in_w);
-                    let out = std::slice::from_raw_parts_mut(*write(&mut dst.common, self.arrays[ci], row, 1, 1), out_w as usize);
+                    let top = std::slice::from_raw_parts(
+                        *read(&mut src.common, src_arrays.add(ci).read(), top_row, 1, 0),
+                        in_w,
+                    );
+                    let bottom = std::slice::from_raw_parts(
+                        *read(&mut src.common, src_arrays.add(ci).read(), bottom_row, 1, 0),
+                        in_w,
+                    );
+                    let out = std::slice::from_raw_parts_mut(
+                        *write(&mut dst.common, self.arrays[ci], row, 1, 1),
+                        out_w as usize,
+                    );
                     for (col, block) in out.iter_mut().enumerate() {
                         let halved = match chroma {
                             Chroma::HalveHeight => {
@@ -537,8 +602,10 @@ impl HalvedArrays {
                             }
                             _ => {
                                 let (l, r) = ((2 * col).min(in_w - 1), (2 * col + 1).min(in_w - 1));
-                                let upper = chroma::halve_horizontally(&deq(&top[l]), &deq(&top[r]));
-                                let lower = chroma::halve_horizontally(&deq(&bottom[l]), &deq(&bottom[r]));
+                                let upper =
+                                    chroma::halve_horizontally(&deq(&top[l]), &deq(&top[r]));
+                                let lower =
+                                    chroma::halve_horizontally(&deq(&bottom[l]), &deq(&bottom[r]));
                                 chroma::halve_vertically(&upper, &lower)
                             }
                         };
@@ -652,7 +719,11 @@ unsafe fn read_header(cinfo: &mut jpeg_decompress_struct) -> Header {
     while !marker.is_null() {
         // SAFETY: a linked list owned by `cinfo`, alive as long as it is.
         let m = unsafe { &*marker };
-        let data = if m.data.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(m.data, m.data_length as usize) } };
+        let data = if m.data.is_null() {
+            &[][..]
+        } else {
+            unsafe { std::slice::from_raw_parts(m.data, m.data_length as usize) }
+        };
         if c_int::from(m.marker) == APP1 && exif.is_none() {
             if let Some(rest) = data.strip_prefix(b"Exif\0\0") {
                 exif = Some(rest.to_vec());
@@ -682,7 +753,11 @@ fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
         return None;
     }
     chunks.sort_by_key(|c| c.0);
-    if chunks.iter().enumerate().any(|(i, c)| usize::from(c.0) != i + 1) {
+    if chunks
+        .iter()
+        .enumerate()
+        .any(|(i, c)| usize::from(c.0) != i + 1)
+    {
         return None;
     }
     Some(chunks.iter().flat_map(|c| c.2.iter().copied()).collect())
@@ -708,12 +783,20 @@ impl Compress {
         let mut cinfo: Box<jpeg_compress_struct> = Box::new(unsafe { std::mem::zeroed() });
         cinfo.common.err = &mut *err;
         let dest = Box::new(VecDestination::new());
-        let mut this = Self { cinfo, dest, _err: err };
+        let mut this = Self {
+            cinfo,
+            dest,
+            _err: err,
+        };
         guarded(|| unsafe {
             let cinfo = &mut *this.cinfo;
             jpeg_create_compress(cinfo);
             // Must precede `jpeg_set_defaults`: it picks the defaults.
-            jpeg_c_set_int_param(cinfo, J_INT_PARAM::JINT_COMPRESS_PROFILE, JCP_FASTEST as c_int);
+            jpeg_c_set_int_param(
+                cinfo,
+                J_INT_PARAM::JINT_COMPRESS_PROFILE,
+                JCP_FASTEST as c_int,
+            );
             cinfo.dest = &mut this.dest.mgr;
         })?;
         Ok(this)
@@ -726,10 +809,20 @@ impl Compress {
 
 /// Encodes 8-bit grey (1 sample per pixel) or RGB (3) pixels as a baseline
 /// JPEG: 4:2:0, optimised Huffman tables, the colour profile if any.
-pub fn encode(pixels: &[u8], width: u32, height: u32, channels: u8, quality: u8, icc: Option<&[u8]>) -> Result<Vec<u8>, String> {
+pub fn encode(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    channels: u8,
+    quality: u8,
+    icc: Option<&[u8]>,
+) -> Result<Vec<u8>, String> {
     let stride = width as usize * usize::from(channels);
     if !matches!(channels, 1 | 3) || pixels.len() != stride * height as usize {
-        return Err(format!("{} bytes are not {width}×{height} pixels of {channels} samples", pixels.len()));
+        return Err(format!(
+            "{} bytes are not {width}×{height} pixels of {channels} samples",
+            pixels.len()
+        ));
     }
     let mut c = Compress::new()?;
     guarded(|| unsafe {
@@ -737,7 +830,11 @@ pub fn encode(pixels: &[u8], width: u32, height: u32, channels: u8, quality: u8,
         cinfo.image_width = width;
         cinfo.image_height = height;
         cinfo.input_components = c_int::from(channels);
-        cinfo.in_color_space = if channels == 1 { J_COLOR_SPACE::JCS_GRAYSCALE } else { J_COLOR_SPACE::JCS_RGB };
+        cinfo.in_color_space = if channels == 1 {
+            J_COLOR_SPACE::JCS_GRAYSCALE
+        } else {
+            J_COLOR_SPACE::JCS_RGB
+        };
         jpeg_set_defaults(cinfo);
         jpeg_set_quality(cinfo, c_int::from(quality), 1);
         cinfo.optimize_coding = 1;
@@ -836,7 +933,10 @@ mod tests {
         let chunks = vec![(2, 2, &b"world"[..]), (1, 2, &b"hello "[..])];
         assert_eq!(assemble_icc(chunks).as_deref(), Some(&b"hello world"[..]));
         assert_eq!(assemble_icc(vec![(1, 2, &b"half"[..])]), None);
-        assert_eq!(assemble_icc(vec![(1, 2, &b"a"[..]), (1, 2, &b"b"[..])]), None);
+        assert_eq!(
+            assemble_icc(vec![(1, 2, &b"a"[..]), (1, 2, &b"b"[..])]),
+            None
+        );
         assert_eq!(assemble_icc(vec![]), None);
     }
 

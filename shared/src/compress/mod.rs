@@ -59,7 +59,12 @@ pub enum CompressError {
     #[error("{0} images are not supported; send JPEG, PNG, WebP or GIF")]
     Unsupported(&'static str),
     #[error("the image is {width}×{height} = {pixels} pixels; at most {limit} are allowed")]
-    TooManyPixels { width: u32, height: u32, pixels: u64, limit: u64 },
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
     #[error("the image cannot be decoded: {0}")]
     Decode(String),
 }
@@ -88,14 +93,39 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
     let started = Instant::now();
     let (mut image, orientation, icc) = if format == ImageFormat::Jpeg {
         if !jpeg_is_complete(input) {
-            return Err(CompressError::Decode("the JPEG data is truncated (no end-of-image marker after the last scan)".into()));
+            return Err(CompressError::Decode(
+                "the JPEG data is truncated (no end-of-image marker after the last scan)".into(),
+            ));
         }
         match jpeg::read(input, settings)? {
-            jpeg::Read::Transcoded { bytes, width, height, rotated, reading } => {
-                let timings = StageTimings { decode: reading, encode: started.elapsed().saturating_sub(reading) };
-                return Ok(keep_smaller(input, Compressed { bytes, width, height, original_kept: false, timings }, rotated));
+            jpeg::Read::Transcoded {
+                bytes,
+                width,
+                height,
+                rotated,
+                reading,
+            } => {
+                let timings = StageTimings {
+                    decode: reading,
+                    encode: started.elapsed().saturating_sub(reading),
+                };
+                return Ok(keep_smaller(
+                    input,
+                    Compressed {
+                        bytes,
+                        width,
+                        height,
+                        original_kept: false,
+                        timings,
+                    },
+                    rotated,
+                ));
             }
-            jpeg::Read::Pixels { image, orientation, icc } => (image, orientation, icc),
+            jpeg::Read::Pixels {
+                image,
+                orientation,
+                icc,
+            } => (image, orientation, icc),
         }
     } else {
         decode_other(input, format, settings.max_pixels)?
@@ -106,16 +136,41 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
     let (width, height) = (image.width(), image.height());
     if width > JPEG_MAX_DIMENSION || height > JPEG_MAX_DIMENSION {
         let pixels = u64::from(width) * u64::from(height);
-        return Err(CompressError::TooManyPixels { width, height, pixels, limit: settings.max_pixels });
+        return Err(CompressError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: settings.max_pixels,
+        });
     }
     let (data, channels) = flatten(image);
     let decoded = Instant::now();
-    let bytes = libjpeg::encode(&data, width, height, channels, settings.quality, icc.as_deref())
-        .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
-    let timings = StageTimings { decode: decoded - started, encode: decoded.elapsed() };
-    let out = Compressed { bytes, width, height, original_kept: false, timings };
+    let bytes = libjpeg::encode(
+        &data,
+        width,
+        height,
+        channels,
+        settings.quality,
+        icc.as_deref(),
+    )
+    .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
+    let timings = StageTimings {
+        decode: decoded - started,
+        encode: decoded.elapsed(),
+    };
+    let out = Compressed {
+        bytes,
+        width,
+        height,
+        original_kept: false,
+        timings,
+    };
     if format == ImageFormat::Jpeg {
-        return Ok(keep_smaller(input, out, orientation != Orientation::NoTransforms));
+        return Ok(keep_smaller(
+            input,
+            out,
+            orientation != Orientation::NoTransforms,
+        ));
     }
     Ok(out)
 }
@@ -127,7 +182,11 @@ const JPEG_MAX_DIMENSION: u32 = 65_500;
 /// re-compressing would not make it smaller.
 fn keep_smaller(input: &[u8], out: Compressed, turned: bool) -> Compressed {
     if !turned && out.bytes.len() >= input.len() {
-        return Compressed { bytes: input.to_vec(), original_kept: true, ..out };
+        return Compressed {
+            bytes: input.to_vec(),
+            original_kept: true,
+            ..out
+        };
     }
     out
 }
@@ -149,7 +208,12 @@ fn decode_other(
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
-        return Err(CompressError::TooManyPixels { width, height, pixels, limit: max_pixels });
+        return Err(CompressError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: max_pixels,
+        });
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let icc = decoder.icc_profile().ok().flatten();
@@ -159,8 +223,12 @@ fn decode_other(
 
 fn decode_error(e: image::ImageError) -> CompressError {
     match e {
-        image::ImageError::Unsupported(u) => CompressError::Decode(format!("unsupported variant: {u}")),
-        image::ImageError::Limits(l) => CompressError::Decode(format!("the image needs more memory than allowed: {l}")),
+        image::ImageError::Unsupported(u) => {
+            CompressError::Decode(format!("unsupported variant: {u}"))
+        }
+        image::ImageError::Limits(l) => {
+            CompressError::Decode(format!("the image needs more memory than allowed: {l}"))
+        }
         other => CompressError::Decode(other.to_string()),
     }
 }
@@ -170,7 +238,10 @@ fn decode_error(e: image::ImageError) -> CompressError {
 /// markers cannot be mistaken; an embedded EXIF thumbnail's own markers come
 /// before the main image's.
 fn jpeg_is_complete(data: &[u8]) -> bool {
-    let last = |marker: u8| data.windows(2).rposition(|w| w[0] == 0xFF && w[1] == marker);
+    let last = |marker: u8| {
+        data.windows(2)
+            .rposition(|w| w[0] == 0xFF && w[1] == marker)
+    };
     match (last(0xDA), last(0xD9)) {
         (Some(sos), Some(eoi)) => eoi > sos,
         _ => false,
@@ -218,7 +289,10 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(settings: Settings, threads: usize) -> Self {
-        Self { settings, permits: Arc::new(tokio::sync::Semaphore::new(threads.max(1))) }
+        Self {
+            settings,
+            permits: Arc::new(tokio::sync::Semaphore::new(threads.max(1))),
+        }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -226,7 +300,11 @@ impl Engine {
     }
 
     pub async fn compress(&self, input: bytes::Bytes) -> Result<Compressed, CompressError> {
-        let _permit = self.permits.acquire().await.map_err(|_| CompressError::Decode("engine stopped".into()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| CompressError::Decode("engine stopped".into()))?;
         let settings = self.settings;
         tokio::task::spawn_blocking(move || compress(&input, &settings))
             .await
@@ -246,18 +324,25 @@ pub mod stages {
 
     /// Header only: size, layout, markers.
     pub fn jpeg_header(input: &[u8]) -> Result<(u32, u32), CompressError> {
-        let (_, header) = libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
+        let (_, header) =
+            libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
         Ok((header.width, header.height))
     }
 
     /// A full decode to pixels (what the pixel path starts from).
     pub fn jpeg_pixels(input: &[u8]) -> Result<Vec<u8>, CompressError> {
-        let (decompress, _) = libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
+        let (decompress, _) =
+            libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
         Ok(decompress.pixels().map_err(CompressError::Decode)?.data)
     }
 
     /// Encoding 8-bit RGB pixels, 4:2:0 with optimised Huffman tables.
-    pub fn encode_rgb(rgb: &[u8], width: u32, height: u32, quality: u8) -> Result<Vec<u8>, CompressError> {
+    pub fn encode_rgb(
+        rgb: &[u8],
+        width: u32,
+        height: u32,
+        quality: u8,
+    ) -> Result<Vec<u8>, CompressError> {
         libjpeg::encode(rgb, width, height, 3, quality, None).map_err(CompressError::Decode)
     }
 }

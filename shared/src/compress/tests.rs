@@ -2,7 +2,10 @@ use super::*;
 use image::{GenericImageView, Rgba, RgbaImage};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
-const SETTINGS: Settings = Settings { quality: 50, max_pixels: 100_000_000 };
+const SETTINGS: Settings = Settings {
+    quality: 50,
+    max_pixels: 100_000_000,
+};
 
 fn photo(name: &str) -> Vec<u8> {
     let path = format!("{}/../examples/photos/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -20,8 +23,12 @@ fn decode(bytes: &[u8]) -> DynamicImage {
             let info = decoder.info().expect("JPEG header");
             let (w, h) = (u32::from(info.width), u32::from(info.height));
             match info.pixel_format {
-                jpeg_decoder::PixelFormat::L8 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, data).unwrap()),
-                jpeg_decoder::PixelFormat::RGB24 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, data).unwrap()),
+                jpeg_decoder::PixelFormat::L8 => {
+                    DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, data).unwrap())
+                }
+                jpeg_decoder::PixelFormat::RGB24 => {
+                    DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, data).unwrap())
+                }
                 other => panic!("test inputs are grey or RGB, not {other:?}"),
             }
         }
@@ -36,7 +43,13 @@ fn encode_separate_scans(rgb: &image::RgbImage, quality: u8) -> Vec<u8> {
     let mut enc = Encoder::new(&mut out, quality);
     enc.set_sampling_factor(SamplingFactor::R_4_2_0);
     enc.set_optimized_huffman_tables(true);
-    enc.encode(rgb.as_raw(), rgb.width() as u16, rgb.height() as u16, ColorType::Rgb).unwrap();
+    enc.encode(
+        rgb.as_raw(),
+        rgb.width() as u16,
+        rgb.height() as u16,
+        ColorType::Rgb,
+    )
+    .unwrap();
     out
 }
 
@@ -45,7 +58,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -55,7 +72,12 @@ fn crc32(data: &[u8]) -> u32 {
 fn psnr(a: &DynamicImage, b: &DynamicImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
     let (a, b) = (a.to_rgb8(), b.to_rgb8());
-    let mse = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>()
+    let mse = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum::<f64>()
         / a.as_raw().len() as f64;
     10.0 * (255.0 * 255.0 / mse.max(1e-9)).log10()
 }
@@ -66,7 +88,13 @@ fn has_marker_payload(jpeg: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn a_photo_becomes_a_smaller_jpeg_of_the_same_size() {
-    for name in ["coffee.jpg", "mountain-meadow-progressive.jpg", "chelsea-cat.png", "paint-brushes.webp", "rocket-launch.gif"] {
+    for name in [
+        "coffee.jpg",
+        "mountain-meadow-progressive.jpg",
+        "chelsea-cat.png",
+        "paint-brushes.webp",
+        "rocket-launch.gif",
+    ] {
         let input = photo(name);
         let out = compress(&input, &SETTINGS).unwrap_or_else(|e| panic!("{name}: {e}"));
         let original = decode(&input);
@@ -74,7 +102,12 @@ fn a_photo_becomes_a_smaller_jpeg_of_the_same_size() {
         assert_eq!(sniff(&out.bytes), Sniffed::Jpeg, "{name}");
         assert_eq!((out.width, out.height), original.dimensions(), "{name}");
         assert_eq!(result.dimensions(), original.dimensions(), "{name}");
-        assert!(out.bytes.len() < input.len(), "{name}: {} ≥ {}", out.bytes.len(), input.len());
+        assert!(
+            out.bytes.len() < input.len(),
+            "{name}: {} ≥ {}",
+            out.bytes.len(),
+            input.len()
+        );
         let quality = psnr(&original, &result);
         assert!(quality > 26.0, "{name}: PSNR {quality:.1} dB");
     }
@@ -83,9 +116,23 @@ fn a_photo_becomes_a_smaller_jpeg_of_the_same_size() {
 #[test]
 fn quality_is_honoured() {
     let input = photo("chelsea-cat.png");
-    let low = compress(&input, &Settings { quality: 20, ..SETTINGS }).unwrap();
+    let low = compress(
+        &input,
+        &Settings {
+            quality: 20,
+            ..SETTINGS
+        },
+    )
+    .unwrap();
     let mid = compress(&input, &SETTINGS).unwrap();
-    let high = compress(&input, &Settings { quality: 90, ..SETTINGS }).unwrap();
+    let high = compress(
+        &input,
+        &Settings {
+            quality: 90,
+            ..SETTINGS
+        },
+    )
+    .unwrap();
     assert!(low.bytes.len() < mid.bytes.len() && mid.bytes.len() < high.bytes.len());
     let original = decode(&input);
     assert!(psnr(&original, &decode(&low.bytes)) < psnr(&original, &decode(&high.bytes)));
@@ -95,14 +142,21 @@ fn quality_is_honoured() {
 fn exif_orientation_is_applied_and_dimensions_swap() {
     let input = photo("astronaut-portrait-exif6.jpg");
     let stored = decode(&input);
-    assert_eq!(stored.dimensions(), (512, 384), "the file stores the pixels sideways");
+    assert_eq!(
+        stored.dimensions(),
+        (512, 384),
+        "the file stores the pixels sideways"
+    );
     let out = compress(&input, &SETTINGS).unwrap();
     assert_eq!((out.width, out.height), (384, 512));
     let result = decode(&out.bytes);
     assert_eq!(result.dimensions(), (384, 512));
     // The output is the stored image turned 90° clockwise, with no tag left to turn it again.
     assert!(psnr(&stored.rotate90(), &result) > 26.0);
-    assert!(!has_marker_payload(&out.bytes, b"Exif\0\0"), "EXIF is dropped");
+    assert!(
+        !has_marker_payload(&out.bytes, b"Exif\0\0"),
+        "EXIF is dropped"
+    );
 }
 
 #[test]
@@ -118,10 +172,15 @@ fn alpha_is_flattened_onto_white() {
     });
     img.put_pixel(w - 1, h - 1, Rgba([0, 0, 0, 128]));
     let mut png = Vec::new();
-    DynamicImage::ImageRgba8(img).write_to(&mut Cursor::new(&mut png), ImageFormat::Png).unwrap();
+    DynamicImage::ImageRgba8(img)
+        .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+        .unwrap();
     let out = decode(&compress(&png, &SETTINGS).unwrap().bytes).to_rgb8();
     let p = out.get_pixel(w / 8, h / 2).0;
-    assert!(p.iter().all(|&c| c >= 250), "transparent becomes white, got {p:?}");
+    assert!(
+        p.iter().all(|&c| c >= 250),
+        "transparent becomes white, got {p:?}"
+    );
 }
 
 #[test]
@@ -132,9 +191,17 @@ fn metadata_is_dropped_but_the_colour_profile_is_kept() {
     let mut input = Vec::new();
     let mut enc = Encoder::new(&mut input, 95);
     enc.add_icc_profile(&icc).unwrap();
-    enc.add_app_segment(1, b"Exif\0\0MM\0\x2a\0\0\0\x08\0\0".to_vec()).unwrap();
-    enc.add_app_segment(13, b"Photoshop 3.0\0secret caption".to_vec()).unwrap();
-    enc.encode(rgb.as_raw(), rgb.width() as u16, rgb.height() as u16, ColorType::Rgb).unwrap();
+    enc.add_app_segment(1, b"Exif\0\0MM\0\x2a\0\0\0\x08\0\0".to_vec())
+        .unwrap();
+    enc.add_app_segment(13, b"Photoshop 3.0\0secret caption".to_vec())
+        .unwrap();
+    enc.encode(
+        rgb.as_raw(),
+        rgb.width() as u16,
+        rgb.height() as u16,
+        ColorType::Rgb,
+    )
+    .unwrap();
 
     let out = compress(&input, &SETTINGS).unwrap();
     assert!(!out.original_kept);
@@ -143,13 +210,23 @@ fn metadata_is_dropped_but_the_colour_profile_is_kept() {
     assert_eq!(decoder.icc_profile(), Some(icc));
     assert!(decoder.exif_data().is_none());
     assert!(!has_marker_payload(&out.bytes, b"secret caption"));
-    assert!(!has_marker_payload(&out.bytes, b"http://ns.adobe.com/xap"), "no XMP");
+    assert!(
+        !has_marker_payload(&out.bytes, b"http://ns.adobe.com/xap"),
+        "no XMP"
+    );
 }
 
 #[test]
 fn a_jpeg_that_would_grow_is_kept_as_it_was() {
     // A photo already compressed harder than quality 50 grows when re-encoded.
-    let small = compress(&photo("chelsea-cat.png"), &Settings { quality: 10, ..SETTINGS }).unwrap();
+    let small = compress(
+        &photo("chelsea-cat.png"),
+        &Settings {
+            quality: 10,
+            ..SETTINGS
+        },
+    )
+    .unwrap();
     let out = compress(&small.bytes, &SETTINGS).unwrap();
     assert!(out.original_kept);
     assert_eq!(out.bytes, small.bytes);
@@ -163,14 +240,27 @@ fn baseline_420_with_components_in_separate_scans_is_read_correctly() {
     let input = encode_separate_scans(&original.to_rgb8(), 95);
     let scans = input.windows(2).filter(|w| w == &[0xFF, 0xDA]).count();
     assert!(scans >= 3, "one scan per component ({scans} found)");
-    let out = compress(&input, &Settings { quality: 95, ..SETTINGS }).unwrap();
+    let out = compress(
+        &input,
+        &Settings {
+            quality: 95,
+            ..SETTINGS
+        },
+    )
+    .unwrap();
     let quality = psnr(&original, &decode(&out.bytes));
     assert!(quality > 30.0, "PSNR {quality:.1} dB");
 }
 
 #[test]
 fn truncated_images_fail() {
-    for name in ["coffee.jpg", "mountain-meadow-progressive.jpg", "chelsea-cat.png", "rocket-launch.gif", "paint-brushes.webp"] {
+    for name in [
+        "coffee.jpg",
+        "mountain-meadow-progressive.jpg",
+        "chelsea-cat.png",
+        "rocket-launch.gif",
+        "paint-brushes.webp",
+    ] {
         let input = photo(name);
         let cut = &input[..input.len() * 2 / 3];
         let err = compress(cut, &SETTINGS).expect_err(name);
@@ -183,30 +273,66 @@ fn too_many_pixels_are_refused_before_decoding() {
     // A valid PNG header that claims 30000×30000 with almost no data behind it.
     let mut png = Vec::new();
     let img = image::GrayImage::new(1, 1);
-    DynamicImage::ImageLuma8(img).write_to(&mut Cursor::new(&mut png), ImageFormat::Png).unwrap();
+    DynamicImage::ImageLuma8(img)
+        .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+        .unwrap();
     png[16..20].copy_from_slice(&30_000u32.to_be_bytes());
     png[20..24].copy_from_slice(&30_000u32.to_be_bytes());
     let crc = crc32(&png[12..29]);
     png[29..33].copy_from_slice(&crc.to_be_bytes());
     let err = compress(&png, &SETTINGS).unwrap_err();
-    assert!(matches!(err, CompressError::TooManyPixels { width: 30_000, height: 30_000, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CompressError::TooManyPixels {
+                width: 30_000,
+                height: 30_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
-    let err = compress(&photo("coffee.jpg"), &Settings { max_pixels: 1000, ..SETTINGS }).unwrap_err();
+    let err = compress(
+        &photo("coffee.jpg"),
+        &Settings {
+            max_pixels: 1000,
+            ..SETTINGS
+        },
+    )
+    .unwrap_err();
     assert_eq!(err.code(), ErrorCode::TooManyPixels);
 }
 
 #[test]
 fn bodies_that_are_not_images() {
-    assert_eq!(compress(b"", &SETTINGS).unwrap_err(), CompressError::NotAnImage);
-    assert_eq!(compress(b"<html><body>404</body></html>", &SETTINGS).unwrap_err(), CompressError::NotAnImage);
-    assert_eq!(compress(b"BM\x36\0\0\0\0\0", &SETTINGS).unwrap_err().code(), ErrorCode::UnsupportedFormat);
-    assert_eq!(compress(b"\xFF\xD8\xFF\xE0garbage\xFF\xDA\x00\xFF\xD9", &SETTINGS).unwrap_err().code(), ErrorCode::DecodeFailed);
+    assert_eq!(
+        compress(b"", &SETTINGS).unwrap_err(),
+        CompressError::NotAnImage
+    );
+    assert_eq!(
+        compress(b"<html><body>404</body></html>", &SETTINGS).unwrap_err(),
+        CompressError::NotAnImage
+    );
+    assert_eq!(
+        compress(b"BM\x36\0\0\0\0\0", &SETTINGS).unwrap_err().code(),
+        ErrorCode::UnsupportedFormat
+    );
+    assert_eq!(
+        compress(b"\xFF\xD8\xFF\xE0garbage\xFF\xDA\x00\xFF\xD9", &SETTINGS)
+            .unwrap_err()
+            .code(),
+        ErrorCode::DecodeFailed
+    );
 }
 
 #[tokio::test]
 async fn the_engine_runs_off_the_runtime() {
     let engine = Engine::new(SETTINGS, 2);
-    let out = engine.compress(bytes::Bytes::from(photo("coffee.jpg"))).await.unwrap();
+    let out = engine
+        .compress(bytes::Bytes::from(photo("coffee.jpg")))
+        .await
+        .unwrap();
     assert_eq!((out.width, out.height), (600, 400));
 }
 
@@ -227,7 +353,11 @@ fn djpeg(jpeg: &[u8]) -> DynamicImage {
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
-    assert!(out.status.success() && out.stderr.is_empty(), "djpeg: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "djpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse_pnm(&out.stdout)
 }
 
@@ -264,19 +394,56 @@ fn jpeg_inputs() -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         let mut enc = Encoder::new(&mut out, quality);
         enc.set_sampling_factor(sampling);
-        enc.encode(data, chelsea.width() as u16, chelsea.height() as u16, color).unwrap();
+        enc.encode(data, chelsea.width() as u16, chelsea.height() as u16, color)
+            .unwrap();
         out
     };
     let grey = DynamicImage::ImageRgb8(chelsea.clone()).to_luma8();
     vec![
         ("coffee.jpg".into(), photo("coffee.jpg")),
-        ("mountain-meadow-progressive.jpg".into(), photo("mountain-meadow-progressive.jpg")),
-        ("astronaut-portrait-exif6.jpg".into(), photo("astronaut-portrait-exif6.jpg")),
-        ("separate scans 4:2:0".into(), encode_separate_scans(&chelsea, 90)),
-        ("4:4:4".into(), encode(ColorType::Rgb, chelsea.as_raw(), SamplingFactor::R_4_4_4, 90)),
-        ("4:2:2".into(), encode(ColorType::Rgb, chelsea.as_raw(), SamplingFactor::R_4_2_2, 90)),
-        ("greyscale".into(), encode(ColorType::Luma, grey.as_raw(), SamplingFactor::R_4_4_4, 90)),
-        ("already below quality 50".into(), encode(ColorType::Rgb, chelsea.as_raw(), SamplingFactor::R_4_2_0, 30)),
+        (
+            "mountain-meadow-progressive.jpg".into(),
+            photo("mountain-meadow-progressive.jpg"),
+        ),
+        (
+            "astronaut-portrait-exif6.jpg".into(),
+            photo("astronaut-portrait-exif6.jpg"),
+        ),
+        (
+            "separate scans 4:2:0".into(),
+            encode_separate_scans(&chelsea, 90),
+        ),
+        (
+            "4:4:4".into(),
+            encode(
+                ColorType::Rgb,
+                chelsea.as_raw(),
+                SamplingFactor::R_4_4_4,
+                90,
+            ),
+        ),
+        (
+            "4:2:2".into(),
+            encode(
+                ColorType::Rgb,
+                chelsea.as_raw(),
+                SamplingFactor::R_4_2_2,
+                90,
+            ),
+        ),
+        (
+            "greyscale".into(),
+            encode(ColorType::Luma, grey.as_raw(), SamplingFactor::R_4_4_4, 90),
+        ),
+        (
+            "already below quality 50".into(),
+            encode(
+                ColorType::Rgb,
+                chelsea.as_raw(),
+                SamplingFactor::R_4_2_0,
+                30,
+            ),
+        ),
     ]
 }
 
@@ -296,12 +463,28 @@ fn outputs_decode_with_libjpeg_turbo_and_match_its_decode_of_the_input() {
         assert_eq!(result.dimensions(), reference.dimensions(), "{name}");
         assert_eq!(result.dimensions(), (out.width, out.height), "{name}");
         let quality = psnr(&reference, &result);
-        assert!(quality >= MIN_PSNR_VS_REFERENCE, "{name}: PSNR {quality:.1} dB");
-        eprintln!("{name}: {} → {} bytes, PSNR {quality:.1} dB", input.len(), out.bytes.len());
+        assert!(
+            quality >= MIN_PSNR_VS_REFERENCE,
+            "{name}: PSNR {quality:.1} dB"
+        );
+        eprintln!(
+            "{name}: {} → {} bytes, PSNR {quality:.1} dB",
+            input.len(),
+            out.bytes.len()
+        );
     }
-    for name in ["chelsea-cat.png", "dandelions-vignette.png", "paint-brushes.webp", "rocket-launch.gif"] {
+    for name in [
+        "chelsea-cat.png",
+        "dandelions-vignette.png",
+        "paint-brushes.webp",
+        "rocket-launch.gif",
+    ] {
         let out = compress(&photo(name), &SETTINGS).unwrap();
-        assert_eq!(djpeg(&out.bytes).dimensions(), (out.width, out.height), "{name}");
+        assert_eq!(
+            djpeg(&out.bytes).dimensions(),
+            (out.width, out.height),
+            "{name}"
+        );
     }
 }
 
@@ -313,7 +496,11 @@ fn the_engine_decodes_jpeg_like_libjpeg_turbo() {
         let (decompress, _) = libjpeg::Decompress::new(&input, 1 << 28).unwrap();
         let pixels = decompress.pixels().unwrap();
         let reference = djpeg(&input);
-        assert_eq!((pixels.width, pixels.height), reference.dimensions(), "{name}");
+        assert_eq!(
+            (pixels.width, pixels.height),
+            reference.dimensions(),
+            "{name}"
+        );
         assert_eq!(&pixels.data, reference.as_bytes(), "{name}");
     }
 }

@@ -30,11 +30,19 @@ pub struct Issue {
 
 impl Issue {
     fn file(message: impl Into<String>) -> Self {
-        Self { line: None, column: None, message: message.into() }
+        Self {
+            line: None,
+            column: None,
+            message: message.into(),
+        }
     }
 
     fn at(line: u64, column: Option<Column>, message: impl Into<String>) -> Self {
-        Self { line: Some(line), column: column.map(|c| c.name().to_owned()), message: message.into() }
+        Self {
+            line: Some(line),
+            column: column.map(|c| c.name().to_owned()),
+            message: message.into(),
+        }
     }
 }
 
@@ -66,7 +74,11 @@ pub enum Column {
 }
 
 impl Column {
-    const ALL: [Column; 3] = [Column::SerialNumber, Column::ProductName, Column::InputImageUrls];
+    const ALL: [Column; 3] = [
+        Column::SerialNumber,
+        Column::ProductName,
+        Column::InputImageUrls,
+    ];
 
     /// The canonical header, as written in output CSVs and error reports.
     pub fn name(self) -> &'static str {
@@ -95,7 +107,9 @@ impl Column {
 
     fn from_header(header: &str) -> Option<Column> {
         let norm = normalize_header(header);
-        Column::ALL.into_iter().find(|c| c.aliases().contains(&norm.as_str()))
+        Column::ALL
+            .into_iter()
+            .find(|c| c.aliases().contains(&norm.as_str()))
     }
 }
 
@@ -116,7 +130,10 @@ pub fn parse(bytes: &[u8], limits: &CsvLimits) -> Result<ParsedCsv, Vec<Issue>> 
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+            let line = 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
             return Err(vec![Issue::file(format!(
                 "the file is not UTF-8 text (invalid byte at offset {}, line {line}); save it as UTF-8 CSV",
                 e.valid_up_to()
@@ -124,7 +141,9 @@ pub fn parse(bytes: &[u8], limits: &CsvLimits) -> Result<ParsedCsv, Vec<Issue>> 
         }
     };
     if text.trim().is_empty() {
-        return Err(vec![Issue::file("the file is empty; expected a header row and at least one product row")]);
+        return Err(vec![Issue::file(
+            "the file is empty; expected a header row and at least one product row",
+        )]);
     }
 
     let mut reader = csv::ReaderBuilder::new()
@@ -169,7 +188,13 @@ pub fn parse(bytes: &[u8], limits: &CsvLimits) -> Result<ParsedCsv, Vec<Issue>> 
             // Counted to the end for the message; no need to validate more.
             continue;
         }
-        if let Some(p) = layout.product(&record, lines.line_of(&record), limits, &mut seen_serials, &mut issues) {
+        if let Some(p) = layout.product(
+            &record,
+            lines.line_of(&record),
+            limits,
+            &mut seen_serials,
+            &mut issues,
+        ) {
             images += p.urls.len();
             products.push(p);
         }
@@ -197,7 +222,10 @@ pub fn parse(bytes: &[u8], limits: &CsvLimits) -> Result<ParsedCsv, Vec<Issue>> 
         all.truncate(MAX_REPORTED_ISSUES);
         return Err(all);
     }
-    Ok(ParsedCsv { products, warnings: layout.warnings })
+    Ok(ParsedCsv {
+        products,
+        warnings: layout.warnings,
+    })
 }
 
 #[derive(Default)]
@@ -247,7 +275,11 @@ impl Layout {
                 None if name.trim().is_empty() => {
                     warnings.push(format!("column {} has no name and was ignored", i + 1))
                 }
-                None => warnings.push(format!("unknown column \"{}\" (column {}) was ignored", name.trim(), i + 1)),
+                None => warnings.push(format!(
+                    "unknown column \"{}\" (column {}) was ignored",
+                    name.trim(),
+                    i + 1
+                )),
             }
         }
         for col in Column::ALL {
@@ -263,14 +295,21 @@ impl Layout {
             }
         }
         if issues.is_empty() {
-            Ok(Layout { index, width: header.len(), warnings })
+            Ok(Layout {
+                index,
+                width: header.len(),
+                warnings,
+            })
         } else {
             Err(issues)
         }
     }
 
     fn field<'r>(&self, record: &'r csv::StringRecord, col: Column) -> &'r str {
-        self.index.get(&col).and_then(|&i| record.get(i)).unwrap_or("")
+        self.index
+            .get(&col)
+            .and_then(|&i| record.get(i))
+            .unwrap_or("")
     }
 
     /// Validates one row; reports its problems and returns it only if valid.
@@ -288,7 +327,11 @@ impl Layout {
             issues.push(Issue::at(
                 line,
                 None,
-                format!("this row has {} fields but the header has {}", record.len(), self.width),
+                format!(
+                    "this row has {} fields but the header has {}",
+                    record.len(),
+                    self.width
+                ),
             ));
             return None;
         }
@@ -319,14 +362,21 @@ impl Layout {
                 n
             }
             _ if serial_raw.is_empty() => {
-                issues.push(Issue::at(line, Some(Column::SerialNumber), "S. No. is empty; expected a positive integer"));
+                issues.push(Issue::at(
+                    line,
+                    Some(Column::SerialNumber),
+                    "S. No. is empty; expected a positive integer",
+                ));
                 0
             }
             _ => {
                 issues.push(Issue::at(
                     line,
                     Some(Column::SerialNumber),
-                    format!("S. No. must be a positive integer, found \"{}\"", truncate(serial_raw, 40)),
+                    format!(
+                        "S. No. must be a positive integer, found \"{}\"",
+                        truncate(serial_raw, 40)
+                    ),
                 ));
                 0
             }
@@ -334,7 +384,11 @@ impl Layout {
 
         let product_name = self.field(record, Column::ProductName).trim();
         if product_name.is_empty() {
-            issues.push(Issue::at(line, Some(Column::ProductName), "Product Name is empty"));
+            issues.push(Issue::at(
+                line,
+                Some(Column::ProductName),
+                "Product Name is empty",
+            ));
         } else if product_name.chars().count() > MAX_PRODUCT_NAME_CHARS {
             issues.push(Issue::at(
                 line,
@@ -348,7 +402,11 @@ impl Layout {
 
         let urls = split_urls(self.field(record, Column::InputImageUrls));
         if urls.is_empty() {
-            issues.push(Issue::at(line, Some(Column::InputImageUrls), "Input Image Urls is empty; list at least one image URL"));
+            issues.push(Issue::at(
+                line,
+                Some(Column::InputImageUrls),
+                "Input Image Urls is empty; list at least one image URL",
+            ));
         } else if urls.len() > limits.max_images_per_row {
             issues.push(Issue::at(
                 line,
@@ -362,7 +420,11 @@ impl Layout {
         }
         for (i, url) in urls.iter().enumerate() {
             if let Err(why) = check_url(url) {
-                issues.push(Issue::at(line, Some(Column::InputImageUrls), format!("URL {} {why}", i + 1)));
+                issues.push(Issue::at(
+                    line,
+                    Some(Column::InputImageUrls),
+                    format!("URL {} {why}", i + 1),
+                ));
             }
         }
 
@@ -378,7 +440,11 @@ impl Layout {
 /// Splits a URL list on commas; whitespace and line breaks around entries and
 /// empty entries (`a,,b`) are tolerated.
 pub fn split_urls(field: &str) -> Vec<&str> {
-    field.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+    field
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// Checks that `raw` is an absolute `http`/`https` URL with a host, within
@@ -388,17 +454,25 @@ pub fn check_url(raw: &str) -> Result<url::Url, String> {
         return Err(format!("is longer than {MAX_URL_CHARS} characters"));
     }
     if raw.chars().any(char::is_control) {
-        return Err(format!("\"{}\" contains control characters", truncate(raw, 80)));
+        return Err(format!(
+            "\"{}\" contains control characters",
+            truncate(raw, 80)
+        ));
     }
-    let url = url::Url::parse(raw).map_err(|e| format!("\"{}\" is not an absolute URL ({e})", truncate(raw, 80)))?;
+    let url = url::Url::parse(raw)
+        .map_err(|e| format!("\"{}\" is not an absolute URL ({e})", truncate(raw, 80)))?;
     // The URL standard the parser follows forgives `http:host`, `http:/host`
     // and `http:\\host`; what a person typed must also spell its scheme and
     // `//` plainly, so that the URL stored and shown is the one fetched.
-    let spelled_plainly = ["http://", "https://"]
-        .iter()
-        .any(|prefix| raw.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix)));
+    let spelled_plainly = ["http://", "https://"].iter().any(|prefix| {
+        raw.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    });
     if !spelled_plainly || !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("\"{}\" must start with http:// or https://", truncate(raw, 80)));
+        return Err(format!(
+            "\"{}\" must start with http:// or https://",
+            truncate(raw, 80)
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("\"{}\" has no host", truncate(raw, 80)));
@@ -431,7 +505,15 @@ struct LineIndex<'t> {
 impl<'t> LineIndex<'t> {
     fn new(text: &'t str) -> Self {
         let text = text.as_bytes();
-        Self { text, newlines: text.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i).collect() }
+        Self {
+            text,
+            newlines: text
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        }
     }
 
     fn line_at(&self, mut byte: usize) -> u64 {
@@ -442,20 +524,30 @@ impl<'t> LineIndex<'t> {
     }
 
     fn line_of(&self, record: &csv::StringRecord) -> u64 {
-        record.position().map_or(1, |p| self.line_at(p.byte() as usize))
+        record
+            .position()
+            .map_or(1, |p| self.line_at(p.byte() as usize))
     }
 }
 
 fn csv_error_issue(e: &csv::Error, lines: &LineIndex<'_>) -> Issue {
     let line = e.position().map(|p| lines.line_at(p.byte() as usize));
-    Issue { line, column: None, message: format!("the CSV cannot be read here: {e}") }
+    Issue {
+        line,
+        column: None,
+        message: format!("the CSV cannot be read here: {e}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LIMITS: CsvLimits = CsvLimits { max_rows: 10_000, max_images: 50_000, max_images_per_row: 50 };
+    const LIMITS: CsvLimits = CsvLimits {
+        max_rows: 10_000,
+        max_images: 50_000,
+        max_images_per_row: 50,
+    };
 
     fn ok(csv: &str) -> ParsedCsv {
         match parse(csv.as_bytes(), &LIMITS) {
@@ -482,9 +574,14 @@ mod tests {
 
     #[test]
     fn parses_the_example_from_the_contract() {
-        let p = ok("S. No.,Product Name,Input Image Urls\n1,SKU1,\"https://example.com/a.jpg,https://example.com/b.png\"\n2,SKU2,https://example.com/c.webp\n");
+        let p = ok(
+            "S. No.,Product Name,Input Image Urls\n1,SKU1,\"https://example.com/a.jpg,https://example.com/b.png\"\n2,SKU2,https://example.com/c.webp\n",
+        );
         assert_eq!(p.products.len(), 2);
-        assert_eq!(p.products[0].urls, ["https://example.com/a.jpg", "https://example.com/b.png"]);
+        assert_eq!(
+            p.products[0].urls,
+            ["https://example.com/a.jpg", "https://example.com/b.png"]
+        );
         assert_eq!(p.products[1].serial_number, 2);
         assert_eq!(p.products[1].line, 3);
         assert_eq!(p.image_count(), 3);
@@ -493,7 +590,9 @@ mod tests {
 
     #[test]
     fn tolerates_a_bom_and_crlf() {
-        let p = ok("\u{feff}S. No.,Product Name,Input Image Urls\r\n1,A,https://e.com/a.jpg\r\n2,B,https://e.com/b.jpg\r\n");
+        let p = ok(
+            "\u{feff}S. No.,Product Name,Input Image Urls\r\n1,A,https://e.com/a.jpg\r\n2,B,https://e.com/b.jpg\r\n",
+        );
         assert_eq!(p.products.len(), 2);
         assert_eq!(p.products[1].product_name, "B");
         assert_eq!(p.products[1].line, 3);
@@ -501,7 +600,12 @@ mod tests {
 
     #[test]
     fn header_aliases_match_after_normalising() {
-        for header in ["S. No.,Product Name,Input Image Urls", "S.No.,product name,INPUT IMAGE URLS", "S No,  Product   Name ,Input Image Urls", "Serial Number,Product_Name,input-image-urls"] {
+        for header in [
+            "S. No.,Product Name,Input Image Urls",
+            "S.No.,product name,INPUT IMAGE URLS",
+            "S No,  Product   Name ,Input Image Urls",
+            "Serial Number,Product_Name,input-image-urls",
+        ] {
             let p = ok(&format!("{header}\n7,A,https://e.com/a.jpg\n"));
             assert_eq!(p.products[0].serial_number, 7, "{header}");
         }
@@ -509,10 +613,14 @@ mod tests {
 
     #[test]
     fn columns_may_come_in_any_order_and_extra_ones_are_warned_about() {
-        let p = ok("Input Image Urls,Notes,Product Name,S. No.\nhttps://e.com/a.jpg,hello,Shoe,3\n");
+        let p =
+            ok("Input Image Urls,Notes,Product Name,S. No.\nhttps://e.com/a.jpg,hello,Shoe,3\n");
         assert_eq!(p.products[0].serial_number, 3);
         assert_eq!(p.products[0].product_name, "Shoe");
-        assert_eq!(p.warnings, ["unknown column \"Notes\" (column 2) was ignored"]);
+        assert_eq!(
+            p.warnings,
+            ["unknown column \"Notes\" (column 2) was ignored"]
+        );
     }
 
     #[test]
@@ -524,7 +632,14 @@ mod tests {
         assert_eq!(i.column.as_deref(), Some("Input Image Urls"));
         let fixed = csv.replace("ftp://", "https://");
         let p = ok(&fixed);
-        assert_eq!(p.products[0].urls, ["https://e.com/a.jpg", "https://e.com/b.jpg", "https://e.com/c.jpg"]);
+        assert_eq!(
+            p.products[0].urls,
+            [
+                "https://e.com/a.jpg",
+                "https://e.com/b.jpg",
+                "https://e.com/c.jpg"
+            ]
+        );
         assert_eq!(p.products[1].line, 5);
     }
 
@@ -539,7 +654,9 @@ mod tests {
 
     #[test]
     fn blank_lines_are_skipped() {
-        let p = ok("\nS. No.,Product Name,Input Image Urls\n\n1,A,https://e.com/a.jpg\n   \n,,\n2,B,https://e.com/b.jpg\n\n");
+        let p = ok(
+            "\nS. No.,Product Name,Input Image Urls\n\n1,A,https://e.com/a.jpg\n   \n,,\n2,B,https://e.com/b.jpg\n\n",
+        );
         assert_eq!(p.products.len(), 2);
         assert_eq!(p.products[1].line, 7);
     }
@@ -547,9 +664,16 @@ mod tests {
     #[test]
     fn serial_number_must_be_a_positive_integer() {
         for bad in ["0", "-1", "abc", "1.5", ""] {
-            let issues = errs(format!("S. No.,Product Name,Input Image Urls\n{bad},A,https://e.com/a.jpg\n").as_bytes());
+            let issues = errs(
+                format!("S. No.,Product Name,Input Image Urls\n{bad},A,https://e.com/a.jpg\n")
+                    .as_bytes(),
+            );
             let i = only(&issues);
-            assert_eq!((i.line, i.column.as_deref()), (Some(2), Some("S. No.")), "{bad}");
+            assert_eq!(
+                (i.line, i.column.as_deref()),
+                (Some(2), Some("S. No.")),
+                "{bad}"
+            );
         }
     }
 
@@ -566,26 +690,64 @@ mod tests {
         let issues = errs(b"S. No.,Product Name,Input Image Urls\n1,   ,https://e.com/a.jpg\n");
         assert_eq!(only(&issues).column.as_deref(), Some("Product Name"));
         let long = "é".repeat(257);
-        let issues = errs(format!("S. No.,Product Name,Input Image Urls\n1,{long},https://e.com/a.jpg\n").as_bytes());
+        let issues = errs(
+            format!("S. No.,Product Name,Input Image Urls\n1,{long},https://e.com/a.jpg\n")
+                .as_bytes(),
+        );
         assert!(only(&issues).message.contains("257"));
-        ok(&format!("S. No.,Product Name,Input Image Urls\n1,{},https://e.com/a.jpg\n", "é".repeat(256)));
+        ok(&format!(
+            "S. No.,Product Name,Input Image Urls\n1,{},https://e.com/a.jpg\n",
+            "é".repeat(256)
+        ));
     }
 
     #[test]
     fn urls_must_be_absolute_http_and_bounded() {
-        for bad in ["e.com/a.jpg", "ftp://e.com/a.jpg", "javascript:alert(1)", "http://", "/a.jpg"] {
-            let issues = errs(format!("S. No.,Product Name,Input Image Urls\n1,A,\"https://e.com/ok.jpg,{bad}\"\n").as_bytes());
+        for bad in [
+            "e.com/a.jpg",
+            "ftp://e.com/a.jpg",
+            "javascript:alert(1)",
+            "http://",
+            "/a.jpg",
+        ] {
+            let issues = errs(
+                format!(
+                    "S. No.,Product Name,Input Image Urls\n1,A,\"https://e.com/ok.jpg,{bad}\"\n"
+                )
+                .as_bytes(),
+            );
             let i = only(&issues);
             assert_eq!(i.column.as_deref(), Some("Input Image Urls"), "{bad}");
             assert!(i.message.starts_with("URL 2 "), "{}", i.message);
         }
         // Forms the URL standard forgives but a person did not mean.
-        for lax in ["http:.gpj", "http:e.com/a.jpg", "http:/e.com/a.jpg", "https:\\\\e.com\\a.jpg"] {
-            assert!(check_url(lax).unwrap_err().contains("must start with http:// or https://"), "{lax}");
+        for lax in [
+            "http:.gpj",
+            "http:e.com/a.jpg",
+            "http:/e.com/a.jpg",
+            "https:\\\\e.com\\a.jpg",
+        ] {
+            assert!(
+                check_url(lax)
+                    .unwrap_err()
+                    .contains("must start with http:// or https://"),
+                "{lax}"
+            );
         }
-        assert_eq!(check_url("HTTPS://E.com/a.jpg").map(|u| u.to_string()).as_deref(), Ok("https://e.com/a.jpg"));
+        assert_eq!(
+            check_url("HTTPS://E.com/a.jpg")
+                .map(|u| u.to_string())
+                .as_deref(),
+            Ok("https://e.com/a.jpg")
+        );
         let long = format!("https://e.com/{}", "a".repeat(2040));
-        assert!(only(&errs(format!("S. No.,Product Name,Input Image Urls\n1,A,{long}\n").as_bytes())).message.contains("2048"));
+        assert!(
+            only(&errs(
+                format!("S. No.,Product Name,Input Image Urls\n1,A,{long}\n").as_bytes()
+            ))
+            .message
+            .contains("2048")
+        );
     }
 
     #[test]
@@ -596,18 +758,29 @@ mod tests {
 
     #[test]
     fn too_many_urls_in_a_row() {
-        let limits = CsvLimits { max_images_per_row: 2, ..LIMITS };
+        let limits = CsvLimits {
+            max_images_per_row: 2,
+            ..LIMITS
+        };
         let issues = errs_with(b"S. No.,Product Name,Input Image Urls\n1,A,\"https://e.com/1,https://e.com/2,https://e.com/3\"\n", &limits);
         assert!(only(&issues).message.contains("at most 2"));
     }
 
     #[test]
     fn too_many_rows_and_images_are_file_level() {
-        let limits = CsvLimits { max_rows: 2, max_images: 3, max_images_per_row: 50 };
+        let limits = CsvLimits {
+            max_rows: 2,
+            max_images: 3,
+            max_images_per_row: 50,
+        };
         let csv = b"S. No.,Product Name,Input Image Urls\n1,A,\"https://e.com/1,https://e.com/2\"\n2,B,\"https://e.com/1,https://e.com/2\"\n3,C,https://e.com/3\n";
         let issues = errs_with(csv, &limits);
         assert_eq!(issues.len(), 2, "{issues:#?}");
-        assert!(issues.iter().all(|i| i.line.is_none() && i.column.is_none()));
+        assert!(
+            issues
+                .iter()
+                .all(|i| i.line.is_none() && i.column.is_none())
+        );
         assert!(issues[0].message.contains("3 rows"));
         assert!(issues[1].message.contains("4 images"));
     }
@@ -626,7 +799,10 @@ mod tests {
 
     #[test]
     fn not_utf8_is_file_level() {
-        let i = only(&errs(b"S. No.,Product Name,Input Image Urls\n1,Caf\xe9,https://e.com/a.jpg\n")).clone();
+        let i = only(&errs(
+            b"S. No.,Product Name,Input Image Urls\n1,Caf\xe9,https://e.com/a.jpg\n",
+        ))
+        .clone();
         assert_eq!(i.line, None);
         assert!(i.message.contains("UTF-8"));
         assert!(i.message.contains("line 2"));

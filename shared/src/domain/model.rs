@@ -19,7 +19,10 @@ pub enum RequestStatus {
 
 impl RequestStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::CompletedWithErrors | Self::Failed)
+        matches!(
+            self,
+            Self::Completed | Self::CompletedWithErrors | Self::Failed
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -173,7 +176,10 @@ pub struct ImageError {
 
 impl ImageError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -291,7 +297,10 @@ pub struct ProductRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImageOutcome {
     Succeeded(Compressed),
-    Failed { error: ImageError, input_bytes: Option<u64> },
+    Failed {
+        error: ImageError,
+        input_bytes: Option<u64>,
+    },
 }
 
 impl ImageOutcome {
@@ -326,12 +335,19 @@ pub struct ImageJob {
 
 impl ImageJob {
     pub fn key(&self) -> ImageKey {
-        ImageKey { request_id: self.request_id, product: self.product, image: self.image }
+        ImageKey {
+            request_id: self.request_id,
+            product: self.product,
+            image: self.image,
+        }
     }
 
     /// `processed/{request_id}/{serial_number}/{index}.jpg`
     pub fn output_key(&self) -> String {
-        format!("processed/{}/{}/{}.jpg", self.request_id, self.serial_number, self.image)
+        format!(
+            "processed/{}/{}/{}.jpg",
+            self.request_id, self.serial_number, self.image
+        )
     }
 }
 
@@ -379,17 +395,39 @@ mod tests {
     use super::*;
 
     fn p(total: u32, succeeded: u32, failed: u32) -> Progress {
-        Progress { total, succeeded, failed }
+        Progress {
+            total,
+            succeeded,
+            failed,
+        }
     }
 
     #[test]
     fn status_follows_the_counters() {
-        assert_eq!(RequestStatus::from_progress(&p(3, 0, 0)), RequestStatus::Pending);
-        assert_eq!(RequestStatus::from_progress(&p(3, 1, 0)), RequestStatus::Processing);
-        assert_eq!(RequestStatus::from_progress(&p(3, 0, 1)), RequestStatus::Processing);
-        assert_eq!(RequestStatus::from_progress(&p(3, 3, 0)), RequestStatus::Completed);
-        assert_eq!(RequestStatus::from_progress(&p(3, 2, 1)), RequestStatus::CompletedWithErrors);
-        assert_eq!(RequestStatus::from_progress(&p(3, 0, 3)), RequestStatus::Failed);
+        assert_eq!(
+            RequestStatus::from_progress(&p(3, 0, 0)),
+            RequestStatus::Pending
+        );
+        assert_eq!(
+            RequestStatus::from_progress(&p(3, 1, 0)),
+            RequestStatus::Processing
+        );
+        assert_eq!(
+            RequestStatus::from_progress(&p(3, 0, 1)),
+            RequestStatus::Processing
+        );
+        assert_eq!(
+            RequestStatus::from_progress(&p(3, 3, 0)),
+            RequestStatus::Completed
+        );
+        assert_eq!(
+            RequestStatus::from_progress(&p(3, 2, 1)),
+            RequestStatus::CompletedWithErrors
+        );
+        assert_eq!(
+            RequestStatus::from_progress(&p(3, 0, 3)),
+            RequestStatus::Failed
+        );
     }
 
     #[test]
@@ -427,7 +465,10 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
-        assert_eq!(RequestStatus::parse("completed_with_errors"), Some(RequestStatus::CompletedWithErrors));
+        assert_eq!(
+            RequestStatus::parse("completed_with_errors"),
+            Some(RequestStatus::CompletedWithErrors)
+        );
         assert_eq!(ImageStatus::parse("nope"), None);
     }
 
@@ -440,7 +481,13 @@ mod tests {
             image: 2,
             input_url: "https://example.com/a.jpg".into(),
         };
-        assert_eq!(job.output_key(), format!("processed/{}/42/2.jpg", Uuid::nil()));
-        assert_eq!(results_key(Uuid::nil()), format!("results/{}.csv", Uuid::nil()));
+        assert_eq!(
+            job.output_key(),
+            format!("processed/{}/42/2.jpg", Uuid::nil())
+        );
+        assert_eq!(
+            results_key(Uuid::nil()),
+            format!("results/{}.csv", Uuid::nil())
+        );
     }
 }

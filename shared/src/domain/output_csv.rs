@@ -2,7 +2,12 @@
 
 use super::model::{ImageStatus, ProductRecord};
 
-pub const HEADER: [&str; 4] = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"];
+pub const HEADER: [&str; 4] = [
+    "S. No.",
+    "Product Name",
+    "Input Image Urls",
+    "Output Image Urls",
+];
 
 /// Writes products in input order; one output entry per input URL, empty
 /// where the image failed. `output_url` maps a stored key to its public URL.
@@ -18,14 +23,20 @@ impl Default for OutputCsv {
 
 impl OutputCsv {
     pub fn new() -> Self {
-        let mut writer = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
+        let mut writer = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::CRLF)
+            .from_writer(Vec::new());
         // Writing to a Vec cannot fail.
         let _ = writer.write_record(HEADER);
         Self { writer }
     }
 
     pub fn push(&mut self, product: &ProductRecord, output_urls: &[Option<String>]) {
-        let inputs: Vec<&str> = product.images.iter().map(|i| i.input_url.as_str()).collect();
+        let inputs: Vec<&str> = product
+            .images
+            .iter()
+            .map(|i| i.input_url.as_str())
+            .collect();
         let outputs: Vec<&str> = product
             .images
             .iter()
@@ -69,7 +80,14 @@ mod tests {
             images: vec![ok, bad, ok2],
         };
         let mut out = OutputCsv::new();
-        out.push(&product, &[Some("https://o/1.jpg".into()), None, Some("https://o/3.jpg".into())]);
+        out.push(
+            &product,
+            &[
+                Some("https://o/1.jpg".into()),
+                None,
+                Some("https://o/3.jpg".into()),
+            ],
+        );
         let text = String::from_utf8(out.finish()).unwrap();
         assert_eq!(
             text,

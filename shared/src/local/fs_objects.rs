@@ -20,7 +20,10 @@ impl FsObjectStore {
         if !base_url.ends_with('/') {
             base_url.push('/');
         }
-        Self { root: root.into(), base_url }
+        Self {
+            root: root.into(),
+            base_url,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -45,8 +48,13 @@ fn io_err(e: std::io::Error) -> PortError {
 #[async_trait]
 impl ObjectStore for FsObjectStore {
     async fn put(&self, key: &str, body: Bytes, _content_type: &str) -> PortResult<()> {
-        let path = self.path_of(key).ok_or_else(|| PortError::Permanent(format!("invalid object key {key:?}")))?;
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let path = self
+            .path_of(key)
+            .ok_or_else(|| PortError::Permanent(format!("invalid object key {key:?}")))?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         tokio::fs::create_dir_all(&dir).await.map_err(io_err)?;
         // Write aside, then rename: a reader never sees half an object.
         let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
@@ -59,7 +67,9 @@ impl ObjectStore for FsObjectStore {
     }
 
     async fn get(&self, key: &str) -> PortResult<Option<Bytes>> {
-        let Some(path) = self.path_of(key) else { return Ok(None) };
+        let Some(path) = self.path_of(key) else {
+            return Ok(None);
+        };
         match tokio::fs::read(&path).await {
             Ok(b) => Ok(Some(Bytes::from(b))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -79,8 +89,18 @@ mod tests {
     #[test]
     fn keys_cannot_leave_the_root() {
         let s = FsObjectStore::new("/data/objects", "http://x/files");
-        assert_eq!(s.path_of("processed/a/1/1.jpg"), Some(PathBuf::from("/data/objects/processed/a/1/1.jpg")));
-        for bad in ["", "../etc/passwd", "/etc/passwd", "a/../../b", "a\\..\\b", "./a"] {
+        assert_eq!(
+            s.path_of("processed/a/1/1.jpg"),
+            Some(PathBuf::from("/data/objects/processed/a/1/1.jpg"))
+        );
+        for bad in [
+            "",
+            "../etc/passwd",
+            "/etc/passwd",
+            "a/../../b",
+            "a\\..\\b",
+            "./a",
+        ] {
             assert_eq!(s.path_of(bad), None, "{bad}");
         }
     }

@@ -92,24 +92,47 @@ pub struct LocalRuntime {
 
 impl LocalRuntime {
     pub async fn start(config: Config, options: LocalRuntimeOptions) -> Result<Self, String> {
-        std::fs::create_dir_all(&options.data_dir)
-            .map_err(|e| format!("cannot create data folder {}: {e}", options.data_dir.display()))?;
-        let store = SqliteStore::open(&options.data_dir.join("imgproc.sqlite")).map_err(|e| e.to_string())?;
-        let objects_dir = options.objects_dir.clone().unwrap_or_else(|| options.data_dir.join("objects"));
-        let base_url = config.output_base_url.clone().unwrap_or_else(|| options.files_base_url.clone());
+        std::fs::create_dir_all(&options.data_dir).map_err(|e| {
+            format!(
+                "cannot create data folder {}: {e}",
+                options.data_dir.display()
+            )
+        })?;
+        let store = SqliteStore::open(&options.data_dir.join("imgproc.sqlite"))
+            .map_err(|e| e.to_string())?;
+        let objects_dir = options
+            .objects_dir
+            .clone()
+            .unwrap_or_else(|| options.data_dir.join("objects"));
+        let base_url = config
+            .output_base_url
+            .clone()
+            .unwrap_or_else(|| options.files_base_url.clone());
         let objects = FsObjectStore::new(objects_dir, base_url);
-        let policy = NetPolicy { allow_private: config.allow_private_networks, exempt: options.net_exempt.clone() };
+        let policy = NetPolicy {
+            allow_private: config.allow_private_networks,
+            exempt: options.net_exempt.clone(),
+        };
         let http = match options.lookup.clone() {
             Some(lookup) => GuardedClient::with_lookup(policy, lookup)?,
             None => GuardedClient::new(policy)?,
         };
-        let engine = Engine::new(Settings { quality: config.jpeg_quality, max_pixels: config.max_pixels }, options.cpu_threads);
+        let engine = Engine::new(
+            Settings {
+                quality: config.jpeg_quality,
+                max_pixels: config.max_pixels,
+            },
+            options.cpu_threads,
+        );
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(PrometheusRecorder::new());
         let app = Arc::new(App {
             config: Arc::new(config),
             store: Arc::new(store.clone()),
-            queue: Arc::new(WakingQueue { store: store.clone(), wake: wake.clone() }),
+            queue: Arc::new(WakingQueue {
+                store: store.clone(),
+                wake: wake.clone(),
+            }),
             objects: Arc::new(objects.clone()),
             http,
             engine,
@@ -118,19 +141,48 @@ impl LocalRuntime {
 
         let requeued = store.recover().await.map_err(|e| e.to_string())?;
         if requeued > 0 {
-            tracing::info!(jobs = requeued, "queued images left unqueued by an earlier run");
+            tracing::info!(
+                jobs = requeued,
+                "queued images left unqueued by an earlier run"
+            );
         }
-        for (id, progress) in store.unfinished_complete_requests().await.map_err(|e| e.to_string())? {
-            complete_if_done(&app, id, progress).await.map_err(|e| e.to_string())?;
+        for (id, progress) in store
+            .unfinished_complete_requests()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            complete_if_done(&app, id, progress)
+                .await
+                .map_err(|e| e.to_string())?;
         }
 
         let (shutdown, stop) = watch::channel(false);
         let lease = app.config.fetch_timeout * 2 + Duration::from_secs(60);
         let tasks = vec![
-            tokio::spawn(worker_pool(app.clone(), store.clone(), wake, options.workers.max(1), lease, options.poll_interval, stop.clone())),
-            tokio::spawn(notifier(app.clone(), store.clone(), options.poll_interval, stop)),
+            tokio::spawn(worker_pool(
+                app.clone(),
+                store.clone(),
+                wake,
+                options.workers.max(1),
+                lease,
+                options.poll_interval,
+                stop.clone(),
+            )),
+            tokio::spawn(notifier(
+                app.clone(),
+                store.clone(),
+                options.poll_interval,
+                stop,
+            )),
         ];
-        Ok(Self { app, store, objects, metrics, shutdown, tasks })
+        Ok(Self {
+            app,
+            store,
+            objects,
+            metrics,
+            shutdown,
+            tasks,
+        })
     }
 
     /// The API plus `/files/*` for stored objects and `/metrics` for
@@ -140,7 +192,10 @@ impl LocalRuntime {
     pub fn router(&self) -> Router {
         api::router(self.app.clone())
             .nest("/files", file_router(self.objects.root().to_path_buf()))
-            .route("/metrics", get(serve_metrics).with_state(self.metrics.clone()))
+            .route(
+                "/metrics",
+                get(serve_metrics).with_state(self.metrics.clone()),
+            )
     }
 
     /// Stops taking work and waits for the loops to end. Jobs still in
@@ -167,7 +222,9 @@ async fn worker_pool(
         if *stop.borrow() {
             break;
         }
-        let Ok(first) = slots.clone().acquire_owned().await else { break };
+        let Ok(first) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let free = slots.available_permits() + 1;
         let deliveries = match store.receive(free, lease).await {
             Ok(d) => d,
@@ -211,7 +268,9 @@ async fn handle(app: &App, store: &SqliteStore, d: Delivery) {
         Ok(JobResult::RetryAfter(delay)) => store.retry_later(&d.receipt, delay).await,
         Err(e) => {
             tracing::warn!(request_id = %d.job.request_id, image = d.job.image, error = %e, "job failed on the store; will retry");
-            store.retry_later(&d.receipt, app.config.backoff(d.receive_count)).await
+            store
+                .retry_later(&d.receipt, app.config.backoff(d.receive_count))
+                .await
         }
     };
     if let Err(e) = result {
@@ -222,7 +281,12 @@ async fn handle(app: &App, store: &SqliteStore, d: Delivery) {
 
 /// Delivers owed notifications: each terminal request once, resumed after
 /// a restart until its webhook ends.
-async fn notifier(app: Arc<App>, store: SqliteStore, poll: Duration, mut stop: watch::Receiver<bool>) {
+async fn notifier(
+    app: Arc<App>,
+    store: SqliteStore,
+    poll: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let in_flight: Arc<Mutex<HashSet<uuid::Uuid>>> = Arc::default();
     let mut running = tokio::task::JoinSet::new();
     loop {
@@ -239,7 +303,11 @@ async fn notifier(app: Arc<App>, store: SqliteStore, poll: Duration, mut stop: w
             }
         };
         for id in due {
-            if !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+            if !in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id)
+            {
                 continue;
             }
             let (app, store, in_flight) = (app.clone(), store.clone(), in_flight.clone());
@@ -260,18 +328,29 @@ async fn notifier(app: Arc<App>, store: SqliteStore, poll: Duration, mut stop: w
 }
 
 async fn serve_metrics(State(metrics): State<Arc<PrometheusRecorder>>) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(prometheus_content_type()))], metrics.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(prometheus_content_type()),
+        )],
+        metrics.render(),
+    )
+        .into_response()
 }
 
 /// Serves the files under `root` read-only, with a content type from the
 /// extension. Paths that would leave `root` are not found.
 pub fn file_router(root: PathBuf) -> Router {
-    Router::new().route("/{*path}", get(serve_file)).with_state(Arc::new(root))
+    Router::new()
+        .route("/{*path}", get(serve_file))
+        .with_state(Arc::new(root))
 }
 
 async fn serve_file(State(root): State<Arc<PathBuf>>, UrlPath(path): UrlPath<String>) -> Response {
     let store = FsObjectStore::new(root.as_path(), "");
-    let Some(file) = store.path_of(&path) else { return ApiError::NotFound.into_response() };
+    let Some(file) = store.path_of(&path) else {
+        return ApiError::NotFound.into_response();
+    };
     match tokio::fs::read(&file).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, content_type(&file))], bytes).into_response(),
         Err(_) => ApiError::NotFound.into_response(),
@@ -279,7 +358,11 @@ async fn serve_file(State(root): State<Arc<PathBuf>>, UrlPath(path): UrlPath<Str
 }
 
 fn content_type(path: &Path) -> HeaderValue {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     HeaderValue::from_static(match ext.as_str() {
         "jpg" | "jpeg" => "image/jpeg",
         "png" => "image/png",

@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::domain::{
-    ErrorCode, ImageError, ImageJob, ImageKey, ImageOutcome, ImageRecord, ImageStatus, NewRequest, ProductRecord,
-    Progress, RequestRecord, RequestStatus, WebhookState, WebhookStatus,
+    ErrorCode, ImageError, ImageJob, ImageKey, ImageOutcome, ImageRecord, ImageStatus, NewRequest,
+    ProductRecord, Progress, RequestRecord, RequestStatus, WebhookState, WebhookStatus,
 };
 use crate::ports::{
     CreateOutcome, Delivery, Finished, JobQueue, JobSource, JobStore, PortError, PortResult,
@@ -92,7 +92,10 @@ struct Inner {
 fn db_err(e: rusqlite::Error) -> PortError {
     match e {
         rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
         {
             PortError::Transient(format!("database busy: {e}"))
         }
@@ -101,7 +104,9 @@ fn db_err(e: rusqlite::Error) -> PortError {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -111,7 +116,9 @@ fn ts(t: DateTime<Utc>) -> String {
 fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -129,7 +136,12 @@ impl SqliteStore {
         let writer = open(path).map_err(db_err)?;
         writer.execute_batch(SCHEMA).map_err(db_err)?;
         let reader = open(path).map_err(db_err)?;
-        Ok(Self { inner: Arc::new(Inner { writer: Mutex::new(writer), reader: Mutex::new(reader) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+            }),
+        })
     }
 
     async fn write<T: Send + 'static>(
@@ -202,7 +214,11 @@ impl SqliteStore {
             stmt.query_map([], |r| {
                 Ok((
                     parse_uuid(&r.get::<_, String>(0)?)?,
-                    Progress { total: r.get(1)?, succeeded: r.get(2)?, failed: r.get(3)? },
+                    Progress {
+                        total: r.get(1)?,
+                        succeeded: r.get(2)?,
+                        failed: r.get(3)?,
+                    },
                 ))
             })?
             .collect()
@@ -213,15 +229,20 @@ impl SqliteStore {
     /// Terminal requests whose results CSV and webhook are still owed.
     pub async fn due_notifications(&self) -> PortResult<Vec<Uuid>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare("SELECT id FROM requests WHERE notify_due = 1 ORDER BY completed_at")?;
-            stmt.query_map([], |r| parse_uuid(&r.get::<_, String>(0)?))?.collect()
+            let mut stmt =
+                conn.prepare("SELECT id FROM requests WHERE notify_due = 1 ORDER BY completed_at")?;
+            stmt.query_map([], |r| parse_uuid(&r.get::<_, String>(0)?))?
+                .collect()
         })
         .await
     }
 
     pub async fn mark_notified(&self, id: Uuid) -> PortResult<()> {
         self.write(move |conn| {
-            conn.execute("UPDATE requests SET notify_due = 0 WHERE id = ?1", [id.to_string()])?;
+            conn.execute(
+                "UPDATE requests SET notify_due = 0 WHERE id = ?1",
+                [id.to_string()],
+            )?;
             Ok(())
         })
         .await
@@ -229,13 +250,16 @@ impl SqliteStore {
 
     /// Jobs waiting in the queue, visible or leased.
     pub async fn queue_depth(&self) -> PortResult<u64> {
-        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))).await.map(|n| n as u64)
+        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0)))
+            .await
+            .map(|n| n as u64)
     }
 }
 
 fn parse_uuid(s: &str) -> rusqlite::Result<Uuid> {
-    Uuid::parse_str(s)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    Uuid::parse_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn enqueue(tx: &rusqlite::Transaction<'_>, jobs: &[ImageJob]) -> rusqlite::Result<u64> {
@@ -246,12 +270,18 @@ fn enqueue(tx: &rusqlite::Transaction<'_>, jobs: &[ImageJob]) -> rusqlite::Resul
     for job in jobs {
         let body = serde_json::to_string(job)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        added += insert.execute(params![job.request_id.to_string(), job.product, job.image, body])? as u64;
+        added += insert.execute(params![
+            job.request_id.to_string(),
+            job.product,
+            job.image,
+            body
+        ])? as u64;
     }
     Ok(added)
 }
 
-const REQUEST_COLUMNS: &str = "id, terminal, created_at, updated_at, completed_at, total, succeeded, failed,
+const REQUEST_COLUMNS: &str =
+    "id, terminal, created_at, updated_at, completed_at, total, succeeded, failed,
     product_count, webhook_url, webhook_status, webhook_attempts, warnings, fingerprint";
 
 fn request_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
@@ -270,11 +300,22 @@ fn request_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
     let warnings: String = r.get(12)?;
     Ok(RequestRecord {
         id: parse_uuid(&r.get::<_, String>(0)?)?,
-        terminal: r.get::<_, Option<String>>(1)?.as_deref().and_then(RequestStatus::parse),
+        terminal: r
+            .get::<_, Option<String>>(1)?
+            .as_deref()
+            .and_then(RequestStatus::parse),
         created_at: parse_ts(&r.get::<_, String>(2)?)?,
         updated_at: parse_ts(&r.get::<_, String>(3)?)?,
-        completed_at: r.get::<_, Option<String>>(4)?.as_deref().map(parse_ts).transpose()?,
-        progress: Progress { total: r.get(5)?, succeeded: r.get(6)?, failed: r.get(7)? },
+        completed_at: r
+            .get::<_, Option<String>>(4)?
+            .as_deref()
+            .map(parse_ts)
+            .transpose()?,
+        progress: Progress {
+            total: r.get(5)?,
+            succeeded: r.get(6)?,
+            failed: r.get(7)?,
+        },
         product_count: r.get(8)?,
         webhook,
         warnings: serde_json::from_str(&warnings).unwrap_or_default(),
@@ -293,8 +334,14 @@ fn get_request(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<RequestRe
 
 fn image_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRecord> {
     let status_raw: String = r.get(2)?;
-    let error = match (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?) {
-        (Some(code), message) => ErrorCode::parse(&code).map(|code| ImageError { code, message: message.unwrap_or_default() }),
+    let error = match (
+        r.get::<_, Option<String>>(9)?,
+        r.get::<_, Option<String>>(10)?,
+    ) {
+        (Some(code), message) => ErrorCode::parse(&code).map(|code| ImageError {
+            code,
+            message: message.unwrap_or_default(),
+        }),
         _ => None,
     };
     Ok(ImageRecord {
@@ -365,7 +412,12 @@ impl JobStore for SqliteStore {
         self.read(move |conn| get_request(conn, id)).await
     }
 
-    async fn list_products(&self, id: Uuid, after: Option<u32>, limit: u32) -> PortResult<Vec<ProductRecord>> {
+    async fn list_products(
+        &self,
+        id: Uuid,
+        after: Option<u32>,
+        limit: u32,
+    ) -> PortResult<Vec<ProductRecord>> {
         self.read(move |conn| {
             let start = after.map_or(0, |a| i64::from(a) + 1);
             let mut products = conn.prepare_cached(
@@ -482,7 +534,12 @@ impl JobStore for SqliteStore {
                 Ok(progress.filter(|_| exists).map(|progress| Finished { applied: changed == 1, progress }))
             })
             .await?;
-        result.ok_or_else(|| PortError::Permanent(format!("no image {}/{}/{}", key.request_id, key.product, key.image)))
+        result.ok_or_else(|| {
+            PortError::Permanent(format!(
+                "no image {}/{}/{}",
+                key.request_id, key.product, key.image
+            ))
+        })
     }
 
     async fn complete_request(&self, id: Uuid, progress: Progress) -> PortResult<bool> {
@@ -579,7 +636,10 @@ impl JobSource for SqliteStore {
     async fn ack(&self, receipt: &str) -> PortResult<()> {
         let (id, count) = parse_receipt(receipt)?;
         self.write(move |conn| {
-            conn.execute("DELETE FROM queue WHERE id = ?1 AND receive_count = ?2", params![id, count])?;
+            conn.execute(
+                "DELETE FROM queue WHERE id = ?1 AND receive_count = ?2",
+                params![id, count],
+            )?;
             Ok(())
         })
         .await

@@ -101,8 +101,11 @@ impl GuardedClient {
     /// Downloads `url`, following at most [`MAX_REDIRECTS`] redirects, each
     /// hop checked by the guard, within the size and time limits.
     pub async fn fetch(&self, url: &str, limits: FetchLimits) -> Result<Bytes, FetchError> {
-        let url = Url::parse(url).map_err(|e| FetchError::InvalidUrl(format!("not a valid URL: {e}")))?;
-        match tokio::time::timeout(limits.timeout, self.fetch_following(url, limits.max_bytes)).await {
+        let url =
+            Url::parse(url).map_err(|e| FetchError::InvalidUrl(format!("not a valid URL: {e}")))?;
+        match tokio::time::timeout(limits.timeout, self.fetch_following(url, limits.max_bytes))
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout(limits.timeout.as_secs())),
         }
@@ -111,26 +114,39 @@ impl GuardedClient {
     async fn fetch_following(&self, mut url: Url, max_bytes: u64) -> Result<Bytes, FetchError> {
         for hop in 0..=MAX_REDIRECTS {
             check_scheme(&url)?;
-            self.policy.check_url(&url).map_err(|b| FetchError::Blocked(b.to_string()))?;
-            let mut response = self.client.get(url.clone()).send().await.map_err(request_error)?;
+            self.policy
+                .check_url(&url)
+                .map_err(|b| FetchError::Blocked(b.to_string()))?;
+            let mut response = self
+                .client
+                .get(url.clone())
+                .send()
+                .await
+                .map_err(request_error)?;
             let status = response.status();
             if status.is_redirection() {
                 let location = response
                     .headers()
                     .get(LOCATION)
                     .and_then(|l| l.to_str().ok())
-                    .ok_or(FetchError::Status { status: status.as_u16() })?;
-                let next = url
-                    .join(location)
-                    .map_err(|e| FetchError::InvalidUrl(format!("redirect to an invalid URL: {e}")))?;
+                    .ok_or(FetchError::Status {
+                        status: status.as_u16(),
+                    })?;
+                let next = url.join(location).map_err(|e| {
+                    FetchError::InvalidUrl(format!("redirect to an invalid URL: {e}"))
+                })?;
                 if hop == MAX_REDIRECTS {
-                    return Err(FetchError::Failed(format!("more than {MAX_REDIRECTS} redirects")));
+                    return Err(FetchError::Failed(format!(
+                        "more than {MAX_REDIRECTS} redirects"
+                    )));
                 }
                 url = next;
                 continue;
             }
             if !status.is_success() {
-                return Err(FetchError::Status { status: status.as_u16() });
+                return Err(FetchError::Status {
+                    status: status.as_u16(),
+                });
             }
             let declared = response
                 .headers()
@@ -142,7 +158,8 @@ impl GuardedClient {
             }
             // One allocation when the length is declared; the cap holds
             // either way because it is checked on every chunk.
-            let mut body = Vec::with_capacity(declared.unwrap_or(64 * 1024).min(max_bytes) as usize);
+            let mut body =
+                Vec::with_capacity(declared.unwrap_or(64 * 1024).min(max_bytes) as usize);
             while let Some(chunk) = response.chunk().await.map_err(request_error)? {
                 if body.len() as u64 + chunk.len() as u64 > max_bytes {
                     return Err(FetchError::TooLarge { limit: max_bytes });
@@ -151,7 +168,9 @@ impl GuardedClient {
             }
             return Ok(Bytes::from(body));
         }
-        Err(FetchError::Failed(format!("more than {MAX_REDIRECTS} redirects")))
+        Err(FetchError::Failed(format!(
+            "more than {MAX_REDIRECTS} redirects"
+        )))
     }
 
     /// POSTs a webhook. Redirects are not followed (a 3xx is a failed
@@ -173,7 +192,12 @@ impl GuardedClient {
         if let Err(b) = self.policy.check_url(&url) {
             return PostOutcome::Failed(b.to_string());
         }
-        let mut request = self.client.post(url).timeout(timeout).header("content-type", "application/json").body(body);
+        let mut request = self
+            .client
+            .post(url)
+            .timeout(timeout)
+            .header("content-type", "application/json")
+            .body(body);
         for (name, value) in headers {
             request = request.header(*name, value);
         }
@@ -189,7 +213,10 @@ fn check_scheme(url: &Url) -> Result<(), FetchError> {
     if matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty()) {
         Ok(())
     } else {
-        Err(FetchError::InvalidUrl(format!("only http and https URLs can be fetched, not {:?}", url.scheme())))
+        Err(FetchError::InvalidUrl(format!(
+            "only http and https URLs can be fetched, not {:?}",
+            url.scheme()
+        )))
     }
 }
 

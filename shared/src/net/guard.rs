@@ -49,7 +49,11 @@ impl NetPolicy {
             return Ok(());
         }
         match blocked_kind(ip) {
-            Some(kind) => Err(Blocked { host: url.host_str().unwrap_or_default().to_owned(), ip, kind }),
+            Some(kind) => Err(Blocked {
+                host: url.host_str().unwrap_or_default().to_owned(),
+                ip,
+                kind,
+            }),
             None => Ok(()),
         }
     }
@@ -93,7 +97,9 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
             return v4_kind(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
         }
         // 6to4 (2002:a.b.c.d::/48) embeds one too.
-        [0x2002, hi, lo, ..] => return v4_kind(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))),
+        [0x2002, hi, lo, ..] => {
+            return v4_kind(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+        }
         [x, ..] if x & 0xfe00 == 0xfc00 => "unique-local",
         [x, ..] if x & 0xffc0 == 0xfe80 => "link-local",
         [x, ..] if x & 0xffc0 == 0xfec0 => "site-local",
@@ -107,15 +113,26 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
 /// substitute their own to prove what happens to a name that resolves to
 /// a private address.
 pub trait NameLookup: Send + Sync + 'static {
-    fn lookup(&self, host: String) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
+    fn lookup(
+        &self,
+        host: String,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
 }
 
 /// The operating system's resolver.
 pub struct SystemLookup;
 
 impl NameLookup for SystemLookup {
-    fn lookup(&self, host: String) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
-        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.map(|a| a.ip()).collect()) })
+    fn lookup(
+        &self,
+        host: String,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
     }
 }
 
@@ -143,7 +160,11 @@ impl Resolve for GuardedResolver {
             for ip in ips {
                 match blocked_kind(ip) {
                     Some(kind) if !policy.allow_private => {
-                        first_blocked.get_or_insert(Blocked { host: host.clone(), ip, kind });
+                        first_blocked.get_or_insert(Blocked {
+                            host: host.clone(),
+                            ip,
+                            kind,
+                        });
                     }
                     _ => allowed.push(SocketAddr::new(ip, 0)),
                 }
@@ -164,7 +185,9 @@ mod tests {
     use super::*;
 
     fn refused(url: &str) -> bool {
-        NetPolicy::default().check_url(&Url::parse(url).unwrap()).is_err()
+        NetPolicy::default()
+            .check_url(&Url::parse(url).unwrap())
+            .is_err()
     }
 
     #[test]
@@ -201,23 +224,50 @@ mod tests {
 
     #[test]
     fn public_addresses_and_names_pass_the_literal_check() {
-        for url in ["http://8.8.8.8/", "http://172.32.0.1/", "http://100.128.0.1/", "http://[2606:4700::1]/", "https://example.com/a.jpg", "http://127.0.0.1@example.com/"] {
+        for url in [
+            "http://8.8.8.8/",
+            "http://172.32.0.1/",
+            "http://100.128.0.1/",
+            "http://[2606:4700::1]/",
+            "https://example.com/a.jpg",
+            "http://127.0.0.1@example.com/",
+        ] {
             assert!(!refused(url), "{url} must pass");
         }
     }
 
     #[test]
     fn the_switch_and_exemptions_let_private_addresses_through() {
-        let open = NetPolicy { allow_private: true, exempt: vec![] };
-        assert!(open.check_url(&Url::parse("http://127.0.0.1/").unwrap()).is_ok());
-        let exempt = NetPolicy { allow_private: false, exempt: vec!["127.0.0.1:8765".parse().unwrap()] };
-        assert!(exempt.check_url(&Url::parse("http://127.0.0.1:8765/a.jpg").unwrap()).is_ok());
-        assert!(exempt.check_url(&Url::parse("http://127.0.0.1:8766/a.jpg").unwrap()).is_err());
+        let open = NetPolicy {
+            allow_private: true,
+            exempt: vec![],
+        };
+        assert!(
+            open.check_url(&Url::parse("http://127.0.0.1/").unwrap())
+                .is_ok()
+        );
+        let exempt = NetPolicy {
+            allow_private: false,
+            exempt: vec!["127.0.0.1:8765".parse().unwrap()],
+        };
+        assert!(
+            exempt
+                .check_url(&Url::parse("http://127.0.0.1:8765/a.jpg").unwrap())
+                .is_ok()
+        );
+        assert!(
+            exempt
+                .check_url(&Url::parse("http://127.0.0.1:8766/a.jpg").unwrap())
+                .is_err()
+        );
     }
 
     struct Fixed(Vec<IpAddr>);
     impl NameLookup for Fixed {
-        fn lookup(&self, _: String) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
+        fn lookup(
+            &self,
+            _: String,
+        ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
             let ips = self.0.clone();
             Box::pin(async move { Ok(ips) })
         }
@@ -226,11 +276,22 @@ mod tests {
     #[tokio::test]
     async fn the_resolver_drops_private_addresses_and_refuses_when_none_remain() {
         let policy = Arc::new(NetPolicy::default());
-        let mixed = GuardedResolver::new(Arc::new(Fixed(vec!["127.0.0.1".parse().unwrap(), "93.184.215.14".parse().unwrap()])), policy.clone());
-        let addrs: Vec<SocketAddr> = mixed.resolve("example.com".parse().unwrap()).await.unwrap().collect();
+        let mixed = GuardedResolver::new(
+            Arc::new(Fixed(vec![
+                "127.0.0.1".parse().unwrap(),
+                "93.184.215.14".parse().unwrap(),
+            ])),
+            policy.clone(),
+        );
+        let addrs: Vec<SocketAddr> = mixed
+            .resolve("example.com".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
         assert_eq!(addrs, vec!["93.184.215.14:0".parse().unwrap()]);
 
-        let private = GuardedResolver::new(Arc::new(Fixed(vec!["10.0.0.1".parse().unwrap()])), policy);
+        let private =
+            GuardedResolver::new(Arc::new(Fixed(vec!["10.0.0.1".parse().unwrap()])), policy);
         let err = match private.resolve("internal.example".parse().unwrap()).await {
             Ok(_) => panic!("a name resolving only to private addresses must be refused"),
             Err(e) => e,

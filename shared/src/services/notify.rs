@@ -23,7 +23,8 @@ pub fn delivery_id(request_id: Uuid) -> Uuid {
 
 /// `sha256=<hex HMAC-SHA256(secret, body)>`
 pub fn signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -56,8 +57,12 @@ pub async fn payload(app: &App, request: &RequestRecord) -> Result<Vec<u8>, Port
 /// host only (its URL can carry tokens), never the body.
 #[tracing::instrument(name = "webhook", skip_all, fields(%request_id))]
 pub async fn notify(app: &App, request_id: Uuid) -> Result<(), PortError> {
-    let Some(request) = app.store.get_request(request_id).await? else { return Ok(()) };
-    let Some(mut state) = request.webhook.clone() else { return Ok(()) };
+    let Some(request) = app.store.get_request(request_id).await? else {
+        return Ok(());
+    };
+    let Some(mut state) = request.webhook.clone() else {
+        return Ok(());
+    };
     if request.terminal.is_none() || state.status != WebhookStatus::Pending {
         return Ok(());
     }
@@ -75,14 +80,25 @@ pub async fn notify(app: &App, request_id: Uuid) -> Result<(), PortError> {
             tokio::time::sleep(app.config.backoff(state.attempts)).await;
         }
         state.attempts += 1;
-        let outcome = app.http.post_json(&state.url, &headers, body.clone(), app.config.webhook_timeout).await;
+        let outcome = app
+            .http
+            .post_json(
+                &state.url,
+                &headers,
+                body.clone(),
+                app.config.webhook_timeout,
+            )
+            .await;
         state.status = match &outcome {
             PostOutcome::Delivered(_) => WebhookStatus::Delivered,
             _ if state.attempts >= max => WebhookStatus::Failed,
             _ => WebhookStatus::Pending,
         };
         // The URL can carry tokens: log its host only.
-        let host = url::Url::parse(&state.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let host = url::Url::parse(&state.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
         let attempt = state.attempts;
         match &outcome {
             PostOutcome::Delivered(code) => {
@@ -97,9 +113,15 @@ pub async fn notify(app: &App, request_id: Uuid) -> Result<(), PortError> {
         }
         let result = match outcome {
             PostOutcome::Delivered(_) => WebhookAttempt::Delivered,
-            _ => WebhookAttempt::Failed { last: state.status == WebhookStatus::Failed },
+            _ => WebhookAttempt::Failed {
+                last: state.status == WebhookStatus::Failed,
+            },
         };
-        app.metrics.record(&Event::WebhookAttempted { request_id, attempt, outcome: result });
+        app.metrics.record(&Event::WebhookAttempted {
+            request_id,
+            attempt,
+            outcome: result,
+        });
         app.store.record_webhook(request_id, &state).await?;
         if state.status != WebhookStatus::Pending {
             break;

@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use super::{App, ServiceError};
 use crate::domain::{
-    Compressed, ErrorCode, ImageError, ImageJob, ImageOutcome, ImageStatus, Progress, RequestStatus, results_key,
+    Compressed, ErrorCode, ImageError, ImageJob, ImageOutcome, ImageStatus, Progress,
+    RequestStatus, results_key,
 };
 use crate::metrics::{Event, ImageTimings};
 use crate::net::FetchLimits;
@@ -32,7 +33,11 @@ pub enum JobResult {
 /// `image` span, which names the request, the product and the image.
 #[tracing::instrument(name = "image", skip_all,
     fields(request_id = %job.request_id, serial_number = job.serial_number, image = job.image, attempt = receive_count))]
-pub async fn process_job(app: &App, job: &ImageJob, receive_count: u32) -> Result<JobResult, PortError> {
+pub async fn process_job(
+    app: &App,
+    job: &ImageJob,
+    receive_count: u32,
+) -> Result<JobResult, PortError> {
     let key = job.key();
     match app.store.image_status(key).await? {
         // The request is gone (expired): nothing to do.
@@ -59,10 +64,17 @@ pub async fn process_job(app: &App, job: &ImageJob, receive_count: u32) -> Resul
             let delay = app.config.backoff(receive_count);
             tracing::warn!(code = failure.error.code.as_str(), error = %failure.error.message,
                 retry_in_ms = delay.as_millis() as u64, "image failed, will retry");
-            app.metrics.record(&Event::ImageRetried { request_id: job.request_id, code: failure.error.code, timings });
+            app.metrics.record(&Event::ImageRetried {
+                request_id: job.request_id,
+                code: failure.error.code,
+                timings,
+            });
             return Ok(JobResult::RetryAfter(delay));
         }
-        Err(failure) => ImageOutcome::Failed { error: failure.error, input_bytes: failure.input_bytes },
+        Err(failure) => ImageOutcome::Failed {
+            error: failure.error,
+            input_bytes: failure.input_bytes,
+        },
     };
 
     let finished = app.store.finish_image(key, &outcome).await?;
@@ -70,9 +82,17 @@ pub async fn process_job(app: &App, job: &ImageJob, receive_count: u32) -> Resul
     let counted = finished.applied;
     match &outcome {
         ImageOutcome::Succeeded(c) => {
-            tracing::info!(input_bytes = c.input_bytes, output_bytes = c.output_bytes, original_kept = c.original_kept,
-                ms = started.elapsed().as_millis() as u64, download_ms = ms(timings.download),
-                decode_ms = ms(timings.decode), encode_ms = ms(timings.encode), counted, "image succeeded");
+            tracing::info!(
+                input_bytes = c.input_bytes,
+                output_bytes = c.output_bytes,
+                original_kept = c.original_kept,
+                ms = started.elapsed().as_millis() as u64,
+                download_ms = ms(timings.download),
+                decode_ms = ms(timings.decode),
+                encode_ms = ms(timings.encode),
+                counted,
+                "image succeeded"
+            );
             app.metrics.record(&Event::ImageSucceeded {
                 request_id,
                 counted,
@@ -83,7 +103,12 @@ pub async fn process_job(app: &App, job: &ImageJob, receive_count: u32) -> Resul
         }
         ImageOutcome::Failed { error, .. } => {
             tracing::info!(code = error.code.as_str(), error = %error.message, counted, "image failed");
-            app.metrics.record(&Event::ImageFailed { request_id, counted, code: error.code, timings });
+            app.metrics.record(&Event::ImageFailed {
+                request_id,
+                counted,
+                code: error.code,
+                timings,
+            });
         }
     }
     complete_if_done(app, job.request_id, finished.progress).await?;
@@ -103,13 +128,20 @@ struct Failure {
 /// Fetches, compresses and stores one image, noting in `timings` how long
 /// each stage it reached took.
 async fn run(app: &App, job: &ImageJob, timings: &mut ImageTimings) -> Result<Compressed, Failure> {
-    let limits = FetchLimits { max_bytes: app.config.max_download_bytes, timeout: app.config.fetch_timeout };
+    let limits = FetchLimits {
+        max_bytes: app.config.max_download_bytes,
+        timeout: app.config.fetch_timeout,
+    };
     let fetch_started = Instant::now();
-    let input = app.http.fetch(&job.input_url, limits).await.map_err(|e| Failure {
-        transient: e.is_transient(),
-        error: ImageError::new(e.code(), e.to_string()),
-        input_bytes: None,
-    })?;
+    let input = app
+        .http
+        .fetch(&job.input_url, limits)
+        .await
+        .map_err(|e| Failure {
+            transient: e.is_transient(),
+            error: ImageError::new(e.code(), e.to_string()),
+            input_bytes: None,
+        })?;
     timings.download = Some(fetch_started.elapsed());
     let input_bytes = input.len() as u64;
     let out = app.engine.compress(input).await.map_err(|e| Failure {
@@ -121,11 +153,17 @@ async fn run(app: &App, job: &ImageJob, timings: &mut ImageTimings) -> Result<Co
     timings.encode = Some(out.timings.encode);
     let output_key = job.output_key();
     let output_bytes = out.bytes.len() as u64;
-    app.objects.put(&output_key, Bytes::from(out.bytes), "image/jpeg").await.map_err(|e| Failure {
-        transient: e.is_transient(),
-        error: ImageError::new(ErrorCode::StorageFailed, format!("storing the result failed: {e}")),
-        input_bytes: Some(input_bytes),
-    })?;
+    app.objects
+        .put(&output_key, Bytes::from(out.bytes), "image/jpeg")
+        .await
+        .map_err(|e| Failure {
+            transient: e.is_transient(),
+            error: ImageError::new(
+                ErrorCode::StorageFailed,
+                format!("storing the result failed: {e}"),
+            ),
+            input_bytes: Some(input_bytes),
+        })?;
     Ok(Compressed {
         output_key,
         input_bytes,
@@ -149,13 +187,28 @@ pub async fn complete_if_done(app: &App, id: Uuid, progress: Progress) -> Result
         Err(ServiceError::Backend(e)) => return Err(e),
         Err(other) => return Err(PortError::Permanent(other.to_string())),
     };
-    app.objects.put(&results_key(id), Bytes::from(csv), "text/csv; charset=utf-8").await?;
+    app.objects
+        .put(
+            &results_key(id),
+            Bytes::from(csv),
+            "text/csv; charset=utf-8",
+        )
+        .await?;
     let won = app.store.complete_request(id, progress).await?;
     if won {
         let status = RequestStatus::from_progress(&progress);
-        tracing::info!(status = status.as_str(), total = progress.total, succeeded = progress.succeeded,
-            failed = progress.failed, "request finished");
-        app.metrics.record(&Event::RequestCompleted { request_id: id, status, progress });
+        tracing::info!(
+            status = status.as_str(),
+            total = progress.total,
+            succeeded = progress.succeeded,
+            failed = progress.failed,
+            "request finished"
+        );
+        app.metrics.record(&Event::RequestCompleted {
+            request_id: id,
+            status,
+            progress,
+        });
     }
     Ok(won)
 }

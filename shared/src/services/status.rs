@@ -30,7 +30,9 @@ pub fn parse_limit(raw: Option<&str>) -> Result<u32, ServiceError> {
                 Ok(n) if digits && n >= 1 => Ok(n.min(u64::from(MAX_PAGE)) as u32),
                 // Too many digits for u64 is still a positive integer above the cap.
                 Err(_) if digits && s.bytes().any(|b| b != b'0') => Ok(MAX_PAGE),
-                _ => Err(ServiceError::InvalidRequest(format!("limit must be a positive integer, got {s:?}"))),
+                _ => Err(ServiceError::InvalidRequest(format!(
+                    "limit must be a positive integer, got {s:?}"
+                ))),
             }
         }
     }
@@ -43,8 +45,14 @@ fn encode_cursor(id: Uuid, last_position: u32) -> String {
 }
 
 fn decode_cursor(id: Uuid, cursor: &str) -> Result<u32, ServiceError> {
-    let invalid = || ServiceError::InvalidRequest("cursor was not issued for this request; use next_cursor from a previous page".into());
-    let raw = URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| invalid())?;
+    let invalid = || {
+        ServiceError::InvalidRequest(
+            "cursor was not issued for this request; use next_cursor from a previous page".into(),
+        )
+    };
+    let raw = URL_SAFE_NO_PAD
+        .decode(cursor.trim())
+        .map_err(|_| invalid())?;
     let text = String::from_utf8(raw).map_err(|_| invalid())?;
     let (cursor_id, position) = text.split_once(':').ok_or_else(invalid)?;
     if Uuid::parse_str(cursor_id).ok() != Some(id) {
@@ -54,10 +62,16 @@ fn decode_cursor(id: Uuid, cursor: &str) -> Result<u32, ServiceError> {
 }
 
 async fn load(app: &App, id: Uuid) -> Result<RequestRecord, ServiceError> {
-    app.store.get_request(id).await?.ok_or(ServiceError::NotFound)
+    app.store
+        .get_request(id)
+        .await?
+        .ok_or(ServiceError::NotFound)
 }
 
-async fn output_urls(app: &App, product: &ProductRecord) -> Result<Vec<Option<String>>, ServiceError> {
+async fn output_urls(
+    app: &App,
+    product: &ProductRecord,
+) -> Result<Vec<Option<String>>, ServiceError> {
     let mut urls = Vec::with_capacity(product.images.len());
     for image in &product.images {
         urls.push(match (&image.status, &image.output_key) {
@@ -68,11 +82,18 @@ async fn output_urls(app: &App, product: &ProductRecord) -> Result<Vec<Option<St
     Ok(urls)
 }
 
-pub async fn status(app: &App, id: Uuid, limit: u32, cursor: Option<&str>) -> Result<StatusPage, ServiceError> {
+pub async fn status(
+    app: &App,
+    id: Uuid,
+    limit: u32,
+    cursor: Option<&str>,
+) -> Result<StatusPage, ServiceError> {
     let request = load(app, id).await?;
     let after = cursor.map(|c| decode_cursor(id, c)).transpose()?;
     if after.is_some_and(|a| a >= request.product_count) {
-        return Err(ServiceError::InvalidRequest("cursor is past the end of this request".into()));
+        return Err(ServiceError::InvalidRequest(
+            "cursor is past the end of this request".into(),
+        ));
     }
     let mut products = app.store.list_products(id, after, limit + 1).await?;
     let next_cursor = if products.len() > limit as usize {
@@ -90,7 +111,12 @@ pub async fn status(app: &App, id: Uuid, limit: u32, cursor: Option<&str>) -> Re
         Some(_) => Some(app.objects.url(&results_key(id)).await?),
         None => None,
     };
-    Ok(StatusPage { request, products: page, output_csv_url, next_cursor })
+    Ok(StatusPage {
+        request,
+        products: page,
+        output_csv_url,
+        next_cursor,
+    })
 }
 
 /// The output CSV of a terminal request, built from the store.

@@ -40,8 +40,12 @@ impl RequestId {
     fn resolve(&self) -> Uuid {
         match self {
             Self::Random => Uuid::new_v4(),
-            Self::IdempotencyKey(key) => Uuid::new_v5(&ID_NAMESPACE, format!("idempotency-key:{key}").as_bytes()),
-            Self::Derived(name) => Uuid::new_v5(&ID_NAMESPACE, format!("derived:{name}").as_bytes()),
+            Self::IdempotencyKey(key) => {
+                Uuid::new_v5(&ID_NAMESPACE, format!("idempotency-key:{key}").as_bytes())
+            }
+            Self::Derived(name) => {
+                Uuid::new_v5(&ID_NAMESPACE, format!("derived:{name}").as_bytes())
+            }
         }
     }
 }
@@ -57,13 +61,20 @@ pub struct Accepted {
 
 impl Accepted {
     fn of(r: &RequestRecord) -> Self {
-        Self { request_id: r.id, products: r.product_count, images: r.progress.total, warnings: r.warnings.clone() }
+        Self {
+            request_id: r.id,
+            products: r.product_count,
+            images: r.progress.total,
+            warnings: r.warnings.clone(),
+        }
     }
 }
 
 /// Checks an `Idempotency-Key` header value: 1–255 printable ASCII characters.
 pub fn check_idempotency_key(key: &str) -> Result<(), ServiceError> {
-    let ok = !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN && key.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    let ok = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY_LEN
+        && key.bytes().all(|b| (0x21..=0x7e).contains(&b));
     if ok {
         Ok(())
     } else {
@@ -76,11 +87,11 @@ pub fn check_idempotency_key(key: &str) -> Result<(), ServiceError> {
 /// Checks a webhook URL: absolute http(s), and not a literal private address
 /// while the network guard is on (names are checked when delivering).
 pub fn check_webhook_url(app: &App, raw: &str) -> Result<(), ServiceError> {
-    let url = check_url(raw).map_err(|why| ServiceError::InvalidRequest(format!("webhook_url {why}")))?;
-    app.http
-        .policy()
-        .check_url(&url)
-        .map_err(|blocked| ServiceError::InvalidRequest(format!("webhook_url is refused: {blocked}")))
+    let url =
+        check_url(raw).map_err(|why| ServiceError::InvalidRequest(format!("webhook_url {why}")))?;
+    app.http.policy().check_url(&url).map_err(|blocked| {
+        ServiceError::InvalidRequest(format!("webhook_url is refused: {blocked}"))
+    })
 }
 
 fn fingerprint(csv: &[u8], webhook_url: Option<&str>) -> String {
@@ -98,7 +109,8 @@ pub async fn submit(app: &App, sub: Submission<'_>) -> Result<Accepted, ServiceE
     if let Some(url) = sub.webhook_url.as_deref() {
         check_webhook_url(app, url)?;
     }
-    let parsed = csv_input::parse(sub.csv, &app.config.csv_limits()).map_err(ServiceError::InvalidCsv)?;
+    let parsed =
+        csv_input::parse(sub.csv, &app.config.csv_limits()).map_err(ServiceError::InvalidCsv)?;
     let new = NewRequest {
         id: sub.id.resolve(),
         created_at: Utc::now(),
@@ -117,8 +129,15 @@ async fn store_and_queue(app: &App, new: NewRequest) -> Result<Accepted, Service
     match app.store.create_request(&new).await? {
         CreateOutcome::Created => {
             send_jobs(app, &new).await?;
-            tracing::info!(products = new.products.len(), images = new.image_count(), "request accepted");
-            app.metrics.record(&Event::RequestAccepted { request_id: new.id, images: new.image_count() });
+            tracing::info!(
+                products = new.products.len(),
+                images = new.image_count(),
+                "request accepted"
+            );
+            app.metrics.record(&Event::RequestAccepted {
+                request_id: new.id,
+                images: new.image_count(),
+            });
             Ok(Accepted {
                 request_id: new.id,
                 products: new.products.len() as u32,
@@ -129,7 +148,9 @@ async fn store_and_queue(app: &App, new: NewRequest) -> Result<Accepted, Service
         CreateOutcome::Existing(existing) if existing.fingerprint == new.fingerprint => {
             // If the first attempt stored the request but died before queueing
             // it, nothing has started: queue it now (duplicates are harmless).
-            if existing.terminal.is_none() && existing.progress.succeeded + existing.progress.failed == 0 {
+            if existing.terminal.is_none()
+                && existing.progress.succeeded + existing.progress.failed == 0
+            {
                 send_jobs(app, &new).await?;
             }
             Ok(Accepted::of(&existing))
@@ -172,7 +193,10 @@ mod tests {
     #[test]
     fn the_fingerprint_covers_the_webhook() {
         assert_eq!(fingerprint(b"a", None), fingerprint(b"a", Some("")));
-        assert_ne!(fingerprint(b"a", None), fingerprint(b"a", Some("https://h.example/")));
+        assert_ne!(
+            fingerprint(b"a", None),
+            fingerprint(b"a", Some("https://h.example/"))
+        );
         assert_ne!(fingerprint(b"a", None), fingerprint(b"b", None));
     }
 }

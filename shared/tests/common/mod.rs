@@ -40,7 +40,9 @@ pub const PHOTOS: [&str; 7] = [
 ];
 
 async fn spawn(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
     let addr = listener.local_addr().expect("local address");
     tokio::spawn(async move { axum::serve(listener, router).await });
     addr
@@ -135,7 +137,10 @@ impl ImageServer {
                 }),
             )
             .with_state(state);
-        Self { addr: spawn(router).await, hits }
+        Self {
+            addr: spawn(router).await,
+            hits,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -167,7 +172,10 @@ impl WebhookCall {
     }
 
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -187,9 +195,12 @@ impl WebhookReceiver {
             .route(
                 "/hook",
                 post(
-                    move |State((calls, seen)): State<(Arc<Mutex<Vec<WebhookCall>>>, Arc<AtomicU32>)>,
-                     headers: HeaderMap,
-                     body: Bytes| async move {
+                    move |State((calls, seen)): State<(
+                        Arc<Mutex<Vec<WebhookCall>>>,
+                        Arc<AtomicU32>,
+                    )>,
+                          headers: HeaderMap,
+                          body: Bytes| async move {
                         calls.lock().unwrap().push(WebhookCall { headers, body });
                         if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
                             StatusCode::INTERNAL_SERVER_ERROR
@@ -200,7 +211,10 @@ impl WebhookReceiver {
                 ),
             )
             .with_state(state);
-        Self { addr: spawn(router).await, calls }
+        Self {
+            addr: spawn(router).await,
+            calls,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -219,7 +233,11 @@ impl WebhookReceiver {
             if calls.len() >= n {
                 return calls;
             }
-            assert!(Instant::now() < deadline, "expected {n} webhook calls within {within:?}, got {}", calls.len());
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} webhook calls within {within:?}, got {}",
+                calls.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -257,10 +275,16 @@ impl Tripwire {
     /// proves its tripwire would have seen a connection.
     pub async fn self_test(&self) {
         let before = self.connections();
-        let _socket = tokio::net::TcpStream::connect(self.addr).await.expect("connect to the tripwire");
+        let _socket = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect to the tripwire");
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.connections() == before {
-            assert!(Instant::now() < deadline, "the tripwire on {} counts connections", self.addr);
+            assert!(
+                Instant::now() < deadline,
+                "the tripwire on {} counts connections",
+                self.addr
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -276,12 +300,18 @@ pub fn csv_of(rows: &[(u64, &str, Vec<String>)]) -> String {
 }
 
 pub fn is_terminal(status: &Value) -> bool {
-    matches!(status["status"].as_str(), Some("completed" | "completed_with_errors" | "failed"))
+    matches!(
+        status["status"].as_str(),
+        Some("completed" | "completed_with_errors" | "failed")
+    )
 }
 
 /// A loopback port nobody listens on right now, for a server started next.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Waits, at most 30 s, until a server at `base` answers `GET /health`.
@@ -296,6 +326,11 @@ pub async fn wait_healthy(client: &reqwest::Client, base: &str) {
 /// Sends `csv` as `text/csv` with `request` (an upload's POST, with any
 /// query or headers already on it) and returns the JSON answer.
 pub async fn post_csv(request: reqwest::RequestBuilder, csv: String) -> Value {
-    let answer = request.header("content-type", "text/csv").body(csv).send().await.expect("upload sent");
+    let answer = request
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .expect("upload sent");
     serde_json::from_slice(&answer.bytes().await.expect("upload answered")).expect("a JSON answer")
 }

@@ -15,7 +15,10 @@ fn document() -> &'static Value {
 /// Asserts that `value` matches `components/schemas/{name}`.
 pub fn assert_schema(name: &str, value: &Value) {
     let doc = document();
-    assert!(doc["components"]["schemas"].get(name).is_some(), "no schema {name}");
+    assert!(
+        doc["components"]["schemas"].get(name).is_some(),
+        "no schema {name}"
+    );
     let schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$ref": format!("#/components/schemas/{name}"),
@@ -25,6 +28,13 @@ pub fn assert_schema(name: &str, value: &Value) {
         .should_validate_formats(true)
         .build(&schema)
         .expect("the schema compiles");
-    let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "{name} does not match:\n{}\n{value:#}", errors.join("\n"));
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name} does not match:\n{}\n{value:#}",
+        errors.join("\n")
+    );
 }

@@ -28,7 +28,10 @@ impl Service {
     }
 
     /// Loopback test servers need the guard off unless a test turns it on.
-    pub async fn start_with(env: &[(&str, &str)], tune: impl FnOnce(&mut LocalRuntimeOptions)) -> Self {
+    pub async fn start_with(
+        env: &[(&str, &str)],
+        tune: impl FnOnce(&mut LocalRuntimeOptions),
+    ) -> Self {
         let mut vars: HashMap<String, String> = [
             ("ALLOW_PRIVATE_NETWORKS", "true"),
             ("RETRY_BASE_DELAY_MS", "20"),
@@ -44,13 +47,24 @@ impl Service {
         let mut options = LocalRuntimeOptions::new(dir.path(), "http://files.test/files/");
         options.poll_interval = Duration::from_millis(20);
         tune(&mut options);
-        let runtime = LocalRuntime::start(config, options).await.expect("service starts");
+        let runtime = LocalRuntime::start(config, options)
+            .await
+            .expect("service starts");
         let router = runtime.router();
-        Self { runtime, router, dir }
+        Self {
+            runtime,
+            router,
+            dir,
+        }
     }
 
     pub async fn call(&self, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
-        let response = self.router.clone().oneshot(request).await.expect("router answers");
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("router answers");
         let (parts, body) = response.into_parts();
         let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
         (parts.status, parts.headers, body)
@@ -58,8 +72,15 @@ impl Service {
 
     pub async fn json(&self, request: Request<Body>) -> (StatusCode, Value) {
         let (status, headers, body) = self.call(request).await;
-        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        assert!(ct.starts_with("application/json"), "{status}: content type {ct:?}, body {:?}", String::from_utf8_lossy(&body));
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(
+            ct.starts_with("application/json"),
+            "{status}: content type {ct:?}, body {:?}",
+            String::from_utf8_lossy(&body)
+        );
         (status, serde_json::from_slice(&body).expect("JSON body"))
     }
 
@@ -69,19 +90,33 @@ impl Service {
 
     /// Submits with `webhook_url` as a query parameter; returns the request ID.
     pub async fn submit_with_webhook(&self, webhook_url: &str, csv: &str) -> String {
-        let uri = format!("/v1/requests?webhook_url={}", url::form_urlencoded::byte_serialize(webhook_url.as_bytes()).collect::<String>());
-        self.submit_to(&uri, csv).await["request_id"].as_str().expect("a request ID").to_owned()
+        let uri = format!(
+            "/v1/requests?webhook_url={}",
+            url::form_urlencoded::byte_serialize(webhook_url.as_bytes()).collect::<String>()
+        );
+        self.submit_to(&uri, csv).await["request_id"]
+            .as_str()
+            .expect("a request ID")
+            .to_owned()
     }
 
     pub async fn submit_to(&self, uri: &str, csv: &str) -> Value {
-        let req = Request::post(uri).header(header::CONTENT_TYPE, "text/csv").body(Body::from(csv.to_owned())).unwrap();
+        let req = Request::post(uri)
+            .header(header::CONTENT_TYPE, "text/csv")
+            .body(Body::from(csv.to_owned()))
+            .unwrap();
         let (status, body) = self.json(req).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body:#}");
         body
     }
 
     pub async fn status(&self, id: &str, query: &str) -> (StatusCode, Value) {
-        self.json(Request::get(format!("/v1/requests/{id}{query}")).body(Body::empty()).unwrap()).await
+        self.json(
+            Request::get(format!("/v1/requests/{id}{query}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
     }
 
     /// Polls the status route until the request is terminal and its webhook
@@ -94,7 +129,10 @@ impl Service {
             if is_terminal(&s) && s["webhook"]["status"] != "pending" {
                 return s;
             }
-            assert!(Instant::now() < deadline, "request {id} not done in time: {s:#}");
+            assert!(
+                Instant::now() < deadline,
+                "request {id} not done in time: {s:#}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -23,8 +23,12 @@ pub const MAX_DROP_BYTES: u64 = 256 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum IngestOutcome {
-    Accepted { request_id: Uuid },
-    Rejected { report_key: String },
+    Accepted {
+        request_id: Uuid,
+    },
+    Rejected {
+        report_key: String,
+    },
     /// Not a drop (outside `incoming/`), or the object is already gone.
     Skipped,
 }
@@ -47,12 +51,22 @@ pub fn report_key(key: &str) -> String {
 /// Object keys arrive URL-encoded in S3 events, spaces as `+`.
 pub fn decode_key(raw: &str) -> String {
     url::form_urlencoded::parse(raw.as_bytes())
-        .map(|(k, v)| if v.is_empty() { k.into_owned() } else { format!("{k}={v}") })
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k.into_owned()
+            } else {
+                format!("{k}={v}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
 
-pub async fn handle(app: &App, objects: &S3Objects, event: S3Event) -> Result<Vec<IngestOutcome>, IngestError> {
+pub async fn handle(
+    app: &App,
+    objects: &S3Objects,
+    event: S3Event,
+) -> Result<Vec<IngestOutcome>, IngestError> {
     let mut outcomes = Vec::with_capacity(event.records.len());
     for record in &event.records {
         outcomes.push(handle_record(app, objects, record).await?);
@@ -60,14 +74,22 @@ pub async fn handle(app: &App, objects: &S3Objects, event: S3Event) -> Result<Ve
     Ok(outcomes)
 }
 
-pub async fn handle_record(app: &App, objects: &S3Objects, record: &S3EventRecord) -> Result<IngestOutcome, IngestError> {
+pub async fn handle_record(
+    app: &App,
+    objects: &S3Objects,
+    record: &S3EventRecord,
+) -> Result<IngestOutcome, IngestError> {
     let bucket = record.s3.bucket.name.clone().unwrap_or_default();
     let key = match (&record.s3.object.url_decoded_key, &record.s3.object.key) {
         (Some(decoded), _) => decoded.clone(),
         (None, Some(raw)) => decode_key(raw),
         (None, None) => String::new(),
     };
-    let fail = |source: PortError| IngestError { bucket: bucket.clone(), key: key.clone(), source };
+    let fail = |source: PortError| IngestError {
+        bucket: bucket.clone(),
+        key: key.clone(),
+        source,
+    };
     if bucket.is_empty() || !key.starts_with(INCOMING_PREFIX) {
         tracing::info!(bucket, key, "not a drop under incoming/; ignored");
         return Ok(IngestOutcome::Skipped);
@@ -79,8 +101,21 @@ pub async fn handle_record(app: &App, objects: &S3Objects, record: &S3EventRecor
             return Ok(IngestOutcome::Skipped);
         }
         Err(PortError::Permanent(why)) => {
-            let issue = Issue { line: None, column: None, message: why };
-            return reject(objects, &bucket, &key, "invalid_csv", "the file cannot be read", &[issue]).await.map_err(fail);
+            let issue = Issue {
+                line: None,
+                column: None,
+                message: why,
+            };
+            return reject(
+                objects,
+                &bucket,
+                &key,
+                "invalid_csv",
+                "the file cannot be read",
+                &[issue],
+            )
+            .await
+            .map_err(fail);
         }
         Err(e) => return Err(fail(e)),
     };
@@ -95,9 +130,19 @@ pub async fn handle_record(app: &App, objects: &S3Objects, record: &S3EventRecor
         .filter(|v| !v.is_empty() && v != "null")
         .or(object.version_id.clone().filter(|v| v != "null"))
         .map(|v| format!("version={v}"))
-        .or(record.s3.object.e_tag.clone().or(object.e_tag.clone()).map(|e| format!("etag={}", e.trim_matches('"'))))
+        .or(record
+            .s3
+            .object
+            .e_tag
+            .clone()
+            .or(object.e_tag.clone())
+            .map(|e| format!("etag={}", e.trim_matches('"'))))
         .unwrap_or_default();
-    let webhook_url = object.metadata.get(WEBHOOK_METADATA).cloned().filter(|u| !u.trim().is_empty());
+    let webhook_url = object
+        .metadata
+        .get(WEBHOOK_METADATA)
+        .cloned()
+        .filter(|u| !u.trim().is_empty());
     let submission = Submission {
         csv: &object.body,
         webhook_url,
@@ -106,14 +151,27 @@ pub async fn handle_record(app: &App, objects: &S3Objects, record: &S3EventRecor
     match submit(app, submission).await {
         Ok(accepted) => {
             tracing::info!(bucket, key, request_id = %accepted.request_id, "drop accepted");
-            Ok(IngestOutcome::Accepted { request_id: accepted.request_id })
+            Ok(IngestOutcome::Accepted {
+                request_id: accepted.request_id,
+            })
         }
         Err(ServiceError::InvalidCsv(issues)) => {
-            let message = format!("the CSV is invalid: {} problem(s) found, listed in details; nothing was stored", issues.len());
-            reject(objects, &bucket, &key, "invalid_csv", &message, &issues).await.map_err(fail)
+            let message = format!(
+                "the CSV is invalid: {} problem(s) found, listed in details; nothing was stored",
+                issues.len()
+            );
+            reject(objects, &bucket, &key, "invalid_csv", &message, &issues)
+                .await
+                .map_err(fail)
         }
-        Err(ServiceError::InvalidRequest(m)) => reject(objects, &bucket, &key, "invalid_request", &m, &[]).await.map_err(fail),
-        Err(ServiceError::Conflict(m)) => reject(objects, &bucket, &key, "conflict", &m, &[]).await.map_err(fail),
+        Err(ServiceError::InvalidRequest(m)) => {
+            reject(objects, &bucket, &key, "invalid_request", &m, &[])
+                .await
+                .map_err(fail)
+        }
+        Err(ServiceError::Conflict(m)) => reject(objects, &bucket, &key, "conflict", &m, &[])
+            .await
+            .map_err(fail),
         Err(ServiceError::Backend(e)) => Err(fail(e)),
         Err(other) => Err(fail(PortError::Permanent(other.to_string()))),
     }
@@ -134,8 +192,11 @@ async fn reject(
         "key": key,
     });
     let report_key = report_key(key);
-    let bytes = serde_json::to_vec_pretty(&body).map_err(|e| PortError::Permanent(format!("encoding the report: {e}")))?;
-    objects.put_in(bucket, &report_key, Bytes::from(bytes), "application/json").await?;
+    let bytes = serde_json::to_vec_pretty(&body)
+        .map_err(|e| PortError::Permanent(format!("encoding the report: {e}")))?;
+    objects
+        .put_in(bucket, &report_key, Bytes::from(bytes), "application/json")
+        .await?;
     tracing::info!(bucket, key, report_key, code, "drop rejected");
     Ok(IngestOutcome::Rejected { report_key })
 }
@@ -146,20 +207,33 @@ mod tests {
 
     #[test]
     fn event_keys_are_url_decoded() {
-        assert_eq!(decode_key("incoming/my+file%282%29.csv"), "incoming/my file(2).csv");
+        assert_eq!(
+            decode_key("incoming/my+file%282%29.csv"),
+            "incoming/my file(2).csv"
+        );
         assert_eq!(decode_key("incoming/a%26b%3Dc.csv"), "incoming/a&b=c.csv");
         assert_eq!(decode_key("incoming/plain.csv"), "incoming/plain.csv");
     }
 
     #[test]
     fn reports_sit_under_rejected() {
-        assert_eq!(report_key("incoming/batch.csv"), "rejected/incoming/batch.csv.json");
+        assert_eq!(
+            report_key("incoming/batch.csv"),
+            "rejected/incoming/batch.csv.json"
+        );
     }
 
     #[test]
     fn the_fixture_is_an_incoming_csv() {
-        let event: S3Event = serde_json::from_str(include_str!("../../../../infra/events/ingest.json")).unwrap();
-        let key = event.records[0].s3.object.key.as_deref().map(decode_key).unwrap();
+        let event: S3Event =
+            serde_json::from_str(include_str!("../../../../infra/events/ingest.json")).unwrap();
+        let key = event.records[0]
+            .s3
+            .object
+            .key
+            .as_deref()
+            .map(decode_key)
+            .unwrap();
         assert!(key.starts_with(INCOMING_PREFIX) && key.ends_with(".csv"));
     }
 }

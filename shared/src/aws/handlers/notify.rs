@@ -36,7 +36,9 @@ pub fn became_terminal(record: &EventRecord) -> Option<Uuid> {
 pub async fn handle(app: &App, event: Event) -> DynamoDbEventResponse {
     let mut response = DynamoDbEventResponse::default();
     for record in &event.records {
-        let Some(id) = became_terminal(record) else { continue };
+        let Some(id) = became_terminal(record) else {
+            continue;
+        };
         if let Err(e) = notify::notify(app, id).await {
             tracing::warn!(request_id = %id, error = %e, "notification failed; the stream will retry it");
             match &record.change.sequence_number {
@@ -45,7 +47,9 @@ pub async fn handle(app: &App, event: Event) -> DynamoDbEventResponse {
                     failure.item_identifier = Some(seq.clone());
                     response.batch_item_failures.push(failure);
                 }
-                None => tracing::error!(request_id = %id, "the record has no sequence number to report"),
+                None => {
+                    tracing::error!(request_id = %id, "the record has no sequence number to report")
+                }
             }
             break;
         }
@@ -64,7 +68,8 @@ mod tests {
     #[test]
     fn a_request_item_that_became_terminal_is_picked() {
         let event = fixture();
-        let id = became_terminal(&event.records[0]).expect("the fixture shows a terminal transition");
+        let id =
+            became_terminal(&event.records[0]).expect("the fixture shows a terminal transition");
         assert_eq!(id.to_string(), "0f8fad5b-d9cb-469f-a165-70867728950e");
     }
 
@@ -77,7 +82,11 @@ mod tests {
         assert_eq!(became_terminal(&later), None);
         // A product or image item.
         let mut image = event.records[0].clone();
-        image.change.keys.inner_mut().insert("sk".into(), AttributeValue::S("P#000000#I#00001".into()));
+        image
+            .change
+            .keys
+            .inner_mut()
+            .insert("sk".into(), AttributeValue::S("P#000000#I#00001".into()));
         assert_eq!(became_terminal(&image), None);
         // A removal (TTL).
         let mut removed = event.records[0].clone();

@@ -38,12 +38,25 @@ pub async fn handle(app: &App, source: &dyn JobSource, event: SqsEvent) -> SqsBa
 
 /// `ApproximateReceiveCount` of a Lambda SQS record: 1 on the first delivery.
 pub fn receive_count(message: &SqsMessage) -> u32 {
-    message.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1).max(1)
+    message
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
-pub async fn handle_message(app: &App, source: &dyn JobSource, message: &SqsMessage) -> MessageOutcome {
+pub async fn handle_message(
+    app: &App,
+    source: &dyn JobSource,
+    message: &SqsMessage,
+) -> MessageOutcome {
     let message_id = message.message_id.as_deref().unwrap_or("");
-    let job = match message.body.as_deref().map(serde_json::from_str::<ImageJob>) {
+    let job = match message
+        .body
+        .as_deref()
+        .map(serde_json::from_str::<ImageJob>)
+    {
         Some(Ok(job)) => job,
         // Never retried into success: it goes to the dead-letter queue
         // after the redrive limit, where the alarm shows it.
@@ -77,19 +90,24 @@ mod tests {
 
     #[test]
     fn the_receive_count_comes_from_the_record_attributes() {
-        let event: SqsEvent = serde_json::from_str(include_str!("../../../../infra/events/process.json")).unwrap();
+        let event: SqsEvent =
+            serde_json::from_str(include_str!("../../../../infra/events/process.json")).unwrap();
         assert_eq!(receive_count(&event.records[0]), 1);
         let mut m = event.records[0].clone();
-        m.attributes.insert("ApproximateReceiveCount".into(), "3".into());
+        m.attributes
+            .insert("ApproximateReceiveCount".into(), "3".into());
         assert_eq!(receive_count(&m), 3);
-        m.attributes.insert("ApproximateReceiveCount".into(), "junk".into());
+        m.attributes
+            .insert("ApproximateReceiveCount".into(), "junk".into());
         assert_eq!(receive_count(&m), 1);
     }
 
     #[test]
     fn the_fixture_carries_an_image_job() {
-        let event: SqsEvent = serde_json::from_str(include_str!("../../../../infra/events/process.json")).unwrap();
-        let job: ImageJob = serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
+        let event: SqsEvent =
+            serde_json::from_str(include_str!("../../../../infra/events/process.json")).unwrap();
+        let job: ImageJob =
+            serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
         assert_eq!(job.image, 1);
     }
 }
