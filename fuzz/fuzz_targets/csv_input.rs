@@ -13,7 +13,11 @@ mod csv_input;
 
 use csv_input::{CsvLimits, parse};
 
-const LIMITS: CsvLimits = CsvLimits { max_rows: 50, max_images: 200, max_images_per_row: 10 };
+const LIMITS: CsvLimits = CsvLimits {
+    max_rows: 50,
+    max_images: 200,
+    max_images_per_row: 10,
+};
 
 fuzz_target!(|data: &[u8]| {
     match parse(data, &LIMITS) {
@@ -31,13 +35,19 @@ fuzz_target!(|data: &[u8]| {
                 for u in &p.urls {
                     assert!(
                         u.chars().count() <= 2048
-                            && ["http://", "https://"].iter().any(|p| u.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p))),
+                            && ["http://", "https://"].iter().any(|p| u
+                                .get(..p.len())
+                                .is_some_and(|h| h.eq_ignore_ascii_case(p))),
                         "{u:?}"
                     );
                 }
             }
         }
         // Every problem at once, at most the first 100.
-        Err(issues) => assert!(!issues.is_empty() && issues.len() <= 100, "{} issues", issues.len()),
+        Err(issues) => assert!(
+            !issues.is_empty() && issues.len() <= 100,
+            "{} issues",
+            issues.len()
+        ),
     }
 });
