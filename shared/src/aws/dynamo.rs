@@ -138,6 +138,7 @@ fn request_from_item(item: &Item) -> PortResult<RequestRecord> {
             succeeded: get_n(item, "succeeded").unwrap_or(0),
             failed: get_n(item, "failed").unwrap_or(0),
         },
+        queued: get_n(item, "total").ok_or_else(bad)?,
         product_count: get_n(item, "product_count").ok_or_else(bad)?,
         webhook,
         warnings,

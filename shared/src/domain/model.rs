@@ -130,10 +130,12 @@ pub enum ErrorCode {
     TooManyPixels,
     DecodeFailed,
     StorageFailed,
+    /// The worker handling the image died on every attempt (e.g. out of memory).
+    WorkerCrashed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::BlockedAddress,
         Self::InvalidUrl,
         Self::HttpStatus,
@@ -145,6 +147,7 @@ impl ErrorCode {
         Self::TooManyPixels,
         Self::DecodeFailed,
         Self::StorageFailed,
+        Self::WorkerCrashed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -160,6 +163,7 @@ impl ErrorCode {
             Self::TooManyPixels => "too_many_pixels",
             Self::DecodeFailed => "decode_failed",
             Self::StorageFailed => "storage_failed",
+            Self::WorkerCrashed => "worker_crashed",
         }
     }
 
@@ -224,6 +228,9 @@ pub struct RequestRecord {
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub progress: Progress,
+    /// Images queued for processing so far; below `progress.total` while
+    /// the request's fan-out is still running.
+    pub queued: u32,
     pub product_count: u32,
     pub webhook: Option<WebhookState>,
     pub warnings: Vec<String>,
@@ -449,6 +456,7 @@ mod tests {
             updated_at: now,
             completed_at: None,
             progress: p(2, 2, 0),
+            queued: 2,
             product_count: 1,
             webhook: None,
             warnings: vec![],

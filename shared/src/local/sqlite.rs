@@ -316,6 +316,8 @@ fn request_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
             succeeded: r.get(6)?,
             failed: r.get(7)?,
         },
+        // Every image is queued in the transaction that stores the request.
+        queued: r.get(5)?,
         product_count: r.get(8)?,
         webhook,
         warnings: serde_json::from_str(&warnings).unwrap_or_default(),
