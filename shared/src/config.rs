@@ -37,6 +37,11 @@ impl fmt::Debug for Secret {
 pub struct Config {
     pub table_name: Option<String>,
     pub queue_url: Option<String>,
+    /// Where fan-outs are handed to the `fanout` function; without it the
+    /// submitting process fans out itself.
+    pub fanout_queue_url: Option<String>,
+    /// The image jobs' dead-letter queue (read by the `deadletter` function).
+    pub dead_letter_queue_url: Option<String>,
     pub bucket: Option<String>,
     /// Prefix of output URLs; always ends with `/`.
     pub output_base_url: Option<String>,
@@ -65,6 +70,8 @@ impl Default for Config {
         Self {
             table_name: None,
             queue_url: None,
+            fanout_queue_url: None,
+            dead_letter_queue_url: None,
             bucket: None,
             output_base_url: None,
             api_token: None,
@@ -103,6 +110,8 @@ impl Config {
         Ok(Self {
             table_name: get("TABLE_NAME"),
             queue_url: get("QUEUE_URL"),
+            fanout_queue_url: get("FANOUT_QUEUE_URL"),
+            dead_letter_queue_url: get("DEAD_LETTER_QUEUE_URL"),
             bucket: get("BUCKET"),
             output_base_url: get("OUTPUT_BASE_URL")
                 .map(|v| base_url("OUTPUT_BASE_URL", &v))
@@ -167,11 +176,15 @@ impl Config {
 
     /// Delay before retry number `attempt` (1-based): base × 2^(attempt-1), capped at 5 minutes.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.retry_base_delay
-            .saturating_mul(factor)
-            .min(Duration::from_secs(300))
+        backoff(self.retry_base_delay, attempt, Duration::from_secs(300))
     }
+}
+
+/// The one exponential backoff: before retry number `attempt` (1-based),
+/// wait `base` × 2^(attempt-1), never more than `cap`.
+pub fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(cap)
 }
 
 fn number<T>(

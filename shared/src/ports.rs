@@ -43,15 +43,40 @@ pub enum CreateOutcome {
 pub struct Finished {
     /// False when the image had already finished: nothing was counted.
     pub applied: bool,
-    /// The request's counters after the call.
-    pub progress: Progress,
+    /// `Some` with the request's final counts once every image of the
+    /// request has finished, as far as this call can tell; the caller then
+    /// completes the request (which is idempotent).
+    pub all_done: Option<Progress>,
+}
+
+/// The right to fan a request out, held by one worker at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanOutClaim {
+    /// Taken: queue products from `next` on; `queued` images are queued already.
+    Claimed { next: u32, queued: u32 },
+    /// Another worker holds it until its lease ends.
+    Busy { retry_after: Duration },
+    /// Every image is queued.
+    Finished,
+    /// No such request (it expired).
+    Missing,
+}
+
+/// One slice of a request's images to queue, from a product position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanOutSlice {
+    pub jobs: Vec<ImageJob>,
+    /// Where the next slice starts.
+    pub next: u32,
 }
 
 /// Requests, their products and images, and every transition between states.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Stores a request with all its products and images, all or nothing.
-    /// A request with the same ID is left as it is and returned.
+    /// Stores a request with all its products, durably and in a time that
+    /// does not grow with its size. A request with the same ID is left as
+    /// it is and returned. Images are queued afterwards by the fan-out
+    /// (`claim_fan_out` … `advance_fan_out`).
     async fn create_request(&self, new: &NewRequest) -> PortResult<CreateOutcome>;
 
     async fn get_request(&self, id: Uuid) -> PortResult<Option<RequestRecord>>;
@@ -67,8 +92,10 @@ pub trait JobStore: Send + Sync {
 
     async fn image_status(&self, key: ImageKey) -> PortResult<Option<ImageStatus>>;
 
-    /// Moves a pending image to its outcome and counts it, in one atomic step.
-    /// A second call for the same image changes nothing.
+    /// Moves a pending image to its outcome and counts it, exactly once: a
+    /// second call for the same image (even with another outcome) counts
+    /// nothing, and a call that repeats one interrupted half-way completes
+    /// the counting.
     async fn finish_image(&self, key: ImageKey, outcome: &ImageOutcome) -> PortResult<Finished>;
 
     /// Moves a request whose counters read `progress` (all images finished)
@@ -76,12 +103,42 @@ pub trait JobStore: Send + Sync {
     async fn complete_request(&self, id: Uuid, progress: Progress) -> PortResult<bool>;
 
     async fn record_webhook(&self, id: Uuid, state: &WebhookState) -> PortResult<()>;
+
+    /// Takes the fan-out of a request for `owner` until `lease` from now
+    /// (or renews it when `owner` holds it).
+    async fn claim_fan_out(&self, id: Uuid, owner: Uuid, lease: Duration)
+    -> PortResult<FanOutClaim>;
+
+    /// The jobs of the products from position `from` on, in one bounded
+    /// slice; `None` once `from` is past the last product.
+    async fn fan_out_slice(&self, id: Uuid, from: u32) -> PortResult<Option<FanOutSlice>>;
+
+    /// Records that the slice `from..next` (`jobs` images) is queued and
+    /// renews `owner`'s lease. False when `owner` no longer holds the
+    /// fan-out or another worker already recorded that slice.
+    async fn advance_fan_out(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        from: u32,
+        next: u32,
+        jobs: u32,
+        lease: Duration,
+    ) -> PortResult<bool>;
 }
 
 /// Where image jobs are sent.
 #[async_trait]
 pub trait JobQueue: Send + Sync {
     async fn send(&self, jobs: &[ImageJob]) -> PortResult<()>;
+}
+
+/// Where the fan-out of a request is handed to a worker of its own (SQS on
+/// AWS). Without one, the submitting process fans out itself.
+#[async_trait]
+pub trait FanOutQueue: Send + Sync {
+    /// Asks for the fan-out of request `id` to run (again), after `delay`.
+    async fn start(&self, id: Uuid, delay: Duration) -> PortResult<()>;
 }
 
 /// One received job. `receive_count` starts at 1.

@@ -31,7 +31,8 @@ use http_body_util::BodyExt;
 use imgproc::aws::handlers::ingest::{self, IngestOutcome};
 use imgproc::aws::handlers::{notify, process};
 use imgproc::aws::{
-    Adapters, Clients, DynamoStore, S3Objects, SqsQueue, app_with_metrics, stream_poller,
+    Adapters, Clients, DynamoStore, RowsBucket, S3Objects, SqsQueue, app_with_metrics,
+    stream_poller,
 };
 use imgproc::config::Config;
 use imgproc::domain::{ImageKey, ImageStatus, Progress, RequestStatus};
@@ -137,8 +138,13 @@ async fn harness() -> Harness {
         queue_url.rsplit('/').next().unwrap_or("")
     );
     let adapters = Adapters {
-        store: DynamoStore::new(clients.dynamodb.clone(), env("TABLE_NAME")),
+        store: DynamoStore::new(
+            clients.dynamodb.clone(),
+            env("TABLE_NAME"),
+            RowsBucket::new(clients.s3.clone(), env("BUCKET")),
+        ),
         queue: SqsQueue::new(clients.sqs.clone(), queue_url),
+        fanout: None,
         objects: S3Objects::new(clients.s3.clone(), env("BUCKET"), None),
     };
     let config = Config::from_lookup(|name| match name {
@@ -371,7 +377,7 @@ impl Harness {
     /// Runs the process handler on `event` and, like Lambda, deletes the
     /// messages it did not report as failed.
     async fn process(&self, event: SqsEvent) -> Vec<String> {
-        let response = process::handle(&self.app, &self.adapters.queue, event.clone()).await;
+        let response = process::handle(&self.app, &self.adapters.queue, event.clone(), None).await;
         let failed: Vec<String> = response
             .batch_item_failures
             .iter()
@@ -489,8 +495,8 @@ async fn upload_process_notify_and_status_on_moto() {
     let mut doubled = event.clone();
     doubled.records = vec![coffee.clone(), coffee.clone()];
     let duplicates = join_all([
-        process::handle(&h.app, &h.adapters.queue, doubled.clone()),
-        process::handle(&h.app, &h.adapters.queue, doubled),
+        process::handle(&h.app, &h.adapters.queue, doubled.clone(), None),
+        process::handle(&h.app, &h.adapters.queue, doubled, None),
     ])
     .await;
     assert!(duplicates.iter().all(|r| r.batch_item_failures.is_empty()));
@@ -523,6 +529,8 @@ async fn upload_process_notify_and_status_on_moto() {
         request_id: id,
         product: 1,
         image: 2,
+        ordinal: 3,
+        total: 4,
     };
     assert_eq!(
         h.adapters.store.image_status(missing).await.unwrap(),
@@ -895,14 +903,10 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
     assert_eq!(ids.len(), 1, "one request for five events");
     let id = *ids.iter().next().unwrap();
 
-    // and every message on the queue (a repeat may queue the jobs again
-    // before any has run: harmless) is delivered five times concurrently,
+    // and every message on the queue (each image queued once, however
+    // many repeats ran the fan-out) is delivered five times concurrently,
     let messages = h.receive_all().await;
-    assert!(
-        messages.records.len() >= 3,
-        "every image was queued: {}",
-        messages.records.len()
-    );
+    assert_eq!(messages.records.len(), 3, "every image queued once");
     let deliveries = messages
         .records
         .iter()
@@ -910,7 +914,7 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
         .map(|m| {
             let mut one = messages.clone();
             one.records = vec![m];
-            process::handle(&h.app, &h.adapters.queue, one)
+            process::handle(&h.app, &h.adapters.queue, one, None)
         });
     let responses = join_all(deliveries).await;
     assert!(
@@ -948,6 +952,9 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
             request_id: id,
             product: serial - 1,
             image,
+            // Product 1 has two images, product 2 one.
+            ordinal: if serial == 1 { image - 1 } else { 2 },
+            total: 3,
         };
         assert_eq!(
             h.adapters.store.image_status(k).await.unwrap(),
@@ -971,6 +978,8 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
         request_id: id,
         product: 0,
         image: 2,
+        ordinal: 1,
+        total: 3,
     };
     assert_eq!(
         h.adapters.store.image_status(missing).await.unwrap(),

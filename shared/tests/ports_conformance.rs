@@ -14,7 +14,7 @@ use imgproc::domain::{
     Compressed, ErrorCode, ImageError, ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest,
     Progress, RequestStatus, WebhookState, WebhookStatus,
 };
-use imgproc::ports::{CreateOutcome, JobQueue, JobSource, JobStore, ObjectStore};
+use imgproc::ports::{CreateOutcome, FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore};
 use uuid::Uuid;
 
 /// The adapters under test, plus whatever keeps them alive (a temp dir).
@@ -69,11 +69,26 @@ fn failed() -> ImageOutcome {
     }
 }
 
-fn key(id: Uuid, product: u32, image: u32) -> ImageKey {
+/// The key of image `image` (1-based) of product `product` of `new`; an
+/// image that does not exist gets an ordinal past the request's end.
+fn key(new: &NewRequest, product: u32, image: u32) -> ImageKey {
+    let total = new.image_count();
+    let before: u32 = new
+        .products
+        .iter()
+        .take(product as usize)
+        .map(|p| p.urls.len() as u32)
+        .sum();
+    let exists = new
+        .products
+        .get(product as usize)
+        .is_some_and(|p| image >= 1 && image as usize <= p.urls.len());
     ImageKey {
-        request_id: id,
+        request_id: new.id,
         product,
         image,
+        ordinal: if exists { before + image - 1 } else { total + image },
+        total,
     }
 }
 
@@ -186,7 +201,7 @@ pub async fn an_image_finishes_once_under_concurrent_duplicates(b: &Backends) {
     b.store.create_request(&new).await.unwrap();
     let id = new.id;
 
-    let k = key(id, 0, 1);
+    let k = key(&new, 0, 1);
     let outcome = succeeded(k);
     let results = join_all((0..8).map(|_| b.store.finish_image(k, &outcome))).await;
     let applied = results
@@ -207,7 +222,7 @@ pub async fn an_image_finishes_once_under_concurrent_duplicates(b: &Backends) {
         Some(ImageStatus::Succeeded)
     );
 
-    let k2 = key(id, 1, 2);
+    let k2 = key(&new, 1, 2);
     let failure = failed();
     let results = join_all((0..8).map(|_| b.store.finish_image(k2, &failure))).await;
     assert_eq!(
@@ -220,8 +235,9 @@ pub async fn an_image_finishes_once_under_concurrent_duplicates(b: &Backends) {
     // A later, different outcome for a finished image changes nothing.
     let again = b.store.finish_image(k2, &succeeded(k2)).await.unwrap();
     assert!(!again.applied);
+    assert_eq!(again.all_done, None);
     assert_eq!(
-        again.progress,
+        b.store.get_request(id).await.unwrap().unwrap().progress,
         Progress {
             total: 4,
             succeeded: 1,
@@ -262,35 +278,37 @@ pub async fn an_image_finishes_once_under_concurrent_duplicates(b: &Backends) {
 
     assert!(
         b.store
-            .finish_image(key(id, 5, 1), &failed())
+            .finish_image(key(&new, 5, 1), &failed())
             .await
             .is_err(),
         "no such image"
     );
-    assert_eq!(b.store.image_status(key(id, 5, 1)).await.unwrap(), None);
+    assert_eq!(b.store.image_status(key(&new, 5, 1)).await.unwrap(), None);
 }
 
 pub async fn a_request_completes_exactly_once(b: &Backends) {
     let new = new_request(&[1, 2], "complete");
     b.store.create_request(&new).await.unwrap();
     let id = new.id;
-    let mut progress = Progress::default();
     for (k, outcome) in [
-        (key(id, 0, 1), succeeded(key(id, 0, 1))),
-        (key(id, 1, 1), failed()),
+        (key(&new, 0, 1), succeeded(key(&new, 0, 1))),
+        (key(&new, 1, 1), failed()),
     ] {
-        progress = b.store.finish_image(k, &outcome).await.unwrap().progress;
+        let finished = b.store.finish_image(k, &outcome).await.unwrap();
+        assert_eq!(finished.all_done, None, "not every image has finished");
     }
+    let partial = b.store.get_request(id).await.unwrap().unwrap().progress;
     assert!(
-        !b.store.complete_request(id, progress).await.unwrap(),
+        !b.store.complete_request(id, partial).await.unwrap(),
         "not every image has finished"
     );
-    progress = b
+    let progress = b
         .store
-        .finish_image(key(id, 1, 2), &succeeded(key(id, 1, 2)))
+        .finish_image(key(&new, 1, 2), &succeeded(key(&new, 1, 2)))
         .await
         .unwrap()
-        .progress;
+        .all_done
+        .expect("the last image finishes the request");
     assert_eq!(
         progress,
         Progress {
@@ -350,7 +368,132 @@ fn job(id: Uuid, image: u32) -> ImageJob {
         serial_number: 1,
         image,
         input_url: format!("https://img.example.com/{image}.jpg"),
+        ordinal: image - 1,
+        total: 10,
     }
+}
+
+pub async fn fan_out_queues_every_image_once_under_one_lease(b: &Backends) {
+    // 700 one-image products then 3 of 300 images: several bounded slices.
+    let mut sizes = vec![1usize; 700];
+    sizes.extend([300, 300, 300]);
+    let new = new_request(&sizes, "fanout");
+    b.store.create_request(&new).await.unwrap();
+    let id = new.id;
+    let stored = b.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!((stored.queued, stored.progress.total), (0, 1600));
+
+    let lease = Duration::from_secs(60);
+    let (a, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let FanOutClaim::Claimed { next, queued } = b.store.claim_fan_out(id, a, lease).await.unwrap()
+    else {
+        panic!("the first claim is taken")
+    };
+    assert_eq!((next, queued), (0, 0));
+    assert!(
+        matches!(
+            b.store.claim_fan_out(id, other, lease).await.unwrap(),
+            FanOutClaim::Busy { retry_after } if retry_after <= lease
+        ),
+        "a second worker waits"
+    );
+    let mut next = 0;
+    let mut ordinals = Vec::new();
+    let mut slices = 0;
+    while let Some(slice) = b.store.fan_out_slice(id, next).await.unwrap() {
+        assert!(slice.next > next);
+        assert!(slice.jobs.len() <= 500 || slice.next == next + 1, "slices are bounded");
+        for job in &slice.jobs {
+            let p = &new.products[job.product as usize];
+            assert_eq!(job.input_url, p.urls[job.image as usize - 1]);
+            assert_eq!((job.serial_number, job.total), (p.serial_number, 1600));
+            assert_eq!(job.key(), key(&new, job.product, job.image));
+        }
+        ordinals.extend(slice.jobs.iter().map(|j| j.ordinal));
+        // Only the holder records a slice, and only once.
+        assert!(
+            !b.store
+                .advance_fan_out(id, other, next, slice.next, slice.jobs.len() as u32, lease)
+                .await
+                .unwrap()
+        );
+        assert!(
+            b.store
+                .advance_fan_out(id, a, next, slice.next, slice.jobs.len() as u32, lease)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !b.store
+                .advance_fan_out(id, a, next, slice.next, slice.jobs.len() as u32, lease)
+                .await
+                .unwrap(),
+            "a slice is recorded once"
+        );
+        next = slice.next;
+        slices += 1;
+        if slices == 2 {
+            // A lease released (or lapsed) lets another worker resume from the cursor.
+            assert!(
+                b.store
+                    .advance_fan_out(id, a, next, next, 0, Duration::ZERO)
+                    .await
+                    .unwrap()
+            );
+            match b.store.claim_fan_out(id, other, lease).await.unwrap() {
+                FanOutClaim::Claimed { next: n, queued } => {
+                    assert_eq!((n, queued as usize), (next, ordinals.len()))
+                }
+                o => panic!("expected the claim, got {o:?}"),
+            }
+            assert!(
+                !b.store
+                    .advance_fan_out(id, a, next, next, 0, lease)
+                    .await
+                    .unwrap(),
+                "the old holder lost it"
+            );
+            // Continue as the new holder.
+            let (x, y) = (a, other);
+            return finish_fan_out(b, &new, y, next, ordinals, x).await;
+        }
+    }
+    panic!("the request has more than two slices");
+}
+
+async fn finish_fan_out(
+    b: &Backends,
+    new: &NewRequest,
+    owner: Uuid,
+    mut next: u32,
+    mut ordinals: Vec<u32>,
+    old_owner: Uuid,
+) {
+    let lease = Duration::from_secs(60);
+    while let Some(slice) = b.store.fan_out_slice(new.id, next).await.unwrap() {
+        ordinals.extend(slice.jobs.iter().map(|j| j.ordinal));
+        assert!(
+            b.store
+                .advance_fan_out(new.id, owner, next, slice.next, slice.jobs.len() as u32, lease)
+                .await
+                .unwrap()
+        );
+        next = slice.next;
+    }
+    assert_eq!(ordinals, (0..1600).collect::<Vec<_>>(), "every image once, in order");
+    let stored = b.store.get_request(new.id).await.unwrap().unwrap();
+    assert_eq!(stored.queued, 1600);
+    assert_eq!(
+        b.store.claim_fan_out(new.id, old_owner, lease).await.unwrap(),
+        FanOutClaim::Finished
+    );
+    assert_eq!(
+        b.store
+            .claim_fan_out(Uuid::new_v4(), owner, lease)
+            .await
+            .unwrap(),
+        FanOutClaim::Missing
+    );
 }
 
 /// Receives until `n` deliveries arrived or `deadline` passed.
@@ -481,6 +624,12 @@ macro_rules! conformance {
             }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn fan_out_queues_every_image_once_under_one_lease() {
+            if let Some(b) = $backends().await {
+                super::fan_out_queues_every_image_once_under_one_lease(&b).await
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn the_queue_delivers_acks_and_retries() {
             if let Some(b) = $backends().await {
                 super::the_queue_delivers_acks_and_retries(&b).await
@@ -519,7 +668,7 @@ mod embedded {
 #[cfg(feature = "aws")]
 mod aws {
     use super::*;
-    use imgproc::aws::{Clients, DynamoStore, S3Objects, SqsQueue};
+    use imgproc::aws::{Clients, DynamoStore, RowsBucket, S3Objects, SqsQueue};
 
     /// The AWS adapters on moto, each test on its own queue; `None` (and a
     /// note on stderr) when no moto server was given.
@@ -544,7 +693,11 @@ mod aws {
             .queue_url
             .expect("queue URL");
         let queue = SqsQueue::new(clients.sqs.clone(), queue_url);
-        let store = DynamoStore::new(clients.dynamodb.clone(), var("TABLE_NAME"));
+        let store = DynamoStore::new(
+            clients.dynamodb.clone(),
+            var("TABLE_NAME"),
+            RowsBucket::new(clients.s3.clone(), var("BUCKET")),
+        );
         Some(Backends {
             store: Arc::new(store),
             queue: Arc::new(queue.clone()),

@@ -1,54 +1,84 @@
-//! The job store on DynamoDB: one table, one partition per request.
+//! The job store on DynamoDB (with the request's rows on S3).
 //!
-//! | item    | `pk`       | `sk`                       |
-//! |---------|------------|----------------------------|
-//! | request | `REQ#{id}` | `A`                        |
-//! | claim   | `REQ#{id}` | `C`                        |
-//! | product | `REQ#{id}` | `P#{position:06}`          |
-//! | image   | `REQ#{id}` | `P#{position:06}#I#{index:05}` |
+//! | item                | `pk`                 | `sk`            | written            |
+//! |---------------------|----------------------|-----------------|--------------------|
+//! | request             | `REQ#{id}`           | `A`             | ~ once per fan-out slice, completion, webhook |
+//! | shard done          | `REQ#{id}`           | `D#{shard:05}`  | once               |
+//! | shard counter       | `REQ#{id}#S{shard:05}` | `C`           | once per image of the shard |
+//! | image result        | `REQ#{id}#S{shard:05}` | `I#{offset:04}` | once               |
 //!
-//! A product's key is a prefix of its images' keys, so one `Query` from
-//! `P#{first}` returns products and their images interleaved in input
-//! order. Counters live on the request item and change only in the same
-//! transaction as an image's own conditional `pending →` transition. Every
-//! item carries `expires_at` (epoch seconds) for DynamoDB's TTL.
+//! Submitting writes the validated rows to S3 as one document
+//! ([`crate::domain::rows`]) and ONE request item, whatever the size of the
+//! request. The fan-out queues jobs slice by slice, keeping its cursor and
+//! lease on the request item. No item is hot: an image's result is a
+//! conditional put of its own item, and it is counted by adding its offset
+//! to its shard's counter item (a number set, so adding twice counts once);
+//! the image's shard sits under its own partition key, so a request's
+//! writes spread over many partitions. The image that fills a shard writes
+//! the shard's done item under the request, and the one that sees every
+//! shard done reports the request as finished. Per image that is two
+//! one-unit writes and no read on the first delivery. Every item carries
+//! `expires_at` (epoch seconds) for DynamoDB's TTL.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, PutRequest, TransactWriteItem, Update, WriteRequest,
+    AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use uuid::Uuid;
 
 use super::error::{has_code, port_error};
+use super::rows::RowsBucket;
+use crate::domain::rows::{self, Row, Segment};
 use crate::domain::{
     ErrorCode, ImageError, ImageKey, ImageOutcome, ImageRecord, ImageStatus, NewRequest,
-    ProductRecord, Progress, RequestRecord, RequestStatus, WebhookState, WebhookStatus,
+    ProductRecord, Progress, RequestRecord, RequestStatus, Shards, WebhookState, WebhookStatus,
 };
-use crate::ports::{CreateOutcome, Finished, JobStore, PortError, PortResult};
+use crate::ports::{
+    CreateOutcome, FanOutClaim, FanOutSlice, Finished, JobStore, PortError, PortResult,
+};
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// How long a creator holds the claim on a request ID. Longer than any
-/// upload or ingest invocation can run, so a live creator never loses it.
-const CLAIM_LEASE: Duration = Duration::from_secs(15 * 60);
-/// `BatchWriteItem` takes at most 25 items.
-const BATCH: usize = 25;
-const BATCHES_IN_FLIGHT: usize = 8;
-const MAX_TRIES: u32 = 8;
+/// Reads of several shards' items at once.
+const READS_IN_FLIGHT: usize = 8;
+/// `BatchGetItem` takes at most 100 keys.
+const BATCH_GET: usize = 100;
 
 type Item = HashMap<String, AttributeValue>;
+
+/// Writes per item, counted by the adapter itself when asked to (tests and
+/// benchmarks hold a request's writes to the "no hot item" budget).
+#[derive(Clone, Debug, Default)]
+pub struct WriteLog(Arc<Mutex<HashMap<(String, String), u32>>>);
+
+impl WriteLog {
+    fn note(&self, item: &Item) {
+        let pk = get_s(item, "pk").unwrap_or_default().to_owned();
+        let sk = get_s(item, "sk").unwrap_or_default().to_owned();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((pk, sk)).or_default() += 1;
+    }
+
+    /// Every item written, with its count of write calls.
+    pub fn counts(&self) -> HashMap<(String, String), u32> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
     client: Client,
     table: String,
+    rows: RowsBucket,
     ttl: Duration,
+    writes: Option<WriteLog>,
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -63,16 +93,24 @@ fn pk(id: Uuid) -> String {
     format!("REQ#{id}")
 }
 
-fn product_sk(position: u32) -> String {
-    format!("P#{position:06}")
+fn shard_pk(id: Uuid, shard: u32) -> String {
+    format!("REQ#{id}#S{shard:05}")
 }
 
-fn image_sk(position: u32, index: u32) -> String {
-    format!("P#{position:06}#I#{index:05}")
+fn done_sk(shard: u32) -> String {
+    format!("D#{shard:05}")
 }
 
-fn key(id: Uuid, sk: impl Into<String>) -> Item {
-    HashMap::from([("pk".to_owned(), s(pk(id))), ("sk".to_owned(), s(sk))])
+fn image_sk(offset: u32) -> String {
+    format!("I#{offset:04}")
+}
+
+fn key(pk: String, sk: impl Into<String>) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn request_key(id: Uuid) -> Item {
+    key(pk(id), "A")
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -97,18 +135,47 @@ fn get_ts(item: &Item, name: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// Members of a number set attribute (absent: none).
+fn set_len(item: &Item, name: &str) -> u32 {
+    item.get(name)
+        .and_then(|v| v.as_ns().ok())
+        .map_or(0, |v| v.len() as u32)
+}
+
 fn corrupt(what: &str, item: &Item) -> PortError {
     let sk = get_s(item, "sk").unwrap_or("?");
     PortError::Permanent(format!("stored {what} item {sk} is missing a field"))
 }
 
-/// Backoff between internal retries: 50 ms, 100 ms, … capped at 2 s.
-async fn pause(attempt: u32) {
-    let ms = 50u64.saturating_mul(1 << attempt.min(6)).min(2000);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+fn now_secs() -> i64 {
+    Utc::now().timestamp()
 }
 
-fn request_from_item(item: &Item) -> PortResult<RequestRecord> {
+/// What the request item says about where its rows are.
+struct Layout {
+    total: u32,
+    product_count: u32,
+    rows_key: String,
+    rows_len: u64,
+    index: Vec<Segment>,
+}
+
+impl Layout {
+    fn of(item: &Item) -> PortResult<Self> {
+        let bad = || corrupt("request", item);
+        Ok(Self {
+            total: get_n(item, "total").ok_or_else(bad)?,
+            product_count: get_n(item, "product_count").ok_or_else(bad)?,
+            rows_key: get_s(item, "rows_key").ok_or_else(bad)?.to_owned(),
+            rows_len: get_n(item, "rows_len").ok_or_else(bad)?,
+            index: get_s(item, "rows_index")
+                .and_then(rows::decode_index)
+                .ok_or_else(bad)?,
+        })
+    }
+}
+
+fn request_from_item(item: &Item, progress: Progress) -> PortResult<RequestRecord> {
     let bad = || corrupt("request", item);
     let id = get_s(item, "pk")
         .and_then(|p| p.strip_prefix("REQ#"))
@@ -133,12 +200,8 @@ fn request_from_item(item: &Item) -> PortResult<RequestRecord> {
         created_at: get_ts(item, "created_at").ok_or_else(bad)?,
         updated_at: get_ts(item, "updated_at").ok_or_else(bad)?,
         completed_at: get_ts(item, "completed_at"),
-        progress: Progress {
-            total: get_n(item, "total").ok_or_else(bad)?,
-            succeeded: get_n(item, "succeeded").unwrap_or(0),
-            failed: get_n(item, "failed").unwrap_or(0),
-        },
-        queued: get_n(item, "total").ok_or_else(bad)?,
+        progress,
+        queued: get_n(item, "queued").unwrap_or(0),
         product_count: get_n(item, "product_count").ok_or_else(bad)?,
         webhook,
         warnings,
@@ -146,7 +209,7 @@ fn request_from_item(item: &Item) -> PortResult<RequestRecord> {
     })
 }
 
-fn image_from_item(item: &Item) -> PortResult<ImageRecord> {
+fn image_from_item(item: &Item, index: u32, input_url: String) -> PortResult<ImageRecord> {
     let bad = || corrupt("image", item);
     let error = get_s(item, "error_code")
         .and_then(ErrorCode::parse)
@@ -155,8 +218,8 @@ fn image_from_item(item: &Item) -> PortResult<ImageRecord> {
             message: get_s(item, "error_message").unwrap_or_default().to_owned(),
         });
     Ok(ImageRecord {
-        index: get_n(item, "idx").ok_or_else(bad)?,
-        input_url: get_s(item, "input_url").ok_or_else(bad)?.to_owned(),
+        index,
+        input_url,
         status: get_s(item, "status")
             .and_then(ImageStatus::parse)
             .ok_or_else(bad)?,
@@ -170,18 +233,35 @@ fn image_from_item(item: &Item) -> PortResult<ImageRecord> {
     })
 }
 
+/// The rows document's name: the fingerprint tells two different files
+/// submitted under one ID at the same moment apart, so neither can
+/// overwrite the rows the other's request item points at.
+fn rows_key(new: &NewRequest) -> String {
+    let tag = new.fingerprint.get(..16).unwrap_or(&new.fingerprint);
+    format!("requests/{}/rows-{tag}.jsonl", new.id)
+}
+
 impl DynamoStore {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    /// A store on `table`, keeping requests' rows in `rows`.
+    pub fn new(client: Client, table: impl Into<String>, rows: RowsBucket) -> Self {
         Self {
             client,
             table: table.into(),
+            rows,
             ttl: DEFAULT_TTL,
+            writes: None,
         }
     }
 
-    /// How long items live after the request was created (DynamoDB's TTL).
+    /// How long items live after they are written (DynamoDB's TTL).
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self
+    }
+
+    /// Counts every write per item in `log`.
+    pub fn with_write_log(mut self, log: WriteLog) -> Self {
+        self.writes = Some(log);
         self
     }
 
@@ -189,148 +269,368 @@ impl DynamoStore {
         &self.table
     }
 
-    fn expires_at(&self, created: DateTime<Utc>) -> AttributeValue {
-        n(created.timestamp() + self.ttl.as_secs() as i64)
+    fn expires_at(&self, from: DateTime<Utc>) -> AttributeValue {
+        n(from.timestamp() + self.ttl.as_secs() as i64)
     }
 
-    async fn get_item(&self, key: Item) -> PortResult<Option<Item>> {
+    fn noted(&self, item: &Item) {
+        if let Some(log) = &self.writes {
+            log.note(item);
+        }
+    }
+
+    async fn get_item(&self, key: Item, consistent: bool) -> PortResult<Option<Item>> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(|e| port_error("DynamoDB GetItem", e))?;
         Ok(out.item)
     }
 
-    /// Writes `items` with `BatchWriteItem`, a few batches at a time, until
-    /// DynamoDB has taken every one of them.
-    async fn put_all(&self, items: Vec<Item>) -> PortResult<()> {
-        let batches: Vec<Vec<WriteRequest>> = items
-            .chunks(BATCH)
-            .map(|chunk| {
-                chunk
-                    .iter()
-                    .map(|item| {
-                        let put = PutRequest::builder()
-                            .set_item(Some(item.clone()))
-                            .build()
-                            .map_err(|e| {
-                                PortError::Permanent(format!("DynamoDB put request: {e}"))
-                            })?;
-                        Ok(WriteRequest::builder().put_request(put).build())
-                    })
-                    .collect::<PortResult<Vec<_>>>()
-            })
-            .collect::<PortResult<_>>()?;
-        let results: Vec<PortResult<()>> = futures_util::stream::iter(batches)
-            .map(|batch| self.write_batch(batch))
-            .buffer_unordered(BATCHES_IN_FLIGHT)
-            .collect()
-            .await;
-        results.into_iter().collect()
+    /// Every item of partition `pk` with a sort key in `from..=to`.
+    async fn query(&self, pk: String, from: String, to: String, consistent: bool) -> PortResult<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND #sk BETWEEN :from AND :to")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#sk", "sk")
+                .expression_attribute_values(":pk", s(&pk))
+                .expression_attribute_values(":from", s(&from))
+                .expression_attribute_values(":to", s(&to))
+                .consistent_read(consistent)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| port_error("DynamoDB Query", e))?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
     }
 
-    async fn write_batch(&self, mut batch: Vec<WriteRequest>) -> PortResult<()> {
-        for attempt in 0..MAX_TRIES {
-            if attempt > 0 {
-                pause(attempt).await;
+    /// `(succeeded, failed)` of every finished shard, by shard.
+    async fn done_shards(&self, id: Uuid, consistent: bool) -> PortResult<HashMap<u32, (u32, u32)>> {
+        let items = self
+            .query(pk(id), done_sk(0), done_sk(u32::MAX / 2), consistent)
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let shard = get_s(item, "sk")?.strip_prefix("D#")?.parse().ok()?;
+                Some((shard, (get_n(item, "succeeded")?, get_n(item, "failed")?)))
+            })
+            .collect())
+    }
+
+    /// The counts of a request still being processed: finished shards from
+    /// their done items, the others from their counter items.
+    async fn live_progress(&self, id: Uuid, item: &Item) -> PortResult<Progress> {
+        let total: u32 = get_n(item, "total").ok_or_else(|| corrupt("request", item))?;
+        let queued: u32 = get_n(item, "queued").unwrap_or(0);
+        let shards = Shards::of(total);
+        let done = self.done_shards(id, false).await?;
+        let mut progress = Progress {
+            total,
+            ..Progress::default()
+        };
+        for (ok, ko) in done.values() {
+            progress.succeeded += ok;
+            progress.failed += ko;
+        }
+        // Only shards with a queued image can have started.
+        let started = queued.div_ceil(shards.size).min(shards.count());
+        let open: Vec<u32> = (0..started).filter(|k| !done.contains_key(k)).collect();
+        // Owned chunks: a closure over borrowed slices is not `Send` enough for the trait's future.
+        let chunks: Vec<Vec<u32>> = open.chunks(BATCH_GET).map(<[u32]>::to_vec).collect();
+        let counters: Vec<Item> = futures_util::stream::iter(chunks)
+            .map(|chunk| async move { self.batch_get(id, &chunk).await })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_concat()
+            .await?;
+        for c in &counters {
+            progress.succeeded += set_len(c, "ok");
+            progress.failed += set_len(c, "ko");
+        }
+        Ok(progress)
+    }
+
+    /// The counter items of `shards` (absent ones are left out).
+    async fn batch_get(&self, id: Uuid, shards: &[u32]) -> PortResult<Vec<Item>> {
+        let mut keys: Vec<Item> = shards.iter().map(|k| key(shard_pk(id, *k), "C")).collect();
+        let mut items = Vec::new();
+        for attempt in 0..8u32 {
+            if keys.is_empty() {
+                break;
             }
-            let result = self
+            if attempt > 0 {
+                tokio::time::sleep(crate::config::backoff(Duration::from_millis(50), attempt, Duration::from_secs(2))).await;
+            }
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut keys)))
+                .build()
+                .map_err(|e| PortError::Permanent(format!("DynamoDB BatchGetItem: {e}")))?;
+            let out = self
                 .client
-                .batch_write_item()
-                .request_items(&self.table, batch.clone())
+                .batch_get_item()
+                .request_items(&self.table, request)
                 .send()
-                .await;
-            match result {
-                Ok(out) => {
-                    batch = out
-                        .unprocessed_items
-                        .and_then(|mut m| m.remove(&self.table))
-                        .unwrap_or_default();
-                    if batch.is_empty() {
-                        return Ok(());
-                    }
+                .await
+                .map_err(|e| port_error("DynamoDB BatchGetItem", e))?;
+            items.extend(out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default());
+            keys = out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+        }
+        if !keys.is_empty() {
+            return Err(PortError::Transient("DynamoDB left keys unread".into()));
+        }
+        Ok(items)
+    }
+
+    async fn layout(&self, id: Uuid) -> PortResult<Option<Layout>> {
+        match self.get_item(request_key(id), true).await? {
+            Some(item) => Layout::of(&item).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The rows of products `from..from + want` (fewer at the end).
+    async fn read_rows(&self, layout: &Layout, from: u32, want: u32) -> PortResult<Vec<Row>> {
+        let Some((start, end, _)) = rows::range_for(&layout.index, layout.rows_len, from, want)
+        else {
+            return Ok(Vec::new());
+        };
+        let bytes = self.rows.read(&layout.rows_key, start, end).await?;
+        let mut rows = rows::decode_rows(&bytes).map_err(PortError::Permanent)?;
+        rows.retain(|r| r.position >= from && r.position < from.saturating_add(want));
+        Ok(rows)
+    }
+
+    /// Result items of the images with ordinals in `first..first + count`, by ordinal.
+    async fn results(&self, id: Uuid, total: u32, first: u32, count: u32) -> PortResult<HashMap<u32, Item>> {
+        if count == 0 {
+            return Ok(HashMap::new());
+        }
+        let shards = Shards::of(total);
+        let last = first + count - 1;
+        let (k1, o1) = shards.locate(first);
+        let (k2, o2) = shards.locate(last);
+        let parts: Vec<Vec<(u32, Item)>> = futures_util::stream::iter(k1..=k2)
+            .map(|k| {
+                let from = if k == k1 { o1 } else { 0 };
+                let to = if k == k2 { o2 } else { shards.size - 1 };
+                async move {
+                    let items = self
+                        .query(shard_pk(id, k), image_sk(from), image_sk(to), true)
+                        .await?;
+                    Ok::<_, PortError>(
+                        items
+                            .into_iter()
+                            .filter_map(|item| {
+                                let offset: u32 =
+                                    get_s(&item, "sk")?.strip_prefix("I#")?.parse().ok()?;
+                                Some((k * shards.size + offset, item))
+                            })
+                            .collect(),
+                    )
                 }
-                Err(e) => {
-                    let err = port_error("DynamoDB BatchWriteItem", e);
-                    if !err.is_transient() || attempt + 1 == MAX_TRIES {
-                        return Err(err);
-                    }
+            })
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
+    fn result_item(&self, k: ImageKey, outcome: &ImageOutcome, now: DateTime<Utc>) -> Item {
+        let shards = Shards::of(k.total);
+        let (shard, offset) = shards.locate(k.ordinal);
+        let mut item = key(shard_pk(k.request_id, shard), image_sk(offset));
+        item.insert("status".into(), s(outcome.status().as_str()));
+        item.insert("updated_at".into(), s(ts(now)));
+        item.insert("expires_at".into(), self.expires_at(now));
+        match outcome {
+            ImageOutcome::Succeeded(c) => {
+                item.insert("output_key".into(), s(&c.output_key));
+                item.insert("input_bytes".into(), n(c.input_bytes));
+                item.insert("output_bytes".into(), n(c.output_bytes));
+                item.insert("width".into(), n(c.width));
+                item.insert("height".into(), n(c.height));
+                item.insert("original_kept".into(), AttributeValue::Bool(c.original_kept));
+            }
+            ImageOutcome::Failed { error, input_bytes } => {
+                item.insert("error_code".into(), s(error.code.as_str()));
+                item.insert("error_message".into(), s(&error.message));
+                if let Some(b) = input_bytes {
+                    item.insert("input_bytes".into(), n(b));
                 }
             }
         }
-        Err(PortError::Transient(format!(
-            "DynamoDB left {} item(s) unwritten after {MAX_TRIES} tries",
-            batch.len()
-        )))
+        item
     }
 
-    /// Takes the right to write this request's items. See `create_request`.
-    async fn claim(&self, new: &NewRequest, now: DateTime<Utc>) -> PortResult<bool> {
-        let mut item = key(new.id, "C");
-        item.insert("fingerprint".into(), s(&new.fingerprint));
-        item.insert(
-            "lease_until".into(),
-            n(now.timestamp() + CLAIM_LEASE.as_secs() as i64),
-        );
-        item.insert("expires_at".into(), self.expires_at(now));
+    /// Puts the image's result unless it has one; answers with the status
+    /// that is stored (this one, or the earlier one) and whether this call wrote it.
+    async fn put_result(&self, k: ImageKey, outcome: &ImageOutcome) -> PortResult<(ImageStatus, bool)> {
+        let item = self.result_item(k, outcome, Utc::now());
+        self.noted(&item);
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR #lease_until < :now")
-            .expression_attribute_names("#lease_until", "lease_until")
-            .expression_attribute_values(":now", n(now.timestamp()))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(e) if has_code(&e, "ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(port_error("DynamoDB PutItem (claim)", e)),
-        }
-    }
-
-    fn items_of(&self, new: &NewRequest) -> Vec<Item> {
-        let expires = self.expires_at(new.created_at);
-        let mut items = Vec::with_capacity(new.products.len() + new.image_count() as usize);
-        for (position, product) in new.products.iter().enumerate() {
-            let position = position as u32;
-            let mut item = key(new.id, product_sk(position));
-            item.insert("position".into(), n(position));
-            item.insert("serial_number".into(), n(product.serial_number));
-            item.insert("product_name".into(), s(&product.product_name));
-            item.insert("image_count".into(), n(product.urls.len()));
-            item.insert("expires_at".into(), expires.clone());
-            items.push(item);
-            for (i, url) in product.urls.iter().enumerate() {
-                let index = i as u32 + 1;
-                let mut item = key(new.id, image_sk(position, index));
-                item.insert("position".into(), n(position));
-                item.insert("idx".into(), n(index));
-                item.insert("input_url".into(), s(url));
-                item.insert("status".into(), s(ImageStatus::Pending.as_str()));
-                item.insert("expires_at".into(), expires.clone());
-                items.push(item);
+            Ok(_) => Ok((outcome.status(), true)),
+            Err(e) => {
+                let old = match e.as_service_error() {
+                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
+                    _ => return Err(port_error("DynamoDB PutItem (image)", e)),
+                };
+                let stored = match old {
+                    Some(item) => get_s(&item, "status").and_then(ImageStatus::parse),
+                    // Emulators may not return the old item: read it.
+                    None => {
+                        let (shard, offset) = Shards::of(k.total).locate(k.ordinal);
+                        self.get_item(key(shard_pk(k.request_id, shard), image_sk(offset)), true)
+                            .await?
+                            .and_then(|i| get_s(&i, "status").and_then(ImageStatus::parse))
+                    }
+                };
+                let stored = stored.ok_or_else(|| {
+                    PortError::Permanent(format!("image {} of {} has no status", k.ordinal, k.request_id))
+                })?;
+                Ok((stored, false))
             }
         }
-        items
     }
 
-    fn request_item(&self, new: &NewRequest) -> Item {
+    /// Adds the image to its shard's counter (a second add changes nothing)
+    /// and answers with the shard's `(succeeded, failed)` after it.
+    async fn count(&self, k: ImageKey, status: ImageStatus) -> PortResult<(u32, u32)> {
+        let (shard, offset) = Shards::of(k.total).locate(k.ordinal);
+        let set = if status == ImageStatus::Succeeded { "ok" } else { "ko" };
+        let counter_key = key(shard_pk(k.request_id, shard), "C");
+        self.noted(&counter_key);
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(counter_key))
+            .update_expression("ADD #set :offset SET #expires_at = if_not_exists(#expires_at, :expires)")
+            .expression_attribute_names("#set", set)
+            .expression_attribute_names("#expires_at", "expires_at")
+            .expression_attribute_values(":offset", AttributeValue::Ns(vec![offset.to_string()]))
+            .expression_attribute_values(":expires", self.expires_at(Utc::now()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| port_error("DynamoDB UpdateItem (count)", e))?;
+        let item = out.attributes.unwrap_or_default();
+        Ok((set_len(&item, "ok"), set_len(&item, "ko")))
+    }
+
+    /// Marks a full shard done (once), then reads whether every shard is.
+    async fn shard_full(&self, k: ImageKey, counts: (u32, u32)) -> PortResult<Option<Progress>> {
+        let shards = Shards::of(k.total);
+        let (shard, _) = shards.locate(k.ordinal);
+        let mut item = key(pk(k.request_id), done_sk(shard));
+        item.insert("succeeded".into(), n(counts.0));
+        item.insert("failed".into(), n(counts.1));
+        item.insert("expires_at".into(), self.expires_at(Utc::now()));
+        self.noted(&item);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if has_code(&e, "ConditionalCheckFailedException") => {}
+            Err(e) => return Err(port_error("DynamoDB PutItem (shard done)", e)),
+        }
+        let done = self.done_shards(k.request_id, true).await?;
+        if done.len() as u32 != shards.count() {
+            return Ok(None);
+        }
+        let (succeeded, failed) = done
+            .values()
+            .fold((0, 0), |(a, b), (ok, ko)| (a + ok, b + ko));
+        Ok(Some(Progress {
+            total: k.total,
+            succeeded,
+            failed,
+        }))
+    }
+
+    /// Updates the request item under `condition`; false when it failed.
+    async fn update_request(
+        &self,
+        id: Uuid,
+        condition: &str,
+        update: &str,
+        names: &[&str],
+        values: Vec<(&str, AttributeValue)>,
+        what: &str,
+    ) -> PortResult<Result<Item, Option<Item>>> {
+        let request = request_key(id);
+        self.noted(&request);
+        let mut call = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(request))
+            .condition_expression(condition)
+            .update_expression(update)
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for name in names {
+            call = call.expression_attribute_names(format!("#{name}"), *name);
+        }
+        for (k, v) in values {
+            call = call.expression_attribute_values(k, v);
+        }
+        match call.send().await {
+            Ok(out) => Ok(Ok(out.attributes.unwrap_or_default())),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => Ok(Err(c.item().cloned())),
+                _ => Err(port_error(what, e)),
+            },
+        }
+    }
+
+    fn request_item(&self, new: &NewRequest, doc: &rows::RowsDocument) -> Item {
         let now = ts(new.created_at);
-        let mut item = key(new.id, "A");
+        let mut item = request_key(new.id);
         item.insert("created_at".into(), s(&now));
         item.insert("updated_at".into(), s(now));
         item.insert("total".into(), n(new.image_count()));
-        item.insert("succeeded".into(), n(0));
-        item.insert("failed".into(), n(0));
+        item.insert("queued".into(), n(0));
+        item.insert("fo_next".into(), n(0));
         item.insert("product_count".into(), n(new.products.len()));
         item.insert("fingerprint".into(), s(&new.fingerprint));
+        item.insert("rows_key".into(), s(rows_key(new)));
+        item.insert("rows_len".into(), n(doc.bytes.len()));
+        item.insert("rows_index".into(), s(rows::encode_index(&doc.index)));
         item.insert(
             "warnings".into(),
             AttributeValue::L(new.warnings.iter().map(s).collect()),
@@ -348,167 +648,56 @@ impl DynamoStore {
         match self.get_request(id).await? {
             Some(r) => Ok(CreateOutcome::Existing(r)),
             None => Err(PortError::Transient(format!(
-                "request {id} is being stored by another submission; try again shortly"
+                "request {id} vanished while being read"
             ))),
         }
     }
-
-    async fn image_exists(&self, k: ImageKey) -> PortResult<bool> {
-        Ok(self
-            .get_item(key(k.request_id, image_sk(k.product, k.image)))
-            .await?
-            .is_some())
-    }
-
-    async fn progress(&self, id: Uuid) -> PortResult<Option<Progress>> {
-        Ok(self.get_request(id).await?.map(|r| r.progress))
-    }
-
-    fn image_update(&self, k: ImageKey, outcome: &ImageOutcome, now: &str) -> PortResult<Update> {
-        let mut values: Item = HashMap::from([
-            (":pending".to_owned(), s(ImageStatus::Pending.as_str())),
-            (":status".to_owned(), s(outcome.status().as_str())),
-        ]);
-        // Every attribute goes through a `#name` alias: several are DynamoDB reserved words.
-        let mut sets = vec!["status", "updated_at"];
-        values.insert(":updated_at".into(), s(now));
-        match outcome {
-            ImageOutcome::Succeeded(c) => {
-                values.insert(":output_key".into(), s(&c.output_key));
-                values.insert(":input_bytes".into(), n(c.input_bytes));
-                values.insert(":output_bytes".into(), n(c.output_bytes));
-                values.insert(":width".into(), n(c.width));
-                values.insert(":height".into(), n(c.height));
-                values.insert(
-                    ":original_kept".into(),
-                    AttributeValue::Bool(c.original_kept),
-                );
-                sets.extend([
-                    "output_key",
-                    "input_bytes",
-                    "output_bytes",
-                    "width",
-                    "height",
-                    "original_kept",
-                ]);
-            }
-            ImageOutcome::Failed { error, input_bytes } => {
-                values.insert(":error_code".into(), s(error.code.as_str()));
-                values.insert(":error_message".into(), s(&error.message));
-                sets.extend(["error_code", "error_message"]);
-                if let Some(b) = input_bytes {
-                    values.insert(":input_bytes".into(), n(b));
-                    sets.push("input_bytes");
-                }
-            }
-        }
-        let update = sets
-            .iter()
-            .map(|a| format!("#{a} = :{a}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let names = sets
-            .iter()
-            .map(|a| (format!("#{a}"), (*a).to_owned()))
-            .collect();
-        Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(k.request_id, image_sk(k.product, k.image))))
-            .condition_expression("#status = :pending")
-            .update_expression(format!("SET {update}"))
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .build()
-            .map_err(|e| PortError::Permanent(format!("DynamoDB update: {e}")))
-    }
-
-    fn counter_update(&self, k: ImageKey, status: ImageStatus, now: &str) -> PortResult<Update> {
-        let counter = if status == ImageStatus::Succeeded {
-            "succeeded"
-        } else {
-            "failed"
-        };
-        Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(k.request_id, "A")))
-            // Never create a request item out of thin air for an expired request.
-            .condition_expression("attribute_exists(pk)")
-            .update_expression("ADD #counter :one SET #updated_at = :now")
-            .expression_attribute_names("#counter", counter)
-            .expression_attribute_names("#updated_at", "updated_at")
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", s(now))
-            .build()
-            .map_err(|e| PortError::Permanent(format!("DynamoDB update: {e}")))
-    }
-}
-
-/// What one `TransactWriteItems` call for an image came to.
-enum Transition {
-    Applied,
-    /// The image's condition failed: it had already finished (or is absent).
-    ImageNotPending,
-    /// The request item is gone (expired).
-    RequestMissing,
-    /// Another transaction touched the same items at the same moment.
-    Conflict,
 }
 
 #[async_trait]
 impl JobStore for DynamoStore {
-    /// All or nothing, idempotent for one ID, and safe against a concurrent
-    /// create of the same ID with other content (an `Idempotency-Key`
-    /// reused for a different file at the same moment):
-    ///
-    /// 1. An existing request item is returned as it is; nothing is written.
-    /// 2. The creator takes a claim item (`sk = C`) with a conditional put
-    ///    that succeeds only if no live claim exists. Only the claim holder
-    ///    writes product and image items, so two different files can never
-    ///    interleave their items under one ID. A concurrent loser re-reads:
-    ///    the request item if it now exists (`Existing`, which the service
-    ///    turns into a 409 or a repeat answer), else a transient error
-    ///    ("being stored, try again"). A creator that died leaves a claim
-    ///    that lapses after [`CLAIM_LEASE`]; a later attempt takes it over
-    ///    and rewrites every item.
-    /// 3. Product and image items go in with idempotent `BatchWriteItem`
-    ///    puts, then the request item LAST with `attribute_not_exists(pk)`.
-    ///    Readers start from the request item, so nobody sees a request
-    ///    before all of its items exist: a crash before step 3 ends leaves
-    ///    only unreachable items, which the next attempt overwrites and TTL
-    ///    removes. Leftovers of a dead attempt beyond this request's own
-    ///    products or images are ignored by `list_products` (it stops at
-    ///    `product_count` and each product's `image_count`).
+    /// One rows document on S3 and one conditional put of the request item:
+    /// a constant number of calls whatever the size of the request. The put
+    /// is the commit: a concurrent create of the same ID finds the winner's
+    /// item and answers with it (a repeat, or a conflict if its file
+    /// differs), so there is no window in which a request half exists.
     async fn create_request(&self, new: &NewRequest) -> PortResult<CreateOutcome> {
         if let Some(existing) = self.get_request(new.id).await? {
             return Ok(CreateOutcome::Existing(existing));
         }
-        if !self.claim(new, Utc::now()).await? {
-            return self.existing(new.id).await;
-        }
-        self.put_all(self.items_of(new)).await?;
+        let doc = rows::encode(&new.products);
+        let item = self.request_item(new, &doc);
+        self.rows.put(&rows_key(new), doc.bytes).await?;
+        self.noted(&item);
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(self.request_item(new)))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
         match result {
             Ok(_) => Ok(CreateOutcome::Created),
-            Err(e) if has_code(&e, "ConditionalCheckFailedException") => {
-                self.existing(new.id).await
-            }
+            Err(e) if has_code(&e, "ConditionalCheckFailedException") => self.existing(new.id).await,
             Err(e) => Err(port_error("DynamoDB PutItem (request)", e)),
         }
     }
 
     async fn get_request(&self, id: Uuid) -> PortResult<Option<RequestRecord>> {
-        self.get_item(key(id, "A"))
-            .await?
-            .as_ref()
-            .map(request_from_item)
-            .transpose()
+        let Some(item) = self.get_item(request_key(id), true).await? else {
+            return Ok(None);
+        };
+        let progress = if get_s(&item, "terminal").is_some() {
+            Progress {
+                total: get_n(&item, "total").ok_or_else(|| corrupt("request", &item))?,
+                succeeded: get_n(&item, "succeeded").unwrap_or(0),
+                failed: get_n(&item, "failed").unwrap_or(0),
+            }
+        } else {
+            self.live_progress(id, &item).await?
+        };
+        request_from_item(&item, progress).map(Some)
     }
 
     async fn list_products(
@@ -517,147 +706,78 @@ impl JobStore for DynamoStore {
         after: Option<u32>,
         limit: u32,
     ) -> PortResult<Vec<ProductRecord>> {
-        let Some(request) = self.get_item(key(id, "A")).await? else {
+        let Some(layout) = self.layout(id).await? else {
             return Ok(Vec::new());
         };
-        let product_count: u32 = get_n(&request, "product_count").unwrap_or(0);
-        let start = after.map_or(0, |a| a.saturating_add(1));
-        let mut products: Vec<ProductRecord> = Vec::new();
-        // Images each product may have: leftovers of a dead attempt beyond it are ignored.
-        let mut image_counts: Vec<u32> = Vec::new();
-        let mut start_key: Option<Item> = None;
-        'pages: loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND #sk >= :from")
-                .expression_attribute_names("#pk", "pk")
-                .expression_attribute_names("#sk", "sk")
-                .expression_attribute_values(":pk", s(pk(id)))
-                .expression_attribute_values(":from", s(product_sk(start)))
-                .consistent_read(true)
-                .limit(500)
-                .set_exclusive_start_key(start_key.take())
-                .send()
-                .await
-                .map_err(|e| port_error("DynamoDB Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                let position: u32 =
-                    get_n(&item, "position").ok_or_else(|| corrupt("product", &item))?;
-                if position >= product_count {
-                    break 'pages;
-                }
-                if item.contains_key("idx") {
-                    let (Some(product), Some(count)) = (products.last_mut(), image_counts.last())
-                    else {
-                        continue;
-                    };
-                    let image = image_from_item(&item)?;
-                    if product.position == position && image.index <= *count {
-                        product.images.push(image);
-                    }
-                } else {
-                    if products.len() == limit as usize {
-                        break 'pages;
-                    }
-                    products.push(ProductRecord {
-                        position,
-                        serial_number: get_n(&item, "serial_number")
-                            .ok_or_else(|| corrupt("product", &item))?,
-                        product_name: get_s(&item, "product_name").unwrap_or_default().to_owned(),
-                        images: Vec::new(),
-                    });
-                    image_counts.push(get_n(&item, "image_count").unwrap_or(u32::MAX));
-                }
-            }
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start_key = Some(k),
-                _ => break,
-            }
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        if from >= layout.product_count {
+            return Ok(Vec::new());
         }
-        Ok(products)
+        let rows = self.read_rows(&layout, from, limit).await?;
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Ok(Vec::new());
+        };
+        let first_ordinal = first.first_ordinal;
+        let count = last.first_ordinal + last.urls.len() as u32 - first_ordinal;
+        let mut results = self.results(id, layout.total, first_ordinal, count).await?;
+        rows.into_iter()
+            .map(|row| {
+                let images = row
+                    .urls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, url)| {
+                        let index = i as u32 + 1;
+                        match results.remove(&(row.first_ordinal + i as u32)) {
+                            Some(item) => image_from_item(&item, index, url),
+                            None => Ok(ImageRecord::pending(index, url)),
+                        }
+                    })
+                    .collect::<PortResult<Vec<_>>>()?;
+                Ok(ProductRecord {
+                    position: row.position,
+                    serial_number: row.serial_number,
+                    product_name: row.product_name,
+                    images,
+                })
+            })
+            .collect()
     }
 
+    /// `Pending` when the image has no result yet (also when its request is
+    /// unknown: the image's own item is all this reads).
     async fn image_status(&self, k: ImageKey) -> PortResult<Option<ImageStatus>> {
+        if k.total == 0 || k.ordinal >= k.total {
+            return Ok(None);
+        }
+        let (shard, offset) = Shards::of(k.total).locate(k.ordinal);
         let item = self
-            .get_item(key(k.request_id, image_sk(k.product, k.image)))
+            .get_item(key(shard_pk(k.request_id, shard), image_sk(offset)), true)
             .await?;
-        Ok(item
-            .as_ref()
-            .and_then(|i| get_s(i, "status"))
-            .and_then(ImageStatus::parse))
+        Ok(Some(match item {
+            Some(i) => get_s(&i, "status")
+                .and_then(ImageStatus::parse)
+                .ok_or_else(|| corrupt("image", &i))?,
+            None => ImageStatus::Pending,
+        }))
     }
 
     async fn finish_image(&self, k: ImageKey, outcome: &ImageOutcome) -> PortResult<Finished> {
-        let missing = || {
-            PortError::Permanent(format!(
-                "no image {}/{}/{}",
-                k.request_id, k.product, k.image
-            ))
+        if k.total == 0 || k.ordinal >= k.total {
+            return Err(PortError::Permanent(format!(
+                "image {} is outside request {} of {} images",
+                k.ordinal, k.request_id, k.total
+            )));
+        }
+        let (stored, applied) = self.put_result(k, outcome).await?;
+        let counts = self.count(k, stored).await?;
+        let shards = Shards::of(k.total);
+        let all_done = if counts.0 + counts.1 >= shards.len(shards.locate(k.ordinal).0) {
+            self.shard_full(k, counts).await?
+        } else {
+            None
         };
-        let mut attempt = 0;
-        let applied = loop {
-            let now = ts(Utc::now());
-            let result = self
-                .client
-                .transact_write_items()
-                .transact_items(
-                    TransactWriteItem::builder()
-                        .update(self.image_update(k, outcome, &now)?)
-                        .build(),
-                )
-                .transact_items(
-                    TransactWriteItem::builder()
-                        .update(self.counter_update(k, outcome.status(), &now)?)
-                        .build(),
-                )
-                .send()
-                .await;
-            let transition = match result {
-                Ok(_) => Transition::Applied,
-                Err(e) => {
-                    let reasons: Vec<Option<String>> = match e.as_service_error() {
-                        Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) => {
-                            c.cancellation_reasons().iter().map(|r| r.code().map(str::to_owned)).collect()
-                        }
-                        _ => return Err(port_error("DynamoDB TransactWriteItems", e)),
-                    };
-                    let code = |i: usize| reasons.get(i).cloned().flatten().unwrap_or_default();
-                    if code(0) == "ConditionalCheckFailed" {
-                        Transition::ImageNotPending
-                    } else if code(1) == "ConditionalCheckFailed" {
-                        Transition::RequestMissing
-                    } else if reasons.iter().flatten().any(|c| c == "TransactionConflict") {
-                        Transition::Conflict
-                    } else {
-                        return Err(port_error("DynamoDB TransactWriteItems", e));
-                    }
-                }
-            };
-            match transition {
-                Transition::Applied => break true,
-                Transition::ImageNotPending => {
-                    if self.image_exists(k).await? {
-                        break false;
-                    }
-                    return Err(missing());
-                }
-                Transition::RequestMissing => return Err(missing()),
-                // The condition is re-checked on the next try, so retrying can never double-count.
-                Transition::Conflict if attempt + 1 < MAX_TRIES => {
-                    attempt += 1;
-                    pause(attempt).await;
-                }
-                Transition::Conflict => {
-                    return Err(PortError::Transient(
-                        "DynamoDB: the image transaction kept conflicting".into(),
-                    ));
-                }
-            }
-        };
-        let progress = self.progress(k.request_id).await?.ok_or_else(missing)?;
-        Ok(Finished { applied, progress })
+        Ok(Finished { applied, all_done })
     }
 
     async fn complete_request(&self, id: Uuid, progress: Progress) -> PortResult<bool> {
@@ -666,62 +786,133 @@ impl JobStore for DynamoStore {
         }
         let status = RequestStatus::from_progress(&progress);
         let now = ts(Utc::now());
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(id, "A")))
-            .condition_expression(
-                "attribute_exists(pk) AND attribute_not_exists(#terminal) \
-                 AND #total = :total AND #succeeded = :succeeded AND #failed = :failed",
+        let done = self
+            .update_request(
+                id,
+                "attribute_exists(pk) AND attribute_not_exists(#terminal) AND #total = :total",
+                "SET #terminal = :terminal, #completed_at = :now, #updated_at = :now, \
+                 #succeeded = :succeeded, #failed = :failed",
+                &["terminal", "total", "completed_at", "updated_at", "succeeded", "failed"],
+                vec![
+                    (":total", n(progress.total)),
+                    (":succeeded", n(progress.succeeded)),
+                    (":failed", n(progress.failed)),
+                    (":terminal", s(status.as_str())),
+                    (":now", s(now)),
+                ],
+                "DynamoDB UpdateItem (complete)",
             )
-            .update_expression(
-                "SET #terminal = :terminal, #completed_at = :now, #updated_at = :now",
-            )
-            .expression_attribute_names("#terminal", "terminal")
-            .expression_attribute_names("#total", "total")
-            .expression_attribute_names("#succeeded", "succeeded")
-            .expression_attribute_names("#failed", "failed")
-            .expression_attribute_names("#completed_at", "completed_at")
-            .expression_attribute_names("#updated_at", "updated_at")
-            .expression_attribute_values(":total", n(progress.total))
-            .expression_attribute_values(":succeeded", n(progress.succeeded))
-            .expression_attribute_values(":failed", n(progress.failed))
-            .expression_attribute_values(":terminal", s(status.as_str()))
-            .expression_attribute_values(":now", s(now))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if has_code(&e, "ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(port_error("DynamoDB UpdateItem (complete)", e)),
-        }
+            .await?;
+        Ok(done.is_ok())
     }
 
     async fn record_webhook(&self, id: Uuid, state: &WebhookState) -> PortResult<()> {
+        // Like the embedded store: recording on a request that is gone changes nothing.
+        self.update_request(
+            id,
+            "attribute_exists(pk)",
+            "SET #webhook_status = :status, #webhook_attempts = :attempts, #updated_at = :now",
+            &["webhook_status", "webhook_attempts", "updated_at"],
+            vec![
+                (":status", s(state.status.as_str())),
+                (":attempts", n(state.attempts)),
+                (":now", s(ts(Utc::now()))),
+            ],
+            "DynamoDB UpdateItem (webhook)",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn claim_fan_out(&self, id: Uuid, owner: Uuid, lease: Duration) -> PortResult<FanOutClaim> {
+        let now = now_secs();
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(id, "A")))
-            .condition_expression("attribute_exists(pk)")
-            .update_expression(
-                "SET #webhook_status = :status, #webhook_attempts = :attempts, #updated_at = :now",
+            .update_request(
+                id,
+                "attribute_exists(pk) AND #fo_next < #product_count AND \
+                 (attribute_not_exists(#fo_owner) OR #fo_lease <= :now OR #fo_owner = :owner)",
+                "SET #fo_owner = :owner, #fo_lease = :until",
+                &["fo_next", "product_count", "fo_owner", "fo_lease"],
+                vec![
+                    (":now", n(now)),
+                    (":owner", s(owner.to_string())),
+                    (":until", n(now + lease.as_secs() as i64)),
+                ],
+                "DynamoDB UpdateItem (fan-out claim)",
             )
-            .expression_attribute_names("#webhook_status", "webhook_status")
-            .expression_attribute_names("#webhook_attempts", "webhook_attempts")
-            .expression_attribute_names("#updated_at", "updated_at")
-            .expression_attribute_values(":status", s(state.status.as_str()))
-            .expression_attribute_values(":attempts", n(state.attempts))
-            .expression_attribute_values(":now", s(ts(Utc::now())))
-            .send()
-            .await;
-        match result {
-            // Like the embedded store: recording on a request that is gone changes nothing.
-            Ok(_) => Ok(()),
-            Err(e) if has_code(&e, "ConditionalCheckFailedException") => Ok(()),
-            Err(e) => Err(port_error("DynamoDB UpdateItem (webhook)", e)),
+            .await?;
+        Ok(match result {
+            Ok(item) => FanOutClaim::Claimed {
+                next: get_n(&item, "fo_next").unwrap_or(0),
+                queued: get_n(&item, "queued").unwrap_or(0),
+            },
+            Err(None) => FanOutClaim::Missing,
+            Err(Some(old)) => {
+                let next: u32 = get_n(&old, "fo_next").unwrap_or(0);
+                let products: u32 = get_n(&old, "product_count").unwrap_or(0);
+                if next >= products {
+                    FanOutClaim::Finished
+                } else {
+                    let until: i64 = get_n(&old, "fo_lease").unwrap_or(now);
+                    FanOutClaim::Busy {
+                        retry_after: Duration::from_secs((until - now).max(1) as u64),
+                    }
+                }
+            }
+        })
+    }
+
+    async fn fan_out_slice(&self, id: Uuid, from: u32) -> PortResult<Option<FanOutSlice>> {
+        let Some(layout) = self.layout(id).await? else {
+            return Ok(None);
+        };
+        if from >= layout.product_count {
+            return Ok(None);
         }
+        // One segment: the one that starts at `from` (a slice boundary).
+        let segment = rows::segment_starting_at(&layout.index, from).ok_or_else(|| {
+            PortError::Permanent(format!("fan-out cursor {from} is not a segment boundary"))
+        })?;
+        let next = layout
+            .index
+            .get(segment + 1)
+            .map_or(layout.product_count, |s| s.first_product);
+        let rows = self.read_rows(&layout, from, next - from).await?;
+        let jobs = rows
+            .iter()
+            .flat_map(|row| row.jobs(id, layout.total))
+            .collect();
+        Ok(Some(FanOutSlice { jobs, next }))
+    }
+
+    async fn advance_fan_out(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        from: u32,
+        next: u32,
+        jobs: u32,
+        lease: Duration,
+    ) -> PortResult<bool> {
+        let now = now_secs();
+        let result = self
+            .update_request(
+                id,
+                "#fo_owner = :owner AND #fo_next = :from",
+                "SET #fo_next = :next, #fo_lease = :until, #updated_at = :now_ts ADD #queued :jobs",
+                &["fo_owner", "fo_next", "fo_lease", "updated_at", "queued"],
+                vec![
+                    (":owner", s(owner.to_string())),
+                    (":from", n(from)),
+                    (":next", n(next)),
+                    (":until", n(now + lease.as_secs() as i64)),
+                    (":now_ts", s(ts(Utc::now()))),
+                    (":jobs", n(jobs)),
+                ],
+                "DynamoDB UpdateItem (fan-out advance)",
+            )
+            .await?;
+        Ok(result.is_ok())
     }
 }
 

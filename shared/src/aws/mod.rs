@@ -9,6 +9,7 @@
 pub mod dynamo;
 mod error;
 pub mod handlers;
+pub mod rows;
 pub mod s3;
 pub mod sqs;
 #[cfg(feature = "stream-poller")]
@@ -21,7 +22,8 @@ use aws_config::BehaviorVersion;
 
 pub use dynamo::DynamoStore;
 pub use s3::S3Objects;
-pub use sqs::SqsQueue;
+pub use rows::RowsBucket;
+pub use sqs::{SqsFanOut, SqsQueue};
 
 use crate::compress::{Engine, Settings, available_cores};
 use crate::config::{Config, ConfigError};
@@ -72,10 +74,12 @@ pub enum SetupError {
 pub struct Adapters {
     pub store: DynamoStore,
     pub queue: SqsQueue,
+    pub fanout: Option<SqsFanOut>,
     pub objects: S3Objects,
 }
 
-fn required(value: &Option<String>, var: &'static str) -> Result<String, ConfigError> {
+/// A setting a function cannot start without.
+pub fn required(value: &Option<String>, var: &'static str) -> Result<String, ConfigError> {
     value.clone().ok_or(ConfigError {
         var,
         problem: "must be set".into(),
@@ -103,21 +107,23 @@ fn ttl_from_env() -> Result<Duration, ConfigError> {
 
 impl Adapters {
     pub fn new(config: &Config, clients: &Clients) -> Result<Self, ConfigError> {
+        let bucket = required(&config.bucket, "BUCKET")?;
         Ok(Self {
             store: DynamoStore::new(
                 clients.dynamodb.clone(),
                 required(&config.table_name, "TABLE_NAME")?,
+                RowsBucket::new(clients.s3.clone(), bucket.clone()),
             )
             .with_ttl(ttl_from_env()?),
             queue: SqsQueue::new(
                 clients.sqs.clone(),
                 required(&config.queue_url, "QUEUE_URL")?,
             ),
-            objects: S3Objects::new(
-                clients.s3.clone(),
-                required(&config.bucket, "BUCKET")?,
-                config.output_base_url.clone(),
-            ),
+            fanout: config
+                .fanout_queue_url
+                .as_ref()
+                .map(|url| SqsFanOut::new(clients.sqs.clone(), url)),
+            objects: S3Objects::new(clients.s3.clone(), bucket, config.output_base_url.clone()),
         })
     }
 }
@@ -172,6 +178,10 @@ pub fn app_with_metrics(
         config: Arc::new(config),
         store: Arc::new(adapters.store.clone()),
         queue: Arc::new(adapters.queue.clone()),
+        fanout: adapters
+            .fanout
+            .clone()
+            .map(|f| Arc::new(f) as Arc<dyn crate::ports::FanOutQueue>),
         objects: Arc::new(adapters.objects.clone()),
         http,
         engine,

@@ -12,7 +12,13 @@ use futures_util::StreamExt;
 
 use super::error::port_error;
 use crate::domain::ImageJob;
-use crate::ports::{Delivery, JobQueue, JobSource, PortError, PortResult};
+use crate::ports::{Delivery, FanOutQueue, JobQueue, JobSource, PortError, PortResult};
+
+/// The body of a fan-out message: which request to fan out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FanOutMessage {
+    pub request_id: uuid::Uuid,
+}
 
 /// `SendMessageBatch` takes at most ten entries.
 const BATCH: usize = 10;
@@ -39,6 +45,10 @@ impl SqsQueue {
         &self.queue_url
     }
 
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Sends one batch, retrying only the entries SQS did not take.
     async fn send_batch(&self, jobs: &[ImageJob]) -> PortResult<()> {
         let mut pending: Vec<(String, String)> = jobs
@@ -53,7 +63,12 @@ impl SqsQueue {
         let mut last_error = String::new();
         for attempt in 0..MAX_TRIES {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(5))).await;
+                tokio::time::sleep(crate::config::backoff(
+                    Duration::from_millis(100),
+                    attempt,
+                    Duration::from_secs(3),
+                ))
+                .await;
             }
             let entries = pending
                 .iter()
@@ -116,6 +131,42 @@ impl JobQueue for SqsQueue {
             .collect()
             .await;
         results.into_iter().collect()
+    }
+}
+
+/// SQS's ceiling for a message delay: 15 minutes.
+const MAX_DELAY: Duration = Duration::from_secs(900);
+
+/// The queue the `fanout` function reads.
+#[derive(Clone, Debug)]
+pub struct SqsFanOut {
+    client: Client,
+    queue_url: String,
+}
+
+impl SqsFanOut {
+    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl FanOutQueue for SqsFanOut {
+    async fn start(&self, id: uuid::Uuid, delay: Duration) -> PortResult<()> {
+        let body = serde_json::to_string(&FanOutMessage { request_id: id })
+            .map_err(|e| PortError::Permanent(format!("encoding a fan-out message: {e}")))?;
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
+            .send()
+            .await
+            .map_err(|e| port_error("SQS SendMessage (fan-out)", e))?;
+        Ok(())
     }
 }
 

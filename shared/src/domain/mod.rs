@@ -3,5 +3,6 @@
 pub mod csv_input;
 pub mod model;
 pub mod output_csv;
+pub mod rows;
 
 pub use model::*;

@@ -259,6 +259,10 @@ pub struct ImageKey {
     pub product: u32,
     /// 1-based position of the image in its row.
     pub image: u32,
+    /// 0-based position of the image in the whole request, in input order.
+    pub ordinal: u32,
+    /// Images in the request: with `ordinal`, names the image's counter shard.
+    pub total: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,6 +342,12 @@ pub struct ImageJob {
     pub serial_number: u64,
     pub image: u32,
     pub input_url: String,
+    /// See [`ImageKey::ordinal`].
+    #[serde(default)]
+    pub ordinal: u32,
+    /// See [`ImageKey::total`].
+    #[serde(default)]
+    pub total: u32,
 }
 
 impl ImageJob {
@@ -346,6 +356,8 @@ impl ImageJob {
             request_id: self.request_id,
             product: self.product,
             image: self.image,
+            ordinal: self.ordinal,
+            total: self.total,
         }
     }
 
@@ -355,6 +367,48 @@ impl ImageJob {
             "processed/{}/{}/{}.jpg",
             self.request_id, self.serial_number, self.image
         )
+    }
+}
+
+/// How a request's images are split into counter shards: contiguous runs of
+/// ordinals, each counted on its own item, so that no single item takes
+/// more than about 1 % of a request's writes (and at most 200 of them), and
+/// a shard's items sit under their own partition key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shards {
+    pub total: u32,
+    /// Images per shard (the last one may hold fewer).
+    pub size: u32,
+}
+
+impl Shards {
+    /// At most this many images per shard: keeps a shard's counter item
+    /// under 1 KB (one write unit) and its write rate far below one item's limit.
+    pub const MAX_SIZE: u32 = 200;
+    /// Shards a large request is split into, at least.
+    pub const TARGET_COUNT: u32 = 128;
+
+    pub fn of(total: u32) -> Self {
+        Self {
+            total,
+            size: total.div_ceil(Self::TARGET_COUNT).clamp(1, Self::MAX_SIZE),
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.total.div_ceil(self.size)
+    }
+
+    /// The shard of image `ordinal`, and the image's offset in it.
+    pub fn locate(&self, ordinal: u32) -> (u32, u32) {
+        (ordinal / self.size, ordinal % self.size)
+    }
+
+    /// Images in shard `shard`.
+    pub fn len(&self, shard: u32) -> u32 {
+        self.total
+            .saturating_sub(shard.saturating_mul(self.size))
+            .min(self.size)
     }
 }
 
@@ -379,22 +433,7 @@ impl NewRequest {
         self.products.iter().map(|p| p.urls.len() as u32).sum()
     }
 
-    /// One job per image, in input order.
-    pub fn jobs(&self) -> Vec<ImageJob> {
-        self.products
-            .iter()
-            .enumerate()
-            .flat_map(|(position, p)| {
-                p.urls.iter().enumerate().map(move |(i, url)| ImageJob {
-                    request_id: self.id,
-                    product: position as u32,
-                    serial_number: p.serial_number,
-                    image: i as u32 + 1,
-                    input_url: url.clone(),
-                })
-            })
-            .collect()
-    }
+
 }
 
 #[cfg(test)]
@@ -488,6 +527,8 @@ mod tests {
             serial_number: 42,
             image: 2,
             input_url: "https://example.com/a.jpg".into(),
+            ordinal: 7,
+            total: 9,
         };
         assert_eq!(
             job.output_key(),
@@ -497,5 +538,23 @@ mod tests {
             results_key(Uuid::nil()),
             format!("results/{}.csv", Uuid::nil())
         );
+    }
+
+    #[test]
+    fn shards_cover_every_image_once_and_stay_small() {
+        for total in [1, 2, 127, 128, 129, 1000, 5000, 25_600, 25_601, 50_000, 1_000_000] {
+            let shards = Shards::of(total);
+            assert!(shards.size >= 1 && shards.size <= Shards::MAX_SIZE);
+            let sum: u32 = (0..shards.count()).map(|k| shards.len(k)).sum();
+            assert_eq!(sum, total, "{total}");
+            assert!((0..shards.count()).all(|k| shards.len(k) >= 1));
+            let (last, offset) = shards.locate(total - 1);
+            assert_eq!(last, shards.count() - 1);
+            assert!(offset < shards.len(last));
+            // A request of 5,000 images or more writes no shard more than 1 % of its images.
+            if total >= 5000 {
+                assert!(shards.size * 100 <= total, "{total}: {}", shards.size);
+            }
+        }
     }
 }

@@ -133,6 +133,8 @@ impl LocalRuntime {
                 store: store.clone(),
                 wake: wake.clone(),
             }),
+            // Locally the submitting process fans out itself (SQLite is fast).
+            fanout: None,
             objects: Arc::new(objects.clone()),
             http,
             engine,
@@ -145,6 +147,12 @@ impl LocalRuntime {
                 jobs = requeued,
                 "queued images left unqueued by an earlier run"
             );
+        }
+        // A fan-out cut short by a crash resumes where its cursor stands.
+        for id in store.unfinished_fan_outs().await.map_err(|e| e.to_string())? {
+            crate::services::fanout::fan_out(&app, id, None)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         for (id, progress) in store
             .unfinished_complete_requests()

@@ -16,7 +16,8 @@ use crate::domain::{
     ProductRecord, Progress, RequestRecord, RequestStatus, WebhookState, WebhookStatus,
 };
 use crate::ports::{
-    CreateOutcome, Delivery, Finished, JobQueue, JobSource, JobStore, PortError, PortResult,
+    CreateOutcome, Delivery, FanOutClaim, FanOutSlice, Finished, JobQueue, JobSource, JobStore,
+    PortError, PortResult,
 };
 
 const SCHEMA: &str = "
@@ -36,7 +37,12 @@ CREATE TABLE IF NOT EXISTS requests (
     warnings         TEXT NOT NULL,
     fingerprint      TEXT NOT NULL,
     -- The outbox: set by the terminal transition, cleared once notified.
-    notify_due       INTEGER NOT NULL DEFAULT 0
+    notify_due       INTEGER NOT NULL DEFAULT 0,
+    -- The fan-out: images queued, the next product to queue, and its lease.
+    queued           INTEGER NOT NULL DEFAULT 0,
+    fo_next          INTEGER NOT NULL DEFAULT 0,
+    fo_owner         TEXT,
+    fo_lease         INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_notify_due ON requests(notify_due) WHERE notify_due = 1;
 CREATE TABLE IF NOT EXISTS products (
@@ -44,6 +50,7 @@ CREATE TABLE IF NOT EXISTS products (
     position      INTEGER NOT NULL,
     serial_number INTEGER NOT NULL,
     product_name  TEXT NOT NULL,
+    first_ordinal INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (request_id, position)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS images (
@@ -74,6 +81,43 @@ CREATE TABLE IF NOT EXISTS queue (
 );
 CREATE INDEX IF NOT EXISTS queue_visible ON queue(visible_at, id);
 ";
+
+/// Columns added since the first schema, added to databases made before
+/// them. Requests stored before the fan-out existed queued every image at
+/// once (see `migrate`).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("requests", "queued", "INTEGER NOT NULL DEFAULT 0"),
+    ("requests", "fo_next", "INTEGER NOT NULL DEFAULT 0"),
+    ("requests", "fo_owner", "TEXT"),
+    ("requests", "fo_lease", "INTEGER NOT NULL DEFAULT 0"),
+    ("products", "first_ordinal", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// Products a fan-out slice covers at most, and images (a product with
+/// more stays whole).
+const SLICE_PRODUCTS: i64 = 500;
+const SLICE_IMAGES: u32 = 500;
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let mut added_fan_out = false;
+    for (table, column, decl) in ADDED_COLUMNS {
+        let exists: bool = tx.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+            added_fan_out |= *column == "fo_next";
+        }
+    }
+    if added_fan_out {
+        // Before the fan-out, a request's jobs were all queued when it was stored.
+        tx.execute_batch("UPDATE requests SET queued = total, fo_next = product_count")?;
+    }
+    tx.commit()
+}
 
 /// The SQLite database behind the local runner. Cheap to clone.
 #[derive(Clone)]
@@ -133,8 +177,9 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> PortResult<Self> {
-        let writer = open(path).map_err(db_err)?;
+        let mut writer = open(path).map_err(db_err)?;
         writer.execute_batch(SCHEMA).map_err(db_err)?;
+        migrate(&mut writer).map_err(db_err)?;
         let reader = open(path).map_err(db_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -178,9 +223,11 @@ impl SqliteStore {
             tx.execute("UPDATE queue SET visible_at = 0", [])?;
             let requeued = {
                 let mut select = tx.prepare(
-                    "SELECT i.request_id, i.position, p.serial_number, i.idx, i.input_url
+                    "SELECT i.request_id, i.position, p.serial_number, i.idx, i.input_url,
+                            p.first_ordinal + i.idx - 1, r.total
                      FROM images i JOIN products p ON p.request_id = i.request_id AND p.position = i.position
-                     WHERE i.status = 'pending'
+                     JOIN requests r ON r.id = i.request_id
+                     WHERE i.status = 'pending' AND i.position < r.fo_next
                        AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.request_id = i.request_id
                                        AND q.position = i.position AND q.idx = i.idx)",
                 )?;
@@ -192,6 +239,8 @@ impl SqliteStore {
                             serial_number: r.get::<_, i64>(2)? as u64,
                             image: r.get(3)?,
                             input_url: r.get(4)?,
+                            ordinal: r.get(5)?,
+                            total: r.get(6)?,
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -222,6 +271,17 @@ impl SqliteStore {
                 ))
             })?
             .collect()
+        })
+        .await
+    }
+
+    /// Requests whose fan-out has not queued every image yet.
+    pub async fn unfinished_fan_outs(&self) -> PortResult<Vec<Uuid>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT id FROM requests WHERE fo_next < product_count ORDER BY created_at")?;
+            stmt.query_map([], |r| parse_uuid(&r.get::<_, String>(0)?))?
+                .collect()
         })
         .await
     }
@@ -282,7 +342,7 @@ fn enqueue(tx: &rusqlite::Transaction<'_>, jobs: &[ImageJob]) -> rusqlite::Resul
 
 const REQUEST_COLUMNS: &str =
     "id, terminal, created_at, updated_at, completed_at, total, succeeded, failed,
-    product_count, webhook_url, webhook_status, webhook_attempts, warnings, fingerprint";
+    product_count, webhook_url, webhook_status, webhook_attempts, warnings, fingerprint, queued";
 
 fn request_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
     let webhook = match r.get::<_, Option<String>>(9)? {
@@ -316,8 +376,7 @@ fn request_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
             succeeded: r.get(6)?,
             failed: r.get(7)?,
         },
-        // Every image is queued in the transaction that stores the request.
-        queued: r.get(5)?,
+        queued: r.get(14)?,
         product_count: r.get(8)?,
         webhook,
         warnings: serde_json::from_str(&warnings).unwrap_or_default(),
@@ -392,13 +451,16 @@ impl JobStore for SqliteStore {
             {
                 let id = new.id.to_string();
                 let mut product = tx.prepare_cached(
-                    "INSERT INTO products (request_id, position, serial_number, product_name) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO products (request_id, position, serial_number, product_name, first_ordinal)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 let mut image = tx.prepare_cached(
                     "INSERT INTO images (request_id, position, idx, input_url, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
                 )?;
+                let mut ordinal = 0u32;
                 for (position, p) in new.products.iter().enumerate() {
-                    product.execute(params![id, position as u32, p.serial_number as i64, p.product_name])?;
+                    product.execute(params![id, position as u32, p.serial_number as i64, p.product_name, ordinal])?;
+                    ordinal += p.urls.len() as u32;
                     for (i, url) in p.urls.iter().enumerate() {
                         image.execute(params![id, position as u32, i as u32 + 1, url])?;
                     }
@@ -533,7 +595,10 @@ impl JobStore for SqliteStore {
                         |r| r.get(0),
                     )?;
                 tx.commit()?;
-                Ok(progress.filter(|_| exists).map(|progress| Finished { applied: changed == 1, progress }))
+                Ok(progress.filter(|_| exists).map(|progress| Finished {
+                    applied: changed == 1,
+                    all_done: progress.is_done().then_some(progress),
+                }))
             })
             .await?;
         result.ok_or_else(|| {
@@ -569,6 +634,128 @@ impl JobStore for SqliteStore {
                 params![id.to_string(), state.status.as_str(), state.attempts, ts(Utc::now())],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn claim_fan_out(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        lease: Duration,
+    ) -> PortResult<FanOutClaim> {
+        self.write(move |conn| {
+            let now = now_ms();
+            let tx = conn.transaction()?;
+            let row = tx
+                .query_row(
+                    "SELECT fo_next, product_count, queued, fo_owner, fo_lease FROM requests WHERE id = ?1",
+                    [id.to_string()],
+                    |r| {
+                        Ok((
+                            r.get::<_, u32>(0)?,
+                            r.get::<_, u32>(1)?,
+                            r.get::<_, u32>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((next, products, queued, holder, until)) = row else {
+                return Ok(FanOutClaim::Missing);
+            };
+            if next >= products {
+                return Ok(FanOutClaim::Finished);
+            }
+            if until > now && holder.as_deref() != Some(owner.to_string().as_str()) {
+                return Ok(FanOutClaim::Busy {
+                    retry_after: Duration::from_millis((until - now) as u64),
+                });
+            }
+            tx.execute(
+                "UPDATE requests SET fo_owner = ?2, fo_lease = ?3 WHERE id = ?1",
+                params![id.to_string(), owner.to_string(), now + lease.as_millis() as i64],
+            )?;
+            tx.commit()?;
+            Ok(FanOutClaim::Claimed { next, queued })
+        })
+        .await
+    }
+
+    async fn fan_out_slice(&self, id: Uuid, from: u32) -> PortResult<Option<FanOutSlice>> {
+        self.read(move |conn| {
+            let Some(total) = conn
+                .query_row("SELECT total FROM requests WHERE id = ?1", [id.to_string()], |r| {
+                    r.get::<_, u32>(0)
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT p.position, p.serial_number, p.first_ordinal, i.idx, i.input_url
+                 FROM products p JOIN images i ON i.request_id = p.request_id AND i.position = p.position
+                 WHERE p.request_id = ?1 AND p.position >= ?2 AND p.position < ?2 + ?3
+                 ORDER BY p.position, i.idx",
+            )?;
+            let mut rows = stmt.query(params![id.to_string(), from, SLICE_PRODUCTS])?;
+            let mut jobs: Vec<ImageJob> = Vec::new();
+            let mut next = None;
+            while let Some(r) = rows.next()? {
+                let position: u32 = r.get(0)?;
+                let image: u32 = r.get(3)?;
+                // Close the slice at a product boundary once it is full.
+                if image == 1 && jobs.len() as u32 >= SLICE_IMAGES {
+                    next = Some(position);
+                    break;
+                }
+                jobs.push(ImageJob {
+                    request_id: id,
+                    product: position,
+                    serial_number: r.get::<_, i64>(1)? as u64,
+                    image,
+                    input_url: r.get(4)?,
+                    ordinal: r.get::<_, u32>(2)? + image - 1,
+                    total,
+                });
+            }
+            let Some(last) = jobs.last().map(|j| j.product) else {
+                return Ok(None);
+            };
+            Ok(Some(FanOutSlice {
+                next: next.unwrap_or(last + 1),
+                jobs,
+            }))
+        })
+        .await
+    }
+
+    async fn advance_fan_out(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        from: u32,
+        next: u32,
+        jobs: u32,
+        lease: Duration,
+    ) -> PortResult<bool> {
+        self.write(move |conn| {
+            let now = now_ms();
+            let changed = conn.execute(
+                "UPDATE requests SET fo_next = ?4, fo_lease = ?5, queued = queued + ?6, updated_at = ?7
+                 WHERE id = ?1 AND fo_owner = ?2 AND fo_next = ?3",
+                params![
+                    id.to_string(),
+                    owner.to_string(),
+                    from,
+                    next,
+                    now + lease.as_millis() as i64,
+                    jobs,
+                    ts(Utc::now())
+                ],
+            )?;
+            Ok(changed == 1)
         })
         .await
     }

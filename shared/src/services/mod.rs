@@ -1,6 +1,7 @@
 //! What the service does, written once against the ports: the HTTP API,
 //! the Lambda handlers and the local runner all call these.
 
+pub mod fanout;
 pub mod notify;
 pub mod process;
 pub mod status;
@@ -13,7 +14,7 @@ use crate::config::Config;
 use crate::domain::csv_input::Issue;
 use crate::metrics::Recorder;
 use crate::net::GuardedClient;
-use crate::ports::{JobQueue, JobStore, ObjectStore, PortError};
+use crate::ports::{FanOutQueue, JobQueue, JobStore, ObjectStore, PortError};
 
 /// Everything the services need, built once per process (per cold start
 /// on Lambda) and shared.
@@ -22,6 +23,9 @@ pub struct App {
     pub config: Arc<Config>,
     pub store: Arc<dyn JobStore>,
     pub queue: Arc<dyn JobQueue>,
+    /// Where fan-outs run (the `fanout` function on AWS); `None` fans out
+    /// in the submitting process.
+    pub fanout: Option<Arc<dyn FanOutQueue>>,
     pub objects: Arc<dyn ObjectStore>,
     pub http: GuardedClient,
     pub engine: Engine,

@@ -26,7 +26,10 @@ pub enum JobResult {
 
 /// Processes one delivery of `job`. `receive_count` (1-based) is how many
 /// times the queue has delivered it, which bounds the retries: on the last
-/// allowed attempt a transient failure fails the image, so no request hangs.
+/// allowed attempt a transient failure fails the image, and a delivery past
+/// it means every attempt's worker died (out of memory, a timeout, a crash)
+/// before it could record anything, so the image fails as `worker_crashed`
+/// without being tried again. Either way no request hangs.
 /// An `Err` means the store itself failed; the message should come back.
 ///
 /// Everything logged here, by the adapters too, happens inside the
@@ -39,20 +42,33 @@ pub async fn process_job(
     receive_count: u32,
 ) -> Result<JobResult, PortError> {
     let key = job.key();
-    match app.store.image_status(key).await? {
-        // The request is gone (expired): nothing to do.
-        None => return Ok(JobResult::Done),
-        Some(ImageStatus::Pending) => {}
-        // A repeated delivery. The first may have died between counting the
-        // image and completing the request, so finish that step.
-        Some(_) => {
-            if let Some(request) = app.store.get_request(job.request_id).await? {
-                if request.terminal.is_none() {
-                    complete_if_done(app, job.request_id, request.progress).await?;
+    // Only a repeated delivery can find its image finished: the first
+    // delivery of a job reads nothing before doing its work.
+    if receive_count > 1 {
+        match app.store.image_status(key).await? {
+            // The request is gone (expired): nothing to do.
+            None => return Ok(JobResult::Done),
+            Some(ImageStatus::Pending) => {}
+            // The first delivery may have died between recording the image
+            // and counting it or completing the request: finish those steps
+            // (the outcome given is ignored for an image that has one).
+            Some(_) => {
+                let outcome = crashed(receive_count);
+                let finished = app.store.finish_image(key, &outcome).await?;
+                if let Some(progress) = finished.all_done {
+                    complete_if_done(app, job.request_id, progress).await?;
                 }
+                return Ok(JobResult::Done);
             }
-            return Ok(JobResult::Done);
         }
+    }
+    if receive_count > app.config.max_attempts {
+        let outcome = crashed(receive_count - 1);
+        tracing::warn!(
+            code = ErrorCode::WorkerCrashed.as_str(),
+            "every attempt's worker died; failing the image"
+        );
+        return record(app, job, outcome, ImageTimings::default(), Instant::now()).await;
     }
 
     let last_attempt = receive_count >= app.config.max_attempts;
@@ -76,8 +92,33 @@ pub async fn process_job(
             input_bytes: failure.input_bytes,
         },
     };
+    record(app, job, outcome, timings, started).await
+}
 
-    let finished = app.store.finish_image(key, &outcome).await?;
+/// The outcome of an image whose worker died on each of its `attempts`.
+pub fn crashed(attempts: u32) -> ImageOutcome {
+    ImageOutcome::Failed {
+        error: ImageError::new(
+            ErrorCode::WorkerCrashed,
+            format!(
+                "the worker processing this image stopped on each of its {attempts} attempt(s) \
+                 (out of memory, a timeout or a crash)"
+            ),
+        ),
+        input_bytes: None,
+    }
+}
+
+/// Records `outcome` for the job's image (counting it once), reports it,
+/// and completes the request when it was the last image.
+pub async fn record(
+    app: &App,
+    job: &ImageJob,
+    outcome: ImageOutcome,
+    timings: ImageTimings,
+    started: Instant,
+) -> Result<JobResult, PortError> {
+    let finished = app.store.finish_image(job.key(), &outcome).await?;
     let request_id = job.request_id;
     let counted = finished.applied;
     match &outcome {
@@ -111,7 +152,9 @@ pub async fn process_job(
             });
         }
     }
-    complete_if_done(app, job.request_id, finished.progress).await?;
+    if let Some(progress) = finished.all_done {
+        complete_if_done(app, request_id, progress).await?;
+    }
     Ok(JobResult::Done)
 }
 

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{App, ServiceError};
+use super::{App, ServiceError, fanout};
 use crate::domain::csv_input::{self, check_url};
 use crate::domain::{NewRequest, RequestRecord};
 use crate::metrics::Event;
@@ -16,10 +16,6 @@ use crate::ports::CreateOutcome;
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1e_4f0c_9a7d_4c3e_8f21_6d0a_b7c4_e913);
 
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-
-/// Jobs are sent in slices of this size, so a huge request never builds one
-/// giant queue call.
-const SEND_CHUNK: usize = 1000;
 
 pub struct Submission<'a> {
     pub csv: &'a [u8],
@@ -124,11 +120,13 @@ pub async fn submit(app: &App, sub: Submission<'_>) -> Result<Accepted, ServiceE
     store_and_queue(app, new).instrument(span).await
 }
 
-/// Stores `new` and queues its images, or answers a repeat with the first answer.
+/// Stores `new` and starts queueing its images, or answers a repeat with
+/// the first answer. The answer does not wait for the images to be queued.
 async fn store_and_queue(app: &App, new: NewRequest) -> Result<Accepted, ServiceError> {
+    fanout::ask(app, new.id).await?;
     match app.store.create_request(&new).await? {
         CreateOutcome::Created => {
-            send_jobs(app, &new).await?;
+            fanout::run_inline(app, new.id).await?;
             tracing::info!(
                 products = new.products.len(),
                 images = new.image_count(),
@@ -146,12 +144,11 @@ async fn store_and_queue(app: &App, new: NewRequest) -> Result<Accepted, Service
             })
         }
         CreateOutcome::Existing(existing) if existing.fingerprint == new.fingerprint => {
-            // If the first attempt stored the request but died before queueing
-            // it, nothing has started: queue it now (duplicates are harmless).
-            if existing.terminal.is_none()
-                && existing.progress.succeeded + existing.progress.failed == 0
-            {
-                send_jobs(app, &new).await?;
+            // The first attempt may have stored the request and died before
+            // its fan-out ran: the ask above restarts it on AWS; locally run
+            // it (a running one is not disturbed, a finished one does nothing).
+            if existing.queued < existing.progress.total {
+                fanout::run_inline(app, existing.id).await?;
             }
             Ok(Accepted::of(&existing))
         }
@@ -159,13 +156,6 @@ async fn store_and_queue(app: &App, new: NewRequest) -> Result<Accepted, Service
             "this Idempotency-Key was already used for a different submission".into(),
         )),
     }
-}
-
-async fn send_jobs(app: &App, new: &NewRequest) -> Result<(), ServiceError> {
-    for chunk in new.jobs().chunks(SEND_CHUNK) {
-        app.queue.send(chunk).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,56 +1,27 @@
-//! `process`: an SQS batch of image jobs, handled concurrently, answered
-//! with a partial batch response (`ReportBatchItemFailures`) naming only
-//! the messages that must come back.
+//! `process`: an SQS batch of image jobs, handled concurrently within the
+//! invocation's deadline, answered with a partial batch response naming
+//! only the messages that must come back.
+
+use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use futures_util::future::join_all;
 
+use super::batch::{Settle, receive_count, settle_all};
 use crate::domain::ImageJob;
 use crate::ports::JobSource;
 use crate::services::App;
 use crate::services::process::{JobResult, process_job};
 
-/// What became of one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageOutcome {
-    /// Done (or already done): Lambda deletes the message.
-    Done,
-    /// Handed back to the queue, to be delivered again.
-    Retry,
-}
-
-/// Handles every message of the batch at once. `source` moves the
-/// visibility of a message handed back, so its retry waits for the
-/// service's backoff instead of the queue's full visibility timeout.
-pub async fn handle(app: &App, source: &dyn JobSource, event: SqsEvent) -> SqsBatchResponse {
-    let outcomes = join_all(event.records.iter().map(|m| handle_message(app, source, m))).await;
-    let mut response = SqsBatchResponse::default();
-    for (message, outcome) in event.records.iter().zip(outcomes) {
-        if outcome == MessageOutcome::Retry {
-            match &message.message_id {
-                Some(id) => response.add_failure(id.clone()),
-                None => tracing::error!("a message to retry has no message ID; it will be deleted"),
-            }
-        }
-    }
-    response
-}
-
-/// `ApproximateReceiveCount` of a Lambda SQS record: 1 on the first delivery.
-pub fn receive_count(message: &SqsMessage) -> u32 {
-    message
-        .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
-        .max(1)
-}
-
-pub async fn handle_message(
+pub async fn handle(
     app: &App,
     source: &dyn JobSource,
-    message: &SqsMessage,
-) -> MessageOutcome {
+    event: SqsEvent,
+    deadline: Option<Instant>,
+) -> SqsBatchResponse {
+    settle_all(&event.records, source, deadline, |m| handle_message(app, m)).await
+}
+
+pub async fn handle_message(app: &App, message: &SqsMessage) -> Settle {
     let message_id = message.message_id.as_deref().unwrap_or("");
     let job = match message
         .body
@@ -62,45 +33,24 @@ pub async fn handle_message(
         // after the redrive limit, where the alarm shows it.
         _ => {
             tracing::error!(message_id, "message is not an image job");
-            return MessageOutcome::Retry;
+            return Settle::RetryAfter(app.config.backoff(receive_count(message)));
         }
     };
     let count = receive_count(message);
-    let delay = match process_job(app, &job, count).await {
-        Ok(JobResult::Done) => return MessageOutcome::Done,
-        Ok(JobResult::RetryAfter(delay)) => delay,
+    match process_job(app, &job, count).await {
+        Ok(JobResult::Done) => Settle::Done,
+        Ok(JobResult::RetryAfter(delay)) => Settle::RetryAfter(delay),
         Err(e) => {
             tracing::warn!(message_id, request_id = %job.request_id, image = job.image, error = %e,
                 "the store failed; the job will come back");
-            app.config.backoff(count)
-        }
-    };
-    if let Some(receipt) = &message.receipt_handle {
-        if let Err(e) = source.retry_later(receipt, delay).await {
-            // The message still comes back, after the queue's visibility timeout.
-            tracing::warn!(message_id, error = %e, "cannot delay the retry");
+            Settle::RetryAfter(app.config.backoff(count))
         }
     }
-    MessageOutcome::Retry
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_receive_count_comes_from_the_record_attributes() {
-        let event: SqsEvent =
-            serde_json::from_str(include_str!("../../../../infra/events/process.json")).unwrap();
-        assert_eq!(receive_count(&event.records[0]), 1);
-        let mut m = event.records[0].clone();
-        m.attributes
-            .insert("ApproximateReceiveCount".into(), "3".into());
-        assert_eq!(receive_count(&m), 3);
-        m.attributes
-            .insert("ApproximateReceiveCount".into(), "junk".into());
-        assert_eq!(receive_count(&m), 1);
-    }
 
     #[test]
     fn the_fixture_carries_an_image_job() {
@@ -109,5 +59,6 @@ mod tests {
         let job: ImageJob =
             serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
         assert_eq!(job.image, 1);
+        assert_eq!(receive_count(&event.records[0]), 1);
     }
 }

@@ -1,0 +1,80 @@
+//! `fanout`: messages naming a stored request whose image jobs are to be
+//! queued. Each run queues slices until its deadline draws near, then
+//! hands the rest to a continuation message of its own.
+
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+
+use super::batch::{Settle, receive_count, settle_all};
+use crate::aws::sqs::FanOutMessage;
+use crate::ports::JobSource;
+use crate::services::App;
+use crate::services::fanout::{FanOutRun, fan_out};
+
+/// A kick is sent before its request item is stored (so that a crash
+/// between the two cannot strand the request); one that finds no request
+/// keeps looking this long after it was sent.
+pub const MISSING_GRACE: Duration = Duration::from_secs(60);
+
+pub async fn handle(
+    app: &App,
+    source: &dyn JobSource,
+    event: SqsEvent,
+    deadline: Option<Instant>,
+) -> SqsBatchResponse {
+    settle_all(&event.records, source, deadline, |m| {
+        handle_message(app, m, deadline)
+    })
+    .await
+}
+
+fn age(message: &SqsMessage) -> Option<Duration> {
+    let sent: u64 = message.attributes.get("SentTimestamp")?.parse().ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    Some(Duration::from_millis(now.saturating_sub(sent)))
+}
+
+pub async fn handle_message(app: &App, message: &SqsMessage, deadline: Option<Instant>) -> Settle {
+    let message_id = message.message_id.as_deref().unwrap_or("");
+    let Some(Ok(FanOutMessage { request_id })) = message
+        .body
+        .as_deref()
+        .map(serde_json::from_str::<FanOutMessage>)
+    else {
+        tracing::error!(message_id, "message is not a fan-out request; dropped");
+        return Settle::Done;
+    };
+    // Keep a continuation's own margin: the batch hands back a message
+    // still running at the deadline, and this one should pause before that.
+    let own_deadline = deadline.map(|d| d.checked_sub(super::batch::DEADLINE_MARGIN).unwrap_or(d));
+    match fan_out(app, request_id, own_deadline).await {
+        Ok(FanOutRun::Finished) => Settle::Done,
+        Ok(FanOutRun::Missing) if age(message).is_some_and(|a| a < MISSING_GRACE) => {
+            Settle::RetryAfter(Duration::from_secs(5))
+        }
+        Ok(FanOutRun::Missing) => {
+            tracing::info!(%request_id, "no such request; nothing to fan out");
+            Settle::Done
+        }
+        Ok(FanOutRun::Busy(after)) => Settle::RetryAfter(after),
+        Ok(FanOutRun::Paused) => match &app.fanout {
+            Some(queue) => match queue.start(request_id, Duration::ZERO).await {
+                Ok(()) => Settle::Done,
+                // This message comes back and resumes from the cursor.
+                Err(e) => {
+                    tracing::warn!(%request_id, error = %e, "cannot queue the continuation");
+                    Settle::RetryAfter(Duration::ZERO)
+                }
+            },
+            None => Settle::RetryAfter(Duration::ZERO),
+        },
+        Err(e) => {
+            tracing::warn!(%request_id, error = %e, "fan-out failed; it resumes from its cursor");
+            Settle::RetryAfter(app.config.backoff(receive_count(message)))
+        }
+    }
+}
