@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,15 +30,18 @@ use axum::routing::{get, post};
 use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use imgproc::aws::handlers::ingest::{self, IngestOutcome};
-use imgproc::aws::handlers::{notify, process};
+use imgproc::aws::dynamo::WriteLog;
+use imgproc::aws::handlers::{deadletter, fanout, notify, process};
 use imgproc::aws::{
-    Adapters, Clients, DynamoStore, RowsBucket, S3Objects, SqsQueue, app_with_metrics,
+    Adapters, Clients, DynamoStore, RowsBucket, S3Objects, SqsFanOut, SqsQueue, app_with_metrics,
     stream_poller,
 };
 use imgproc::config::Config;
-use imgproc::domain::{ImageKey, ImageStatus, Progress, RequestStatus};
+use imgproc::domain::{
+    ErrorCode, ImageJob, ImageKey, ImageStatus, Progress, RequestRecord, RequestStatus,
+};
 use imgproc::metrics::EmfRecorder;
-use imgproc::ports::{JobSource, JobStore};
+use imgproc::ports::{FanOutClaim, JobQueue, JobSource, JobStore};
 use imgproc::services::App;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -1034,5 +1038,432 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
             succeeded: 2,
             failed: 1
         }
+    );
+}
+
+/// A thumbnail of a real photograph (coffee.jpg at 64×48), as a JPEG: the
+/// scale tests process thousands of images, so each must be cheap.
+fn small_photo() -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/photos/coffee.jpg");
+    let photo = image::open(path).expect("the example photo decodes").to_rgb8();
+    let thumb = image::imageops::thumbnail(&photo, 64, 48);
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 90)
+        .encode(thumb.as_raw(), 64, 48, jpeg_encoder::ColorType::Rgb)
+        .expect("encode the thumbnail");
+    out
+}
+
+/// Serves `body` as a JPEG at every path after `delay`, counting requests.
+async fn jpeg_server(body: Vec<u8>, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let body = Bytes::from(body);
+    let app = Router::new().fallback(move || {
+        let (body, hits) = (body.clone(), counted.clone());
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            ([("content-type", "image/jpeg")], body)
+        }
+    });
+    (serve(app).await, hits)
+}
+
+/// One CSV row per image, all at `base`.
+fn csv_of_images(base: &str, n: usize) -> String {
+    let mut csv = String::from("S. No.,Product Name,Input Image Urls\n");
+    for i in 1..=n {
+        csv.push_str(&format!("{i},Product {i},{base}/img/{i}.jpg\n"));
+    }
+    csv
+}
+
+async fn submit_csv(router: &Router, csv: String) -> Uuid {
+    let upload = Request::post("/v1/requests")
+        .header("content-type", "text/csv")
+        .body(Body::from(csv))
+        .unwrap();
+    let (status, _, body) = call(router, upload).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    json_of(&body)["request_id"].as_str().unwrap().parse().unwrap()
+}
+
+/// A queue of its own on moto, its URL and its ARN.
+async fn new_queue(h: &Harness, prefix: &str) -> (String, String) {
+    let url = h
+        .clients
+        .sqs
+        .create_queue()
+        .queue_name(format!("{prefix}-{}", Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let arn = format!(
+        "arn:aws:sqs:{}:123456789012:{}",
+        env("AWS_REGION"),
+        url.rsplit('/').next().unwrap_or("")
+    );
+    (url, arn)
+}
+
+/// Every message of `queue_url` received so far, as Lambda SQS records.
+async fn receive_from(h: &Harness, queue_url: &str, arn: &str) -> SqsEvent {
+    let mut records = Vec::new();
+    loop {
+        let out = h
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            break;
+        }
+        for m in messages {
+            let attributes: serde_json::Map<String, Value> = m
+                .attributes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.as_str().to_owned(), Value::String(v)))
+                .collect();
+            records.push(json!({
+                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
+                "attributes": attributes, "messageAttributes": {}, "md5OfBody": m.md5_of_body,
+                "eventSource": "aws:sqs", "eventSourceARN": arn, "awsRegion": env("AWS_REGION"),
+            }));
+        }
+    }
+    serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
+    if moto().is_none() {
+        return;
+    }
+    let mut h = harness().await;
+    let (fanout_url, fanout_arn) = new_queue(&h, "fanout").await;
+    h.adapters.fanout = Some(SqsFanOut::new(h.clients.sqs.clone(), &fanout_url));
+    let app = app_with_metrics(
+        Config::from_lookup(|_| None).unwrap(),
+        &h.adapters,
+        Arc::new(EmfRecorder::with_sink(NAMESPACE, |_: &str| {})),
+    )
+    .unwrap();
+    let router = imgproc::api::router(app.clone());
+    let fanout_source = SqsQueue::new(h.clients.sqs.clone(), &fanout_url);
+
+    // Given an upload of 600 images (two fan-out slices: 500 and 100),
+    let id = submit_csv(&router, csv_of_images("http://127.0.0.1:9", 600)).await;
+    // it is answered before anything is queued,
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!((r.queued, r.progress.total), (0, 600));
+    assert!(h.receive_all().await.records.is_empty(), "no job yet");
+
+    // and its fan-out message, run with its deadline already near, pauses
+    // at once and hands the rest to a continuation.
+    let kick = receive_from(&h, &fanout_url, &fanout_arn).await;
+    assert_eq!(kick.records.len(), 1, "one fan-out message per upload");
+    let soon = Some(Instant::now() + Duration::from_secs(4));
+    let response = fanout::handle(&app, &fanout_source, kick.clone(), soon).await;
+    assert!(response.batch_item_failures.is_empty());
+    delete_all(&h, &fanout_url, &kick).await;
+    let continuation = receive_from(&h, &fanout_url, &fanout_arn).await;
+    assert_eq!(continuation.records.len(), 1, "a continuation was queued");
+
+    // When a worker queues the first slice and dies (its lease lapses),
+    let dead = Uuid::new_v4();
+    let lease = Duration::from_secs(1);
+    assert!(matches!(
+        h.adapters.store.claim_fan_out(id, dead, lease).await.unwrap(),
+        FanOutClaim::Claimed { next: 0, .. }
+    ));
+    let first = h.adapters.store.fan_out_slice(id, 0).await.unwrap().unwrap();
+    assert_eq!(first.jobs.len(), 500);
+    h.adapters.queue.send(&first.jobs).await.unwrap();
+    assert!(
+        h.adapters
+            .store
+            .advance_fan_out(id, dead, 0, first.next, 500, lease)
+            .await
+            .unwrap()
+    );
+    // the continuation waits while the lease holds, then resumes at the cursor,
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = fanout::handle(&app, &fanout_source, continuation.clone(), None).await;
+        if response.batch_item_failures.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lapsed lease was never taken over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // and a duplicate of the kick, arriving late, queues nothing.
+    let again = fanout::handle(&app, &fanout_source, kick, None).await;
+    assert!(again.batch_item_failures.is_empty());
+
+    // Then every image is queued exactly once.
+    let jobs = h.receive_all().await;
+    let mut ordinals: Vec<u32> = jobs
+        .records
+        .iter()
+        .map(|m| serde_json::from_str::<ImageJob>(m.body.as_deref().unwrap()).unwrap().ordinal)
+        .collect();
+    ordinals.sort_unstable();
+    assert_eq!(ordinals, (0..600).collect::<Vec<_>>());
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(r.queued, 600);
+}
+
+async fn delete_all(h: &Harness, queue_url: &str, event: &SqsEvent) {
+    for m in &event.records {
+        h.clients
+            .sqs
+            .delete_message()
+            .queue_url(queue_url)
+            .receipt_handle(m.receipt_handle.as_deref().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// The terminal request, its results CSV, and its image statuses by ordinal.
+async fn finished(h: &Harness, id: Uuid) -> RequestRecord {
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert!(r.terminal.is_some(), "{r:?}");
+    assert!(
+        h.adapters
+            .objects
+            .fetch(&env("BUCKET"), &format!("results/{id}.csv"), u64::MAX)
+            .await
+            .unwrap()
+            .is_some(),
+        "the results CSV exists"
+    );
+    r
+}
+
+fn error_codes(products: &[imgproc::domain::ProductRecord]) -> Vec<Option<ErrorCode>> {
+    products
+        .iter()
+        .flat_map(|p| p.images.iter().map(|i| i.error.as_ref().map(|e| e.code)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_past_its_attempts_fails_as_worker_crashed_without_a_fetch() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    let (images, hits) = jpeg_server(small_photo(), Duration::ZERO).await;
+    let router = imgproc::api::router(h.app.clone());
+    let id = submit_csv(&router, csv_of_images(&format!("http://{images}"), 2)).await;
+    let mut event = h.receive_event(2).await;
+    assert_eq!(event.records.len(), 2);
+    // The first job's workers all died: the queue delivers it once more than
+    // the attempts allow.
+    let past = (h.app.config.max_attempts + 1).to_string();
+    event.records[0]
+        .attributes
+        .insert("ApproximateReceiveCount".into(), past);
+    let failed = h.process(event).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "only the healthy job fetched");
+    let r = finished(&h, id).await;
+    assert_eq!(r.terminal, Some(RequestStatus::CompletedWithErrors));
+    let products = h.adapters.store.list_products(id, None, 10).await.unwrap();
+    let codes = error_codes(&products);
+    assert_eq!(codes.iter().filter(|c| **c == Some(ErrorCode::WorkerCrashed)).count(), 1);
+    assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_lettered_job_fails_and_its_request_still_completes() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    let router = imgproc::api::router(h.app.clone());
+    let id = submit_csv(&router, csv_of_images("http://127.0.0.1:9", 1)).await;
+    // Given the request's only job moved to the dead-letter queue (every
+    // invocation that took it died),
+    let jobs = h.receive_event(1).await;
+    let (dlq_url, dlq_arn) = new_queue(&h, "dlq").await;
+    h.clients
+        .sqs
+        .send_message()
+        .queue_url(&dlq_url)
+        .message_body(jobs.records[0].body.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    h.adapters
+        .queue
+        .ack(jobs.records[0].receipt_handle.as_deref().unwrap())
+        .await
+        .unwrap();
+    // and a message that is not a job at all,
+    h.clients
+        .sqs
+        .send_message()
+        .queue_url(&dlq_url)
+        .message_body("not a job")
+        .send()
+        .await
+        .unwrap();
+    // when the deadletter function takes them,
+    let dead = receive_from(&h, &dlq_url, &dlq_arn).await;
+    assert_eq!(dead.records.len(), 2);
+    let source = SqsQueue::new(h.clients.sqs.clone(), &dlq_url);
+    let response = deadletter::handle(&h.app, &source, dead.clone(), None).await;
+    assert!(response.batch_item_failures.is_empty());
+    // then the image failed as worker_crashed and the request is terminal,
+    let r = finished(&h, id).await;
+    assert_eq!(r.terminal, Some(RequestStatus::Failed));
+    let products = h.adapters.store.list_products(id, None, 10).await.unwrap();
+    assert_eq!(error_codes(&products), vec![Some(ErrorCode::WorkerCrashed)]);
+    // and the same dead letter again changes nothing.
+    deadletter::handle(&h.app, &source, dead, None).await;
+    let again = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(again.progress, r.progress);
+    assert_eq!(again.completed_at, r.completed_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_process_handler_hands_work_back_before_its_deadline() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    // An image server slower than the invocation has left.
+    let (images, _) = jpeg_server(small_photo(), Duration::from_secs(60)).await;
+    let router = imgproc::api::router(h.app.clone());
+    let id = submit_csv(&router, csv_of_images(&format!("http://{images}"), 1)).await;
+    let event = h.receive_event(1).await;
+    let started = Instant::now();
+    let deadline = Some(started + Duration::from_secs(4));
+    let response = process::handle(&h.app, &h.adapters.queue, event.clone(), deadline).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered before the deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect::<Vec<_>>(),
+        vec![event.records[0].message_id.clone().unwrap()],
+        "the unfinished job is handed back"
+    );
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!((r.progress.succeeded, r.progress.failed), (0, 0));
+}
+
+/// 5,000 images through the fan-out and the process handler on moto, with
+/// the DynamoDB adapter counting its writes per item: none may take more
+/// than 1 % of the images' writes (50 here; at 5,000 images/s that is at
+/// most 50 writes in the second the request takes, far under one item's
+/// 1,000 write units per second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_thousand_images_write_no_item_more_than_one_percent_of_them() {
+    if moto().is_none() {
+        return;
+    }
+    const IMAGES: usize = 5000;
+    let mut h = harness().await;
+    let log = WriteLog::default();
+    h.adapters.store = h.adapters.store.clone().with_write_log(log.clone());
+    let app = app_with_metrics(
+        Config::from_lookup(|name| match name {
+            "ALLOW_PRIVATE_NETWORKS" => Some("true".into()),
+            _ => None,
+        })
+        .unwrap(),
+        &h.adapters,
+        Arc::new(EmfRecorder::with_sink(NAMESPACE, |_: &str| {})),
+    )
+    .unwrap();
+    let (images, hits) = jpeg_server(small_photo(), Duration::ZERO).await;
+    let router = imgproc::api::router(app.clone());
+    let started = Instant::now();
+    let id = submit_csv(&router, csv_of_images(&format!("http://{images}"), IMAGES)).await;
+    let queued_in = started.elapsed();
+
+    // Batches of ten, several invocations at once, as the event source mapping sends them.
+    let processing = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let batches: Vec<SqsEvent> = join_all((0..8).map(|_| async {
+            let records = h.receive_records().await;
+            serde_json::from_value::<SqsEvent>(json!({ "Records": records })).unwrap()
+        }))
+        .await;
+        if batches.iter().all(|b| b.records.is_empty()) {
+            break;
+        }
+        let runs = batches.into_iter().filter(|b| !b.records.is_empty()).map(|b| {
+            let app = app.clone();
+            let queue = h.adapters.queue.clone();
+            async move {
+                let response = process::handle(&app, &queue, b.clone(), None).await;
+                assert!(response.batch_item_failures.is_empty());
+                for m in &b.records {
+                    queue.ack(m.receipt_handle.as_deref().unwrap()).await.unwrap();
+                }
+            }
+        });
+        join_all(runs).await;
+        assert!(Instant::now() < deadline, "5,000 images did not finish in 10 minutes");
+    }
+    let seconds = processing.elapsed().as_secs_f64();
+    let r = finished(&h, id).await;
+    assert_eq!(
+        (r.progress.total, r.progress.succeeded, r.progress.failed, r.queued),
+        (IMAGES as u32, IMAGES as u32, 0, IMAGES as u32)
+    );
+    assert_eq!(r.terminal, Some(RequestStatus::Completed));
+    assert_eq!(hits.load(Ordering::SeqCst), IMAGES, "each image fetched once");
+
+    let counts = log.counts();
+    let request_pk = format!("REQ#{id}");
+    let ours: Vec<(&(String, String), &u32)> = counts
+        .iter()
+        .filter(|((pk, _), _)| pk.starts_with(&request_pk))
+        .collect();
+    let (hottest, max) = ours
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(k, n)| ((*k).clone(), **n))
+        .unwrap();
+    let writes: u32 = ours.iter().map(|(_, n)| **n).sum();
+    eprintln!(
+        "{IMAGES} images: upload answered and queued in {:.2} s, processed in {seconds:.1} s \
+         ({:.0} images/s through moto); {} items written {writes} times ({:.2} per image); \
+         hottest {hottest:?} written {max} times",
+        queued_in.as_secs_f64(),
+        IMAGES as f64 / seconds,
+        ours.len(),
+        f64::from(writes) / IMAGES as f64,
+    );
+    assert!(
+        max as usize * 100 <= IMAGES,
+        "{hottest:?} was written {max} times, over 1 % of {IMAGES}"
+    );
+    assert!(
+        f64::from(writes) / IMAGES as f64 <= 2.1,
+        "{writes} writes for {IMAGES} images"
     );
 }

@@ -931,36 +931,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sort_keys_order_products_then_their_images_in_input_order() {
-        let mut keys = vec![
-            product_sk(10),
-            image_sk(2, 10),
-            product_sk(2),
-            image_sk(2, 2),
-            image_sk(10, 1),
-            product_sk(3),
-        ];
+    fn image_sort_keys_order_a_shard_in_input_order() {
+        let mut keys = vec![image_sk(10), image_sk(2), image_sk(199), image_sk(0)];
         keys.sort();
-        assert_eq!(
-            keys,
-            vec![
-                product_sk(2),
-                image_sk(2, 2),
-                image_sk(2, 10),
-                product_sk(3),
-                product_sk(10),
-                image_sk(10, 1)
-            ]
-        );
-        // The request and claim items sort before every product.
-        assert!("A" < product_sk(0).as_str() && "C" < product_sk(0).as_str());
+        assert_eq!(keys, vec![image_sk(0), image_sk(2), image_sk(10), image_sk(199)]);
+        // Done items sort after the request item, in shard order.
+        let mut done = vec![done_sk(12), done_sk(3), "A".to_owned()];
+        done.sort();
+        assert_eq!(done, vec!["A".to_owned(), done_sk(3), done_sk(12)]);
+        // A shard's partition never collides with the request's own.
+        let id = Uuid::new_v4();
+        assert_ne!(shard_pk(id, 0), pk(id));
+        assert_eq!(request_id_of_key(&shard_pk(id, 0), "A"), None);
     }
 
     #[test]
     fn only_request_items_name_a_request() {
         let id = Uuid::new_v4();
         assert_eq!(request_id_of_key(&pk(id), "A"), Some(id));
-        assert_eq!(request_id_of_key(&pk(id), &product_sk(0)), None);
+        assert_eq!(request_id_of_key(&pk(id), &done_sk(0)), None);
         assert_eq!(request_id_of_key("REQ#nope", "A"), None);
     }
 }
