@@ -22,7 +22,9 @@ pub struct FanOutMessage {
 
 /// `SendMessageBatch` takes at most ten entries.
 const BATCH: usize = 10;
-const BATCHES_IN_FLIGHT: usize = 8;
+/// Batches sent at once: a fan-out slice of 500 jobs is 50 batches, and
+/// with 32 in flight it takes about two round trips.
+const BATCHES_IN_FLIGHT: usize = 32;
 const MAX_TRIES: u32 = 6;
 /// SQS's ceiling for a visibility timeout: 12 hours.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);

@@ -385,13 +385,18 @@ impl Shards {
     /// At most this many images per shard: keeps a shard's counter item
     /// under 1 KB (one write unit) and its write rate far below one item's limit.
     pub const MAX_SIZE: u32 = 200;
+    /// At least this many images per shard, so that a small request does
+    /// not pay a shard's fixed writes and reads for every image.
+    pub const MIN_SIZE: u32 = 32;
     /// Shards a large request is split into, at least.
     pub const TARGET_COUNT: u32 = 128;
 
     pub fn of(total: u32) -> Self {
         Self {
             total,
-            size: total.div_ceil(Self::TARGET_COUNT).clamp(1, Self::MAX_SIZE),
+            size: total
+                .div_ceil(Self::TARGET_COUNT)
+                .clamp(Self::MIN_SIZE, Self::MAX_SIZE),
         }
     }
 
@@ -544,7 +549,7 @@ mod tests {
     fn shards_cover_every_image_once_and_stay_small() {
         for total in [1, 2, 127, 128, 129, 1000, 5000, 25_600, 25_601, 50_000, 1_000_000] {
             let shards = Shards::of(total);
-            assert!(shards.size >= 1 && shards.size <= Shards::MAX_SIZE);
+            assert!(shards.size >= Shards::MIN_SIZE && shards.size <= Shards::MAX_SIZE);
             let sum: u32 = (0..shards.count()).map(|k| shards.len(k)).sum();
             assert_eq!(sum, total, "{total}");
             assert!((0..shards.count()).all(|k| shards.len(k) >= 1));

@@ -48,3 +48,17 @@ pub async fn handle_message(app: &App, message: &SqsMessage) -> Settle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixture_carries_an_image_job() {
+        let event: SqsEvent =
+            serde_json::from_str(include_str!("../../../../infra/events/deadletter.json")).unwrap();
+        let job: ImageJob =
+            serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
+        assert_eq!((job.ordinal, job.total), (0, 1));
+    }
+}
