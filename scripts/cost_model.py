@@ -118,8 +118,6 @@ DEFAULTS = {
 ARM64_SENSITIVITY = (1.0, 2.0)
 # Request sizes of the "by request size" table.
 REQUEST_SIZES = (10, 100, 500, 1000, 5000, 50000)
-# The smallest shard of the "minimum shard size" change (COST.md, "Changes").
-SUGGESTED_MIN_SHARD = 32
 # DynamoDB units per image the design promises on the happy path.
 WRU_BUDGET = 3
 RRU_BUDGET = 1
@@ -150,6 +148,7 @@ def code_figures() -> dict:
     """The constants of the code that the counts below depend on."""
     return {
         "shard_max_size": rust_const("shared/src/domain/model.rs", "MAX_SIZE"),
+        "shard_min_size": rust_const("shared/src/domain/model.rs", "MIN_SIZE"),
         "shard_target_count": rust_const("shared/src/domain/model.rs", "TARGET_COUNT"),
         "segment_images": rust_const("shared/src/domain/rows.rs", "SEGMENT_IMAGES"),
         "segment_products": rust_const("shared/src/domain/rows.rs", "SEGMENT_PRODUCTS"),
@@ -271,10 +270,13 @@ def request_item_bytes(n: int, a: dict, code: dict) -> int:
 
 # --- the layout of a request -----------------------------------------------
 
-def shards_of(n: int, code: dict, min_size: int = 1) -> tuple:
-    """`domain::Shards::of`: (images per shard, shards). `min_size` models a change."""
-    size = min(max(math.ceil(n / code["shard_target_count"]), 1), code["shard_max_size"])
-    size = max(size, min(min_size, n))
+def shards_of(n: int, code: dict) -> tuple:
+    """`domain::Shards::of`: (images in the largest shard, shards). The code's
+    shard size is clamped to [MIN_SIZE, MAX_SIZE]; a request of fewer images
+    than MIN_SIZE is one shard holding all of them."""
+    size = min(max(math.ceil(n / code["shard_target_count"]), code["shard_min_size"]),
+               code["shard_max_size"])
+    size = min(size, n)
     return size, math.ceil(n / size)
 
 
@@ -292,13 +294,13 @@ def fanout_images_per_second(a: dict, code: dict) -> float:
     return per_slice / seconds
 
 
-def per_request(n: int, engine: dict, a: dict, code: dict, min_shard: int = 1) -> dict:
+def per_request(n: int, engine: dict, a: dict, code: dict) -> dict:
     """Calls and units of one successful request of `n` images, on the happy
     path (every image succeeds on its first delivery), from the code path
     (COST.md, "Requests per image")."""
     k = a["images_per_product"]
     products = math.ceil(n / k)
-    size, count = shards_of(n, code, min_shard)
+    size, count = shards_of(n, code)
     slices = math.ceil(products / segment_products(k, code))
     # A fan-out run pauses SLICE_BUDGET before its deadline, which the
     # handler puts DEADLINE_MARGIN before the invocation's.
@@ -396,14 +398,14 @@ def per_image(r: dict) -> dict:
     }
 
 
-def budget_holds_from(engine: dict, a: dict, code: dict, min_shard: int = 1) -> int:
+def budget_holds_from(engine: dict, a: dict, code: dict) -> int:
     """The smallest request size from which every larger one stays within
     the budget of WRU_BUDGET and RRU_BUDGET per image ("at most" reads):
     every size up to 1,000 images is checked, then every 250th."""
     sizes = list(range(1, 1001)) + list(range(1250, code["max_images"] + 1, 250))
     last_over = 0
     for n in sizes:
-        c = per_image(per_request(n, engine, a, code, min_shard))
+        c = per_image(per_request(n, engine, a, code))
         if c["dynamodb_wru"] > WRU_BUDGET or c["dynamodb_rru"] > RRU_BUDGET:
             last_over = n
     return last_over + 1
@@ -437,7 +439,6 @@ def ceiling_of_one_request(engine: dict, a: dict, code: dict, billed_s: float) -
         worst_wcu = max(worst_wcu, (q["wru"]["shard done items"] + q["wru"]["request item"]) * share)
     budget = per_request(BUDGET_TEST_IMAGES, engine, a, code)
     w = budget["writes_per_item"]
-    faster = {**code, "sqs_batches_in_flight": 4 * code["sqs_batches_in_flight"]}
     return {
         "images": n,
         "shard_size": size,
@@ -449,7 +450,6 @@ def ceiling_of_one_request(engine: dict, a: dict, code: dict, billed_s: float) -
         "seconds_from_idle": from_idle_s,
         "fanout_images_per_second": fanout_rate,
         "fanout_seconds": n / fanout_rate,
-        "fanout_images_per_second_4x_in_flight": fanout_images_per_second(a, faster),
         "shard_key_ceiling_images_per_second": shard_key_ceiling,
         "ceiling_images_per_second": min(mapping_ceiling, fanout_rate, shard_key_ceiling),
         # Per partition key, at the target rate.
@@ -559,29 +559,12 @@ def model(engine: dict, a: dict, code: dict, full: bool = True) -> dict:
 
     one_request = ceiling_of_one_request(engine, a, code, billed_s)
 
-    # The minimum-shard-size change, at the modelled request size.
-    alt = per_image(per_request(n, engine, a, code, SUGGESTED_MIN_SHARD))
-    min_shard = {
-        "min_shard_size": SUGGESTED_MIN_SHARD,
-        "wru": alt["dynamodb_wru"], "rru": alt["dynamodb_rru"],
-        "usd_saved_per_million": ((counts["dynamodb_wru"] - alt["dynamodb_wru"]) * p["dynamodb_write_request_unit"]
-                                  + (counts["dynamodb_rru"] - alt["dynamodb_rru"]) * p["dynamodb_read_request_unit"])
-        * million,
-        "by_size": [
-            {"images": s, "shard_size": shards_of(s, code, SUGGESTED_MIN_SHARD)[0],
-             **{key: per_image(per_request(s, engine, a, code, SUGGESTED_MIN_SHARD))[f"dynamodb_{key}"]
-                for key in ("wru", "rru")}}
-            for s in REQUEST_SIZES
-        ],
-    }
-    budget_from = {"current": budget_holds_from(engine, a, code),
-                   f"min_shard_{SUGGESTED_MIN_SHARD}": budget_holds_from(engine, a, code, SUGGESTED_MIN_SHARD)}
+    budget_from = budget_holds_from(engine, a, code)
     return {
         **base,
         "budget_holds_from_images": budget_from,
         "by_request_size": by_size,
         "one_request": one_request,
-        "min_shard_size_change": min_shard,
     }
 
 
@@ -649,7 +632,7 @@ def sections(m: dict) -> dict:
             f"{row['rru']:.2f}; {row['rru_typical']:.2f} | {row['hottest_item_writes']} "
             f"({100 * row['hottest_item_writes'] / row['images']:.1f} %) | {row['usd_dynamodb_per_million']:,.2f} |")
     counts += ["", f"Within {WRU_BUDGET} WRU and {RRU_BUDGET} RRU (at most) per image: every request of "
-               f"{m['budget_holds_from_images']['current']:,} images or more "
+               f"{m['budget_holds_from_images']:,} images or more "
                f"(every size up to 1,000 checked, then every 250th up to {i['code']['max_images']:,})."]
 
     scale = [
@@ -709,26 +692,8 @@ def sections(m: dict) -> dict:
         f"{t['counter_item_writes']} writes in any second, against {lim['dynamodb_partition_wcu']:,} WCU/s per partition.",
     ]
 
-    ms = m["min_shard_size_change"]
-    change = [
-        f"With shards of at least {ms['min_shard_size']} images (requests over "
-        f"{ms['min_shard_size'] * i['code']['shard_target_count']:,} images unchanged): "
-        f"{ms['wru']:.3f} WRU and {ms['rru']:.3f} RRU per image at {n:,} images "
-        f"(−{ms['usd_saved_per_million']:,.2f} USD per million images); within {WRU_BUDGET} WRU and {RRU_BUDGET} RRU "
-        f"per image from {m['budget_holds_from_images'][f'min_shard_{SUGGESTED_MIN_SHARD}']:,} images per request.",
-        "",
-        "| images in the request | shard size | WRU per image | RRU per image (at most) |",
-        "|---:|---:|---:|---:|",
-    ]
-    for row in ms["by_size"]:
-        change.append(f"| {row['images']:,} | {row['shard_size']} | {row['wru']:.2f} | {row['rru']:.2f} |")
-    change += ["", f"With {4 * i['code']['sqs_batches_in_flight']} `SendMessageBatch` calls in flight instead of "
-               f"{i['code']['sqs_batches_in_flight']}, one request's fan-out would queue "
-               f"{o['fanout_images_per_second_4x_in_flight']:,.0f} images/s instead of "
-               f"{o['fanout_images_per_second']:,.0f} (same assumed latencies)."]
-
     return {"cost": "\n".join(cost), "counts": "\n".join(counts), "scale": "\n".join(scale),
-            "one-request": "\n".join(one), "changes": "\n".join(change)}
+            "one-request": "\n".join(one)}
 
 
 def markdown(m: dict) -> str:
