@@ -116,7 +116,12 @@ impl Adapters {
             objects: S3Objects::new(
                 clients.s3.clone(),
                 required(&config.bucket, "BUCKET")?,
-                config.output_base_url.clone(),
+                // Output URLs must outlive any credentials: never presigned.
+                config.files_base_url().ok_or(ConfigError {
+                    var: "PUBLIC_URL",
+                    problem: "must be set (the service's base URL, for lasting output URLs under /files/) unless OUTPUT_BASE_URL is"
+                        .into(),
+                })?,
             ),
         })
     }
