@@ -82,6 +82,8 @@ for k, v in [("AWS_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"]), ("MOTO_ENDPOI
              ("AWS_REGION", region), ("AWS_DEFAULT_REGION", region),
              ("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
              ("TABLE_NAME", t["name"]), ("TABLE_STREAM_ARN", stream_arn),
-             ("QUEUE_URL", queue_url), ("DLQ_URL", dlq_url), ("BUCKET", b)]:
+             ("QUEUE_URL", queue_url), ("DLQ_URL", dlq_url), ("BUCKET", b),
+             # Output URLs are {PUBLIC_URL}files/{key}; the functions need it to start.
+             ("PUBLIC_URL", os.environ.get("PUBLIC_URL") or "http://127.0.0.1:3000/")]:
     print(f"export {k}='{v}'")
 PY

@@ -45,6 +45,10 @@ pub struct Config {
     pub bucket: Option<String>,
     /// Prefix of output URLs; always ends with `/`.
     pub output_base_url: Option<String>,
+    /// The base URL clients reach the service at (`PUBLIC_URL`, http or
+    /// https, ending with `/`): output URLs are `{public_url}files/{key}`
+    /// when `output_base_url` is not set.
+    pub public_url: Option<String>,
     pub api_token: Option<Secret>,
     pub webhook_secret: Option<Secret>,
     pub jpeg_quality: u8,
@@ -74,6 +78,7 @@ impl Default for Config {
             dead_letter_queue_url: None,
             bucket: None,
             output_base_url: None,
+            public_url: None,
             api_token: None,
             webhook_secret: None,
             jpeg_quality: 50,
@@ -114,7 +119,10 @@ impl Config {
             dead_letter_queue_url: get("DEAD_LETTER_QUEUE_URL"),
             bucket: get("BUCKET"),
             output_base_url: get("OUTPUT_BASE_URL")
-                .map(|v| base_url("OUTPUT_BASE_URL", &v))
+                .map(|v| base_url("OUTPUT_BASE_URL", &v, &["http", "https", "file"]))
+                .transpose()?,
+            public_url: get("PUBLIC_URL")
+                .map(|v| base_url("PUBLIC_URL", &v, &["http", "https"]))
                 .transpose()?,
             api_token: get("API_TOKEN").map(Secret),
             webhook_secret: get("WEBHOOK_SECRET").map(Secret),
@@ -126,7 +134,7 @@ impl Config {
                 "MAX_IMAGES_PER_ROW",
                 d.max_images_per_row,
                 1,
-                10_000,
+                MAX_IMAGES_PER_ROW_LIMIT,
             )?,
             max_upload_bytes: number(&get, "MAX_UPLOAD_BYTES", d.max_upload_bytes, 1, 1 << 30)?,
             max_download_bytes: number(
@@ -164,6 +172,15 @@ impl Config {
                 .transpose()?
                 .unwrap_or(d.metrics_namespace),
         })
+    }
+
+    /// The prefix of every URL the service hands out for a stored object:
+    /// `OUTPUT_BASE_URL` when set, else the service's own `/files/` route.
+    /// Such URLs carry no signature, so they last as long as the object.
+    pub fn files_base_url(&self) -> Option<String> {
+        self.output_base_url
+            .clone()
+            .or_else(|| self.public_url.as_ref().map(|p| format!("{p}files/")))
     }
 
     pub fn csv_limits(&self) -> CsvLimits {
@@ -242,15 +259,38 @@ fn namespace(var: &'static str, raw: String) -> Result<String, ConfigError> {
     Ok(raw)
 }
 
-fn base_url(var: &'static str, raw: &str) -> Result<String, ConfigError> {
+/// The most images one row may be configured to hold: a product is never
+/// split across status pages, so its JSON alone must fit the platform's
+/// response limit (`services::status` proves the worst case under it).
+pub const MAX_IMAGES_PER_ROW_LIMIT: usize = 500;
+
+/// Longest accepted base URL: every output URL repeats it, and the status
+/// answer's size bound (`services::status`) counts on it.
+pub const MAX_BASE_URL_CHARS: usize = 1024;
+
+fn base_url(var: &'static str, raw: &str, schemes: &[&str]) -> Result<String, ConfigError> {
     let url = url::Url::parse(raw).map_err(|e| ConfigError {
         var,
         problem: format!("must be an absolute URL ({e}), got {raw:?}"),
     })?;
-    if !matches!(url.scheme(), "http" | "https" | "file") {
+    if !schemes.contains(&url.scheme()) {
         return Err(ConfigError {
             var,
-            problem: format!("must be an http, https or file URL, got {raw:?}"),
+            problem: format!("must be a {} URL, got {raw:?}", schemes.join(" or ")),
+        });
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError {
+            var,
+            problem: format!(
+                "must have no query or fragment (keys are appended to it), got {raw:?}"
+            ),
+        });
+    }
+    if url.as_str().len() > MAX_BASE_URL_CHARS {
+        return Err(ConfigError {
+            var,
+            problem: format!("must be at most {MAX_BASE_URL_CHARS} characters"),
         });
     }
     let mut s = url.to_string();
@@ -298,6 +338,11 @@ mod tests {
             ("MAX_ROWS", "ten"),
             ("ALLOW_PRIVATE_NETWORKS", "maybe"),
             ("OUTPUT_BASE_URL", "cdn/images"),
+            ("OUTPUT_BASE_URL", "https://cdn.example.com/?v=1"),
+            ("PUBLIC_URL", "api.example.com"),
+            ("PUBLIC_URL", "file:///srv/imgproc/"),
+            ("PUBLIC_URL", "https://api.example.com/#top"),
+            ("MAX_IMAGES_PER_ROW", "501"),
             ("METRICS_NAMESPACE", "AWS/Lambda"),
             ("METRICS_NAMESPACE", "imgproc!"),
         ] {
@@ -326,6 +371,43 @@ mod tests {
         assert!(
             !format!("{c:?}").contains("s3cret"),
             "secrets never reach Debug output"
+        );
+    }
+
+    #[test]
+    fn output_urls_use_the_output_base_else_the_public_files_route() {
+        let public = from(&[(
+            "PUBLIC_URL",
+            "https://abc.execute-api.eu-west-1.amazonaws.com",
+        )])
+        .unwrap();
+        assert_eq!(
+            public.public_url.as_deref(),
+            Some("https://abc.execute-api.eu-west-1.amazonaws.com/")
+        );
+        assert_eq!(
+            public.files_base_url().as_deref(),
+            Some("https://abc.execute-api.eu-west-1.amazonaws.com/files/")
+        );
+        let prefixed = from(&[("PUBLIC_URL", "https://example.com/imgproc/")]).unwrap();
+        assert_eq!(
+            prefixed.files_base_url().as_deref(),
+            Some("https://example.com/imgproc/files/")
+        );
+        let both = from(&[
+            ("PUBLIC_URL", "https://api.example.com/"),
+            ("OUTPUT_BASE_URL", "https://cdn.example.com/img"),
+        ])
+        .unwrap();
+        assert_eq!(
+            both.files_base_url().as_deref(),
+            Some("https://cdn.example.com/img/")
+        );
+        assert_eq!(from(&[]).unwrap().files_base_url(), None);
+        let long = format!("https://example.com/{}", "a".repeat(MAX_BASE_URL_CHARS));
+        assert_eq!(
+            from(&[("PUBLIC_URL", &long)]).unwrap_err().var,
+            "PUBLIC_URL"
         );
     }
 

@@ -160,12 +160,26 @@ pub trait JobSource: Send + Sync {
     async fn retry_later(&self, receipt: &str, delay: Duration) -> PortResult<()>;
 }
 
+/// How a client gets a stored object from the service's `/files` route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Download {
+    /// Fetch it from this short-lived URL (a presigned GET), never cached:
+    /// the object's bytes never pass through the service.
+    Redirect(String),
+    /// The object itself.
+    Body { bytes: Bytes, content_type: String },
+}
+
 /// Stored objects: processed images and result CSVs.
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     /// Stores the whole object or nothing.
     async fn put(&self, key: &str, body: Bytes, content_type: &str) -> PortResult<()>;
     async fn get(&self, key: &str) -> PortResult<Option<Bytes>>;
-    /// A URL where a client can fetch the object.
+    /// The lasting URL clients are given for the object: it carries no
+    /// signature, so it works for as long as the object is kept.
     async fn url(&self, key: &str) -> PortResult<String>;
+    /// How to hand the object to a client right now; `None` when it does
+    /// not exist.
+    async fn download(&self, key: &str) -> PortResult<Option<Download>>;
 }

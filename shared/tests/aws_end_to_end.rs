@@ -41,13 +41,15 @@ use imgproc::domain::{
     ErrorCode, ImageJob, ImageKey, ImageStatus, Progress, RequestRecord, RequestStatus,
 };
 use imgproc::metrics::EmfRecorder;
-use imgproc::ports::{FanOutClaim, JobQueue, JobSource, JobStore};
+use imgproc::ports::{FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore};
 use imgproc::services::App;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use uuid::Uuid;
 
 const SECRET: &str = "webhook-secret-for-tests";
+/// Where the service says clients reach it: output URLs are under `files/`.
+const PUBLIC_URL: &str = "https://imgproc.example.test/";
 
 fn moto() -> Option<String> {
     match std::env::var("MOTO_ENDPOINT") {
@@ -149,9 +151,14 @@ async fn harness() -> Harness {
         ),
         queue: SqsQueue::new(clients.sqs.clone(), queue_url),
         fanout: None,
-        objects: S3Objects::new(clients.s3.clone(), env("BUCKET"), None),
+        objects: S3Objects::new(
+            clients.s3.clone(),
+            env("BUCKET"),
+            format!("{PUBLIC_URL}files/"),
+        ),
     };
     let config = Config::from_lookup(|name| match name {
+        "PUBLIC_URL" => Some(PUBLIC_URL.into()),
         "ALLOW_PRIVATE_NETWORKS" => Some("true".into()),
         "WEBHOOK_SECRET" => Some(SECRET.into()),
         "RETRY_BASE_DELAY_MS" => Some("10".into()),
@@ -614,7 +621,7 @@ async fn upload_process_notify_and_status_on_moto() {
     assert_eq!(view["status"], "completed_with_errors");
     assert_eq!(
         view["progress"],
-        json!({"total": 4, "succeeded": 3, "failed": 1, "pending": 0, "percent": 100.0})
+        json!({"total": 4, "queued": 4, "succeeded": 3, "failed": 1, "pending": 0, "percent": 100.0})
     );
     assert_eq!(
         view["webhook"],
@@ -631,19 +638,19 @@ async fn upload_process_notify_and_status_on_moto() {
     );
     assert_eq!(images[1]["status"], "failed");
     assert_eq!(images[1]["error"]["code"], "http_status");
-    let (status, _, csv) = call(
+    // output.csv redirects to the stored CSV, presigned just now.
+    let csv = follow(
         &router,
-        Request::get(format!("/v1/requests/{id}/output.csv"))
-            .body(Body::empty())
-            .unwrap(),
+        &format!("/v1/requests/{id}/output.csv"),
+        &env("AWS_ACCESS_KEY_ID"),
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
     assert_eq!(
         String::from_utf8_lossy(&csv).lines().count(),
         3,
         "a header and two rows"
     );
+    assert_links_last(&h, &router, id, &view, &payload).await;
 
     // The metrics, as CloudWatch would extract them from the EMF lines,
     // tell the same story exactly.
@@ -697,6 +704,157 @@ async fn upload_process_notify_and_status_on_moto() {
                 "{stage} of {success}"
             );
         }
+    }
+}
+
+/// Answers `GET path` on `router` with a redirect that is signed with
+/// `key_id` and never cached, follows it to moto, and returns the body.
+async fn follow(router: &Router, path: &str, key_id: &str) -> Bytes {
+    let (status, headers, body) =
+        call(router, Request::get(path).body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        status,
+        StatusCode::FOUND,
+        "{path}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(headers["cache-control"], "no-store", "{path}");
+    let location = headers["location"].to_str().unwrap();
+    let signed_by = url::Url::parse(location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "X-Amz-Credential")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    assert!(
+        signed_by.starts_with(&format!("{key_id}/")),
+        "{path} is signed by {signed_by:?}, not {key_id}"
+    );
+    let answer = reqwest::get(location).await.unwrap();
+    assert_eq!(answer.status(), 200, "{location}");
+    answer.bytes().await.unwrap()
+}
+
+/// Every URL a completed request hands out (the status answer, the stored
+/// output CSV, the webhook body) is the service's own lasting URL, with no
+/// signature in it; it still answers when another key, not the one that
+/// served the request so far, signs the redirect; `output.csv` and
+/// `output_csv_url` give the same bytes; and unknown paths get the API's
+/// 404 body.
+async fn assert_links_last(
+    h: &Harness,
+    router: &Router,
+    id: Uuid,
+    status: &Value,
+    webhook: &Value,
+) {
+    let results_key = format!("results/{id}.csv");
+    let stored_csv = h.adapters.objects.get(&results_key).await.unwrap().unwrap();
+    let mut urls: Vec<String> = vec![
+        status["output_csv_url"].as_str().unwrap().to_owned(),
+        webhook["output_csv_url"].as_str().unwrap().to_owned(),
+    ];
+    for product in status["products"].as_array().unwrap() {
+        for image in product["images"].as_array().unwrap() {
+            urls.extend(image["output_url"].as_str().map(str::to_owned));
+        }
+    }
+    let csv_urls: Vec<String> = csv::Reader::from_reader(&stored_csv[..])
+        .records()
+        .flat_map(|r| {
+            r.unwrap()[3]
+                .split(',')
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(csv_urls.len(), 3, "one output URL per succeeded image");
+    urls.extend(csv_urls);
+    for url in &urls {
+        assert!(
+            url.starts_with(&format!("{PUBLIC_URL}files/")),
+            "{url} is not the service's lasting URL"
+        );
+        assert!(
+            !url.contains("X-Amz-Signature") && !url.contains("X-Amz-Credential"),
+            "{url} is presigned"
+        );
+    }
+    assert_eq!(
+        status["output_csv_url"], webhook["output_csv_url"],
+        "the status answer and the webhook name one CSV"
+    );
+
+    // A later instance holds other credentials (the first ones expired):
+    // the same URLs still answer, redirected to URLs it signed itself.
+    let rotated_key = "AKIAROTATEDLATER0001";
+    let s3 = aws_sdk_s3::Client::from_conf(
+        h.clients
+            .s3
+            .config()
+            .to_builder()
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                rotated_key,
+                "another-secret-access-key",
+                None,
+                None,
+                "rotated",
+            ))
+            .build(),
+    );
+    let adapters = Adapters {
+        store: h.adapters.store.clone(),
+        queue: h.adapters.queue.clone(),
+        objects: S3Objects::new(s3, env("BUCKET"), format!("{PUBLIC_URL}files/")),
+    };
+    let config = Config::from_lookup(|name| match name {
+        "PUBLIC_URL" => Some(PUBLIC_URL.into()),
+        _ => None,
+    })
+    .unwrap();
+    let later = imgproc::api::router(
+        app_with_metrics(
+            config,
+            &adapters,
+            Arc::new(EmfRecorder::with_sink("imgproc/e2e", |_| {})),
+        )
+        .unwrap(),
+    );
+    for url in &urls {
+        let path = &url[PUBLIC_URL.len() - 1..];
+        let body = follow(&later, path, rotated_key).await;
+        let key = path.strip_prefix("/files/").unwrap();
+        let stored = h.adapters.objects.get(key).await.unwrap().unwrap();
+        assert_eq!(body, stored, "{url} serves its stored object");
+        if key.starts_with("processed/") {
+            assert_eq!(&body[..3], b"\xff\xd8\xff", "{url} is a JPEG");
+        }
+    }
+    // output.csv is the stored document too, byte for byte, redirected.
+    let via_route = follow(
+        &later,
+        &format!("/v1/requests/{id}/output.csv"),
+        rotated_key,
+    )
+    .await;
+    assert_eq!(
+        via_route, stored_csv,
+        "output.csv and output_csv_url differ"
+    );
+
+    // Paths no route or object matches get the API's error body.
+    for path in [
+        "/v1/requests/../etc".to_owned(),
+        "/files/incoming/anything.csv".to_owned(),
+        format!("/files/processed/{id}/9/9.jpg"),
+        format!("/files/processed/{id}/../../results/{id}.csv"),
+        "/nowhere".to_owned(),
+    ] {
+        let (status, _, body) =
+            call(router, Request::get(&path).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(json_of(&body)["error"]["code"], "not_found", "{path}");
     }
 }
 

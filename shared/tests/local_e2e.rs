@@ -58,6 +58,7 @@ async fn happy_path_compresses_every_photo_and_signs_one_webhook() {
     assert_eq!(status["status"], "completed");
     assert_eq!(status["progress"]["succeeded"], 7);
     assert_eq!(status["progress"]["percent"], 100.0);
+    assert_eq!(status["progress"]["queued"], 7, "every image queued");
     assert!(status["completed_at"].is_string());
     let serials: Vec<u64> = status["products"]
         .as_array()
@@ -138,6 +139,30 @@ async fn happy_path_compresses_every_photo_and_signs_one_webhook() {
         status["output_csv_url"],
         format!("http://files.test/files/results/{id}.csv")
     );
+    // output.csv and output_csv_url are one document, and every output
+    // URL in it is served by /files without a token.
+    let csv_path = status["output_csv_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://files.test")
+        .unwrap();
+    let (code, _, linked) = svc
+        .call(Request::get(csv_path).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(linked, csv_out, "output_csv_url and output.csv differ");
+    for url in records
+        .iter()
+        .flat_map(|r| r[3].split(',').map(str::to_owned).collect::<Vec<_>>())
+    {
+        let path = url.strip_prefix("http://files.test").unwrap();
+        let (code, headers, body) = svc
+            .call(Request::get(path).body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(code, StatusCode::OK, "{url}");
+        assert_eq!(headers[header::CONTENT_TYPE], "image/jpeg");
+        assert_eq!(&body[..3], &[0xFF, 0xD8, 0xFF], "{url}");
+    }
 
     // Exactly one webhook, signed, with the event's fields.
     let calls = hook.wait_for(1, Duration::from_secs(10)).await;
@@ -543,7 +568,8 @@ async fn bad_submissions_get_the_contract_errors_and_store_nothing() {
     let srv = ImageServer::start().await;
     let svc = Service::start(&[("MAX_UPLOAD_BYTES", "2000")]).await;
     let good = csv_of(&[(1, "A", vec![srv.photo("coffee.jpg")])]);
-    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+    let cases: Vec<(Request<Body>, StatusCode, &str)> =
+        vec![
         (
             Request::post("/v1/requests")
                 .body(Body::from(good.clone()))
@@ -643,6 +669,38 @@ async fn bad_submissions_get_the_contract_errors_and_store_nothing() {
         ),
         (
             Request::get("/nowhere").body(Body::empty()).unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Request::get("/v1/requests/../etc").body(Body::empty()).unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        // Only outputs are served, and only ones that exist.
+        (
+            Request::get("/files/imgproc.sqlite")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Request::get("/files/processed/%2e%2e/imgproc.sqlite")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Request::get("/files/processed/6d1f0c4e-8f7a-4b8e-9a63-2d8f3b1c0e55/1/1.jpg")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Request::get("/files/processed").body(Body::empty()).unwrap(),
             StatusCode::NOT_FOUND,
             "not_found",
         ),
@@ -811,5 +869,105 @@ async fn malformed_input_never_yields_a_server_error() {
                 .unwrap_or_else(|_| panic!("case {i}: error body is JSON ({headers:?})"));
             assert_schema("Error", &json);
         }
+    }
+}
+
+/// The bytes a JSON document takes inside a Lambda response, where it
+/// travels as a string: every `"` and `\` gains a backslash.
+fn wire_len(json: &[u8]) -> usize {
+    json.len() + json.iter().filter(|&&b| b == b'"' || b == b'\\').count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_pages_are_bounded_by_bytes_as_well_as_products() {
+    use imgproc::api::views::product_wire_len;
+    use imgproc::services::status::{self, PAGE_BUDGET_BYTES, PageBounds, RESPONSE_LIMIT_BYTES};
+
+    // 60 products of 50 images whose URLs run to ~1,950 characters: about
+    // 6 MB of URLs, so even a page of 1,000 products must stop early.
+    let srv = ImageServer::start().await;
+    let svc = Service::start(&[("MAX_UPLOAD_BYTES", "16000000")]).await;
+    let pad = "p".repeat(1900);
+    let rows: Vec<(u64, &str, Vec<String>)> = (1..=60)
+        .map(|n| {
+            let urls = (1..=50)
+                .map(|i| srv.url(&format!("/status/404?{pad}&n={n}&i={i}")))
+                .collect();
+            (n, "Long", urls)
+        })
+        .collect();
+    let id = svc.submit(&csv_of(&rows)).await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    svc.wait_done(&id).await;
+
+    let mut serials = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("?limit=1000&cursor={c}"),
+            None => "?limit=1000".to_owned(),
+        };
+        let (code, _, body) = svc
+            .call(
+                Request::get(format!("/v1/requests/{id}{query}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(
+            wire_len(&body) <= RESPONSE_LIMIT_BYTES,
+            "{} bytes",
+            body.len()
+        );
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        assert_schema("RequestStatus", &page);
+        let products = page["products"].as_array().unwrap();
+        let products_wire: usize = products
+            .iter()
+            .map(|p| wire_len(&serde_json::to_vec(p).unwrap()) + 1)
+            .sum();
+        assert!(
+            products_wire <= PAGE_BUDGET_BYTES,
+            "page {pages}: {products_wire} bytes of products"
+        );
+        serials.extend(
+            products
+                .iter()
+                .map(|p| p["serial_number"].as_u64().unwrap()),
+        );
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert!(pages >= 2, "the byte budget split the request");
+    assert_eq!(
+        serials,
+        (1..=60).collect::<Vec<u64>>(),
+        "each product once, in order"
+    );
+
+    // A product bigger than the budget by itself is still answered, alone.
+    let app = &svc.runtime.app;
+    let tiny = PageBounds {
+        limit: 1000,
+        budget: 1,
+        measure: product_wire_len,
+    };
+    let id = id.parse().unwrap();
+    let mut cursor: Option<String> = None;
+    for expected in 1..=60u64 {
+        let page = status::status(app, id, tiny, cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(page.products.len(), 1);
+        assert_eq!(page.products[0].0.serial_number, expected);
+        cursor = page.next_cursor;
+        assert_eq!(cursor.is_none(), expected == 60);
     }
 }

@@ -14,8 +14,13 @@ use imgproc::domain::{
     Compressed, ErrorCode, ImageError, ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest,
     Progress, RequestStatus, WebhookState, WebhookStatus,
 };
-use imgproc::ports::{CreateOutcome, FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore};
+use imgproc::ports::{
+    CreateOutcome, Download, FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore,
+};
 use uuid::Uuid;
+
+/// The prefix of the URLs every object store under test hands out.
+const FILES_BASE: &str = "http://127.0.0.1:3000/files/";
 
 /// The adapters under test, plus whatever keeps them alive (a temp dir).
 pub struct Backends {
@@ -592,9 +597,35 @@ pub async fn objects_put_get_and_url(b: &Backends) {
         .unwrap();
     assert_eq!(b.objects.get(&key).await.unwrap(), Some(replaced));
     assert_eq!(b.objects.get("processed/none/1/1.jpg").await.unwrap(), None);
+    // The URL handed out is the lasting one: the base and the key, unsigned.
     let url = b.objects.url(&key).await.unwrap();
-    let path = url.split('?').next().unwrap_or_default();
-    assert!(path.ends_with(&key), "{url} names {key}");
+    assert_eq!(url, format!("{FILES_BASE}{key}"));
+
+    // A download is the object's bytes, or a fresh redirect to them.
+    let bytes = match b.objects.download(&key).await.unwrap() {
+        Some(Download::Body {
+            bytes,
+            content_type,
+        }) => {
+            assert_eq!(content_type, "image/jpeg");
+            bytes
+        }
+        Some(Download::Redirect(location)) => {
+            assert!(location.contains("X-Amz-Signature="), "{location}");
+            let answer = reqwest::get(&location).await.unwrap();
+            assert_eq!(answer.status(), 200);
+            answer.bytes().await.unwrap()
+        }
+        None => panic!("{key} was stored"),
+    };
+    assert_eq!(&bytes[..], b"second version");
+    assert_eq!(
+        b.objects.download("processed/none/1/1.jpg").await.unwrap(),
+        None
+    );
+    // A "folder" is no object.
+    let folder = key.rsplit_once('/').unwrap().0;
+    assert_eq!(b.objects.download(folder).await.unwrap(), None);
 }
 
 macro_rules! conformance {
@@ -651,8 +682,7 @@ mod embedded {
     async fn backends() -> Option<Backends> {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("imgproc.sqlite")).unwrap();
-        let objects =
-            FsObjectStore::new(dir.path().join("objects"), "http://127.0.0.1:3000/files/");
+        let objects = FsObjectStore::new(dir.path().join("objects"), FILES_BASE);
         Some(Backends {
             store: Arc::new(store.clone()),
             queue: Arc::new(store.clone()),
@@ -702,7 +732,11 @@ mod aws {
             store: Arc::new(store),
             queue: Arc::new(queue.clone()),
             source: Arc::new(queue),
-            objects: Arc::new(S3Objects::new(clients.s3.clone(), var("BUCKET"), None)),
+            objects: Arc::new(S3Objects::new(
+                clients.s3.clone(),
+                var("BUCKET"),
+                FILES_BASE,
+            )),
             _keep: Box::new(()),
         })
     }
@@ -710,30 +744,33 @@ mod aws {
     conformance!(backends);
 
     #[tokio::test]
-    async fn presigned_urls_fetch_the_object_and_a_base_url_wins() {
+    async fn downloads_are_presigned_briefly_and_missing_keys_are_none() {
         let Some(b) = backends().await else { return };
         let key = format!("results/{}.csv", Uuid::new_v4());
         b.objects
             .put(&key, Bytes::from_static(b"a,b\n"), "text/csv")
             .await
             .unwrap();
-        let url = b.objects.url(&key).await.unwrap();
+        let Some(Download::Redirect(location)) = b.objects.download(&key).await.unwrap() else {
+            panic!("S3 downloads are redirects")
+        };
         assert!(
-            url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=604800"),
-            "{url}"
+            location.contains("X-Amz-Signature=") && location.contains("X-Amz-Expires=3600"),
+            "{location}"
         );
-        let got = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+        let got = reqwest::get(&location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         assert_eq!(&got[..], b"a,b\n");
-
-        let clients = Clients::from_env().await;
-        let with_base = S3Objects::new(
-            clients.s3,
-            std::env::var("BUCKET").unwrap(),
-            Some("https://cdn.example.com/".into()),
-        );
         assert_eq!(
-            with_base.url(&key).await.unwrap(),
-            format!("https://cdn.example.com/{key}")
+            b.objects
+                .download(&format!("results/{}.csv", Uuid::new_v4()))
+                .await
+                .unwrap(),
+            None
         );
     }
 }

@@ -15,7 +15,7 @@ pub struct ServeArgs {
     #[arg(long, env = "IMGPROC_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// Base URL clients use to reach this server (for output URLs under
-    /// /files); defaults to http://<addr>.
+    /// /files); defaults to PUBLIC_URL, else http://<addr>.
     #[arg(long, env = "IMGPROC_PUBLIC_URL")]
     public_url: Option<String>,
     /// Images processed at once (default: 4 per core; compression itself
@@ -28,10 +28,18 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::from_env()?;
-    let public = args
-        .public_url
-        .unwrap_or_else(|| format!("http://{}", args.addr));
+    let mut config = Config::from_env()?;
+    let public = match args.public_url {
+        // The flag is the more specific setting: it wins over PUBLIC_URL.
+        Some(flag) => {
+            config.public_url = None;
+            flag
+        }
+        None => config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", args.addr)),
+    };
     let mut options = LocalRuntimeOptions::new(
         &args.data_dir,
         format!("{}/files/", public.trim_end_matches('/')),

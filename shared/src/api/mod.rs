@@ -2,6 +2,7 @@
 //! AWS and by `axum::serve` locally.
 
 pub mod error;
+pub mod files;
 pub mod page;
 mod submit;
 pub mod views;
@@ -34,6 +35,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(v1)
         .merge(page::routes())
+        .merge(files::routes())
         .route("/health", get(health))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -99,27 +101,24 @@ async fn get_status(
     let id = request_id(path)?;
     let limit = status::parse_limit(query_param(query.as_deref(), "limit").as_deref())?;
     let cursor = query_param(query.as_deref(), "cursor");
-    let page = status::status(&app, id, limit, cursor.as_deref()).await?;
+    let bounds = status::PageBounds {
+        limit,
+        budget: status::PAGE_BUDGET_BYTES,
+        measure: views::product_wire_len,
+    };
+    let page = status::status(&app, id, bounds, cursor.as_deref()).await?;
     Ok(Json(StatusView::new(&page)).into_response())
 }
 
+/// The stored output CSV: on S3 a redirect to it (any size, never through
+/// the function), locally its bytes.
 async fn get_output_csv(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = request_id(path)?;
-    let csv = status::output_csv(&app, id).await?;
+    let download = status::output_csv(&app, id).await?;
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{id}.csv\""))
         .unwrap_or(HeaderValue::from_static("attachment"));
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=utf-8"),
-            ),
-            (header::CONTENT_DISPOSITION, disposition),
-        ],
-        csv,
-    )
-        .into_response())
+    Ok(files::answer(download, Some(disposition)))
 }

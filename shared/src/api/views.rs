@@ -44,16 +44,20 @@ impl From<Accepted> for SubmitView {
 #[derive(Serialize)]
 pub struct ProgressView {
     pub total: u32,
+    /// Images queued for processing so far (below `total` while the
+    /// request's fan-out runs).
+    pub queued: u32,
     pub succeeded: u32,
     pub failed: u32,
     pub pending: u32,
     pub percent: f64,
 }
 
-impl From<Progress> for ProgressView {
-    fn from(p: Progress) -> Self {
+impl ProgressView {
+    pub fn new(p: Progress, queued: u32) -> Self {
         Self {
             total: p.total,
+            queued: queued.min(p.total),
             succeeded: p.succeeded,
             failed: p.failed,
             pending: p.pending(),
@@ -113,6 +117,17 @@ impl<'a> ProductView<'a> {
     }
 }
 
+/// The bytes `product` adds to a status answer as it leaves a Lambda
+/// function: its JSON, embedded in the invocation's response as a string,
+/// where every `"` and `\` gains an escaping backslash. A page's byte
+/// budget is counted in these (`services::status::PageBounds`).
+pub fn product_wire_len(product: &ProductRecord, urls: &[Option<String>]) -> usize {
+    let json = serde_json::to_vec(&ProductView::new(product, urls)).unwrap_or_default();
+    let escapes = json.iter().filter(|&&b| b == b'"' || b == b'\\').count();
+    // The comma between products.
+    json.len() + escapes + 1
+}
+
 #[derive(Serialize)]
 pub struct StatusView<'a> {
     pub request_id: Uuid,
@@ -136,7 +151,7 @@ impl<'a> StatusView<'a> {
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
             completed_at: r.completed_at.map(rfc3339),
-            progress: r.progress.into(),
+            progress: ProgressView::new(r.progress, r.queued),
             webhook: r.webhook.as_ref(),
             output_csv_url: page.output_csv_url.as_deref(),
             products: page
@@ -146,5 +161,52 @@ impl<'a> StatusView<'a> {
                 .collect(),
             next_cursor: page.next_cursor.as_deref(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MAX_BASE_URL_CHARS, MAX_IMAGES_PER_ROW_LIMIT};
+    use crate::domain::ErrorCode;
+    use crate::domain::csv_input::MAX_URL_CHARS;
+    use crate::domain::{ImageStatus, ProductRecord};
+    use crate::services::status::RESPONSE_LIMIT_BYTES;
+
+    /// A product never splits across pages, so the largest one a row can
+    /// hold must fit one answer: every image with the longest input URL of
+    /// characters that grow most on the wire (4-byte UTF-8, or a `"` that
+    /// is escaped twice), the longest output URL, and an error.
+    #[test]
+    fn the_largest_product_fits_one_answer() {
+        let base = format!("https://{}/", "b".repeat(MAX_BASE_URL_CHARS - 10));
+        let worst = |i: usize| -> ImageRecord {
+            let fill = if i.is_multiple_of(2) { "😀" } else { "\"" };
+            let mut image = ImageRecord::pending(
+                i as u32 + 1,
+                format!("https://e.com/{}", fill.repeat(MAX_URL_CHARS - 14)),
+            );
+            image.status = ImageStatus::Failed;
+            image.input_bytes = Some(u64::MAX);
+            image.output_key = Some(format!("processed/{}/{}/{}.jpg", Uuid::nil(), u64::MAX, i));
+            image.error = Some(ImageError::new(ErrorCode::FetchFailed, "e".repeat(1000)));
+            image
+        };
+        let product = ProductRecord {
+            position: 0,
+            serial_number: u64::MAX,
+            product_name: "\"".repeat(256),
+            images: (0..MAX_IMAGES_PER_ROW_LIMIT).map(worst).collect(),
+        };
+        let urls: Vec<Option<String>> = product
+            .images
+            .iter()
+            .map(|i| i.output_key.as_ref().map(|k| format!("{base}{k}")))
+            .collect();
+        let size = product_wire_len(&product, &urls);
+        assert!(
+            size < RESPONSE_LIMIT_BYTES - 64 * 1024,
+            "{size} bytes leave too little room under {RESPONSE_LIMIT_BYTES}"
+        );
     }
 }

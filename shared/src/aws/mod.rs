@@ -123,7 +123,16 @@ impl Adapters {
                 .fanout_queue_url
                 .as_ref()
                 .map(|url| SqsFanOut::new(clients.sqs.clone(), url)),
-            objects: S3Objects::new(clients.s3.clone(), bucket, config.output_base_url.clone()),
+            objects: S3Objects::new(
+                clients.s3.clone(),
+                bucket,
+                // Output URLs must outlive any credentials: never presigned.
+                config.files_base_url().ok_or(ConfigError {
+                    var: "PUBLIC_URL",
+                    problem: "must be set (the service's base URL, for lasting output URLs under /files/) unless OUTPUT_BASE_URL is"
+                        .into(),
+                })?,
+            ),
         })
     }
 }

@@ -7,22 +7,30 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
 use super::error::port_error;
-use crate::ports::{ObjectStore, PortError, PortResult};
+use crate::api::files::csv_file_name;
+use crate::ports::{Download, ObjectStore, PortError, PortResult};
 
-/// How long a presigned output URL stays valid: 7 days, SigV4's maximum.
-pub const PRESIGN_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long the presigned URL of a `/files` redirect stays valid. Clients
+/// follow a redirect at once, and every request for the lasting URL signs
+/// afresh, so this only needs to cover the start of one download. (A URL
+/// signed with a role's temporary credentials also dies with them.)
+pub const REDIRECT_VALID_FOR: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Debug)]
 pub struct S3Objects {
     client: Client,
     bucket: String,
-    /// `OUTPUT_BASE_URL` (ends with `/`): when set, URLs are this + key.
-    base_url: Option<String>,
+    /// Prefix of the lasting URLs handed out ([`Config::files_base_url`],
+    /// ending with `/`): URLs are this + key.
+    ///
+    /// [`Config::files_base_url`]: crate::config::Config::files_base_url
+    base_url: String,
 }
 
 /// An object read whole, with what S3 knows about it.
@@ -36,7 +44,11 @@ pub struct FetchedObject {
 }
 
 impl S3Objects {
-    pub fn new(client: Client, bucket: impl Into<String>, base_url: Option<String>) -> Self {
+    pub fn new(client: Client, bucket: impl Into<String>, base_url: impl Into<String>) -> Self {
+        let mut base_url = base_url.into();
+        if !base_url.ends_with('/') {
+            base_url.push('/');
+        }
         Self {
             client,
             bucket: bucket.into(),
@@ -131,19 +143,45 @@ impl ObjectStore for S3Objects {
     }
 
     async fn url(&self, key: &str) -> PortResult<String> {
-        if let Some(base) = &self.base_url {
-            return Ok(format!("{base}{key}"));
-        }
-        let config = PresigningConfig::expires_in(PRESIGN_FOR)
-            .map_err(|e| PortError::Permanent(format!("presigning: {e}")))?;
-        let request = self
+        Ok(format!("{}{key}", self.base_url))
+    }
+
+    async fn download(&self, key: &str) -> PortResult<Option<Download>> {
+        // A redirect to a missing object would show S3's own XML error:
+        // look first, so the client gets the service's 404 instead.
+        match self
             .client
-            .get_object()
+            .head_object()
             .bucket(&self.bucket)
             .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if matches!(e.as_service_error(), Some(HeadObjectError::NotFound(_))) => {
+                return Ok(None);
+            }
+            // Without s3:ListBucket, S3 answers 403 for a missing key too.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                tracing::warn!(
+                    key,
+                    "S3 HeadObject forbidden: missing, or s3:GetObject not granted"
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(port_error("S3 HeadObject", e)),
+        }
+        let config = PresigningConfig::expires_in(REDIRECT_VALID_FOR)
+            .map_err(|e| PortError::Permanent(format!("presigning: {e}")))?;
+        let mut get = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(name) = csv_file_name(key) {
+            // A result CSV followed as a link is saved, not shown.
+            get = get.response_content_disposition(format!("attachment; filename=\"{name}\""));
+        }
+        let request = get
             .presigned(config)
             .await
             .map_err(|e| port_error("S3 presign", e))?;
-        Ok(request.uri().to_owned())
+        Ok(Some(Download::Redirect(request.uri().to_owned())))
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::ports::{ObjectStore, PortError, PortResult};
+use crate::ports::{Download, ObjectStore, PortError, PortResult};
 
 #[derive(Clone, Debug)]
 pub struct FsObjectStore {
@@ -41,6 +41,25 @@ impl FsObjectStore {
     }
 }
 
+/// The media type of a stored file, from its extension (the store keeps
+/// no metadata beside the bytes).
+pub fn content_type_of(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "csv" => "text/csv; charset=utf-8",
+        "json" => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
 fn io_err(e: std::io::Error) -> PortError {
     PortError::Transient(format!("file system: {e}"))
 }
@@ -72,13 +91,33 @@ impl ObjectStore for FsObjectStore {
         };
         match tokio::fs::read(&path).await {
             Ok(b) => Ok(Some(Bytes::from(b))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // A folder, or a key running through a file, is no object.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::IsADirectory
+                        | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(io_err(e)),
         }
     }
 
     async fn url(&self, key: &str) -> PortResult<String> {
         Ok(format!("{}{key}", self.base_url))
+    }
+
+    async fn download(&self, key: &str) -> PortResult<Option<Download>> {
+        let Some(path) = self.path_of(key) else {
+            return Ok(None);
+        };
+        Ok(self.get(key).await?.map(|bytes| Download::Body {
+            bytes,
+            content_type: content_type_of(&path).to_owned(),
+        }))
     }
 }
 

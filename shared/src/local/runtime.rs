@@ -1,10 +1,10 @@
 //! The local runner's moving parts: the in-process worker pool (what the
 //! SQS trigger does on AWS), the notifier (what the DynamoDB stream does),
-//! recovery after a restart, and the `/files` route.
+//! and recovery after a restart.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use axum::routing::get;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use super::fs_objects::content_type_of;
 use super::{FsObjectStore, SqliteStore};
 use crate::api::{self, ApiError};
 use crate::compress::{Engine, Settings, available_cores};
@@ -32,8 +33,8 @@ pub struct LocalRuntimeOptions {
     /// Holds `imgproc.sqlite` and, unless `objects_dir` is set, `objects/`.
     pub data_dir: PathBuf,
     pub objects_dir: Option<PathBuf>,
-    /// Prefix of output URLs when `OUTPUT_BASE_URL` is not set, e.g.
-    /// `http://127.0.0.1:3000/files/`.
+    /// Prefix of output URLs when neither `OUTPUT_BASE_URL` nor
+    /// `PUBLIC_URL` is set, e.g. `http://127.0.0.1:3000/files/`.
     pub files_base_url: String,
     /// Jobs in flight at once (downloads overlap; compression is bounded
     /// separately by `cpu_threads`).
@@ -105,8 +106,7 @@ impl LocalRuntime {
             .clone()
             .unwrap_or_else(|| options.data_dir.join("objects"));
         let base_url = config
-            .output_base_url
-            .clone()
+            .files_base_url()
             .unwrap_or_else(|| options.files_base_url.clone());
         let objects = FsObjectStore::new(objects_dir, base_url);
         let policy = NetPolicy {
@@ -193,17 +193,15 @@ impl LocalRuntime {
         })
     }
 
-    /// The API plus `/files/*` for stored objects and `/metrics` for
-    /// Prometheus. Both exist only here: on AWS, S3 serves the files and
-    /// CloudWatch holds the metrics. Neither needs the API token, like
-    /// `/health`: `/metrics` holds only counts, no request data.
+    /// The API (with `/files/*` for stored objects) plus `/metrics` for
+    /// Prometheus, which exists only here: on AWS, CloudWatch holds the
+    /// metrics. `/metrics` needs no API token, like `/health`: it holds
+    /// only counts, no request data.
     pub fn router(&self) -> Router {
-        api::router(self.app.clone())
-            .nest("/files", file_router(self.objects.root().to_path_buf()))
-            .route(
-                "/metrics",
-                get(serve_metrics).with_state(self.metrics.clone()),
-            )
+        api::router(self.app.clone()).route(
+            "/metrics",
+            get(serve_metrics).with_state(self.metrics.clone()),
+        )
     }
 
     /// Stops taking work and waits for the loops to end. Jobs still in
@@ -347,7 +345,8 @@ async fn serve_metrics(State(metrics): State<Arc<PrometheusRecorder>>) -> Respon
 }
 
 /// Serves the files under `root` read-only, with a content type from the
-/// extension. Paths that would leave `root` are not found.
+/// extension (the folder of local images `imgproc-local process --serve`
+/// offers). Paths that would leave `root` are not found.
 pub fn file_router(root: PathBuf) -> Router {
     Router::new()
         .route("/{*path}", get(serve_file))
@@ -360,24 +359,14 @@ async fn serve_file(State(root): State<Arc<PathBuf>>, UrlPath(path): UrlPath<Str
         return ApiError::NotFound.into_response();
     };
     match tokio::fs::read(&file).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, content_type(&file))], bytes).into_response(),
+        Ok(bytes) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type_of(&file)),
+            )],
+            bytes,
+        )
+            .into_response(),
         Err(_) => ApiError::NotFound.into_response(),
     }
-}
-
-fn content_type(path: &Path) -> HeaderValue {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    HeaderValue::from_static(match ext.as_str() {
-        "jpg" | "jpeg" => "image/jpeg",
-        "png" => "image/png",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "csv" => "text/csv; charset=utf-8",
-        "json" => "application/json",
-        _ => "application/octet-stream",
-    })
 }

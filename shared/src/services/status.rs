@@ -7,9 +7,34 @@ use uuid::Uuid;
 use super::{App, ServiceError};
 use crate::domain::output_csv::OutputCsv;
 use crate::domain::{ImageStatus, ProductRecord, RequestRecord, results_key};
+use crate::ports::Download;
 
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;
+
+/// Lambda's limit on a synchronous response (6 MB), which bounds every
+/// answer of the API on AWS, with a margin for the invocation envelope.
+pub const RESPONSE_LIMIT_BYTES: usize = 6_000_000;
+
+/// The bytes a page's products may take. The rest of the response limit
+/// is left to the request's own fields (webhook URL, output CSV URL,
+/// cursor: a few KiB) and to one product larger than the budget, which is
+/// still answered alone.
+pub const PAGE_BUDGET_BYTES: usize = 4 << 20;
+
+/// Products read from the store per call while filling a page: a page
+/// that the byte budget ends early reads little more than it answers.
+const READ_CHUNK: u32 = 100;
+
+/// How one page is bounded: at most `limit` products, and products whose
+/// sizes (by `measure`: the bytes a product adds to the answer as sent)
+/// add up to at most `budget` bytes, but never fewer than one product.
+#[derive(Clone, Copy)]
+pub struct PageBounds {
+    pub limit: u32,
+    pub budget: usize,
+    pub measure: fn(&ProductRecord, &[Option<String>]) -> usize,
+}
 
 /// One page of a request's status.
 pub struct StatusPage {
@@ -85,28 +110,46 @@ async fn output_urls(
 pub async fn status(
     app: &App,
     id: Uuid,
-    limit: u32,
+    bounds: PageBounds,
     cursor: Option<&str>,
 ) -> Result<StatusPage, ServiceError> {
     let request = load(app, id).await?;
-    let after = cursor.map(|c| decode_cursor(id, c)).transpose()?;
+    let mut after = cursor.map(|c| decode_cursor(id, c)).transpose()?;
     if after.is_some_and(|a| a >= request.product_count) {
         return Err(ServiceError::InvalidRequest(
             "cursor is past the end of this request".into(),
         ));
     }
-    let mut products = app.store.list_products(id, after, limit + 1).await?;
-    let next_cursor = if products.len() > limit as usize {
-        products.truncate(limit as usize);
-        products.last().map(|p| encode_cursor(id, p.position))
-    } else {
-        None
+    let limit = bounds.limit.max(1) as usize;
+    let mut page: Vec<(ProductRecord, Vec<Option<String>>)> = Vec::new();
+    let mut used = 0usize;
+    // Whether a product follows the last one on the page.
+    let more = 'fill: loop {
+        // One more than the page can take tells whether the page is the last.
+        let want = (limit - page.len() + 1).min(READ_CHUNK as usize) as u32;
+        let products = app.store.list_products(id, after, want).await?;
+        let exhausted = products.len() < want as usize;
+        for product in products {
+            if page.len() == limit {
+                break 'fill true;
+            }
+            let urls = output_urls(app, &product).await?;
+            let size = (bounds.measure)(&product, &urls);
+            if !page.is_empty() && used + size > bounds.budget {
+                break 'fill true;
+            }
+            used += size;
+            after = Some(product.position);
+            page.push((product, urls));
+        }
+        if exhausted {
+            break false;
+        }
     };
-    let mut page = Vec::with_capacity(products.len());
-    for product in products {
-        let urls = output_urls(app, &product).await?;
-        page.push((product, urls));
-    }
+    let next_cursor = match (more, page.last()) {
+        (true, Some((last, _))) => Some(encode_cursor(id, last.position)),
+        _ => None,
+    };
     let output_csv_url = match request.terminal {
         Some(_) => Some(app.objects.url(&results_key(id)).await?),
         None => None,
@@ -119,13 +162,28 @@ pub async fn status(
     })
 }
 
-/// The output CSV of a terminal request, built from the store.
-pub async fn output_csv(app: &App, id: Uuid) -> Result<Vec<u8>, ServiceError> {
+/// The stored output CSV of a terminal request (`results/{id}.csv`, the
+/// document `output_csv_url` names): a redirect to it where the store
+/// offers one, so that a CSV of any size never passes through the
+/// function, else its bytes.
+pub async fn output_csv(app: &App, id: Uuid) -> Result<Download, ServiceError> {
     let request = load(app, id).await?;
     if request.terminal.is_none() {
         return Err(ServiceError::NotReady);
     }
-    build_output_csv(app, id).await
+    let key = results_key(id);
+    if let Some(download) = app.objects.download(&key).await? {
+        return Ok(download);
+    }
+    // Completion writes the CSV before the request turns terminal, so it
+    // is missing only if it was removed since. Built again it is the same
+    // document (its URLs do not change); answered directly, without
+    // rewriting it, as the reading side has no write permission.
+    tracing::warn!(request_id = %id, key, "stored output CSV missing; answering one built afresh");
+    Ok(Download::Body {
+        bytes: build_output_csv(app, id).await?.into(),
+        content_type: "text/csv; charset=utf-8".into(),
+    })
 }
 
 /// Builds the output CSV from every product of a request, in input order.

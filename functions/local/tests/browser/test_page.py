@@ -312,7 +312,7 @@ class PageTest(unittest.TestCase):
         d.switch_to.active_element.send_keys(Keys.ESCAPE)
         self.wait().until(EC.invisibility_of_element(dialog))
 
-        # The output CSV downloads (the page fetches it with the token).
+        # The output CSV downloads (a link to output_csv_url, which needs no token).
         d.find_element(By.ID, "download-csv").click()
         target = self.downloads / f"imgproc-{request_id}.csv"
         wait_until("the output CSV download", target.is_file, 15)

@@ -366,7 +366,8 @@
       note.hidden = !(s.more && !this.totalsOfAll);
       note.textContent = 'Byte totals cover the products shown; all of them are added up when the request is done.';
 
-      byId('download-csv').disabled = !terminal;
+      byId('download-csv').disabled = !terminal || !status.output_csv_url;
+      this.outputCsvUrl = status.output_csv_url;
       byId('download-hint').textContent = terminal ? 'One row per product, with an Output Image Urls column.' : 'Ready when every image is done.';
 
       for (const product of s.products) this.renderProduct(product);
@@ -511,26 +512,17 @@
     if (current) current.poll();
   });
 
-  byId('download-csv').addEventListener('click', async () => {
-    if (!current) return;
+  byId('download-csv').addEventListener('click', () => {
+    if (!current || !current.outputCsvUrl) return;
     const id = current.id;
-    const button = byId('download-csv');
-    button.disabled = true;
-    try {
-      // Fetched rather than linked, so the token goes along.
-      const blob = await (await api('v1/requests/' + id + '/output.csv')).blob();
-      const url = URL.createObjectURL(blob);
-      const a = el('a', { href: url, download: 'imgproc-' + id + '.csv' });
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 60000);
-      byId('download-hint').textContent = 'Downloaded imgproc-' + id + '.csv.';
-    } catch (err) {
-      byId('download-hint').textContent = 'Download failed: ' + err.message;
-    } finally {
-      button.disabled = false;
-    }
+    // Followed as a link, not fetched: output_csv_url needs no token, and
+    // on AWS it redirects to S3, which a fetch from this page could not
+    // read (another origin) but a download can.
+    const a = el('a', { href: current.outputCsvUrl, download: 'imgproc-' + id + '.csv' });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    byId('download-hint').textContent = 'Downloading imgproc-' + id + '.csv.';
   });
 
   window.addEventListener('hashchange', route);
