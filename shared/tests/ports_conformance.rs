@@ -14,7 +14,7 @@ use imgproc::domain::{
     Compressed, ErrorCode, ImageError, ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest,
     Progress, RequestStatus, WebhookState, WebhookStatus,
 };
-use imgproc::ports::{CreateOutcome, JobQueue, JobSource, JobStore, ObjectStore};
+use imgproc::ports::{CreateOutcome, JobQueue, JobSource, JobStore, ObjectStore, WebhookClaim};
 use uuid::Uuid;
 
 /// The adapters under test, plus whatever keeps them alive (a temp dir).
@@ -343,6 +343,101 @@ pub async fn a_request_completes_exactly_once(b: &Backends) {
         .unwrap();
 }
 
+/// A request of one image, finished and terminal.
+async fn terminal_request(b: &Backends, webhook: bool) -> Uuid {
+    let mut new = new_request(&[1], "webhook-claim");
+    if !webhook {
+        new.webhook_url = None;
+    }
+    b.store.create_request(&new).await.unwrap();
+    let progress = b
+        .store
+        .finish_image(key(new.id, 0, 1), &succeeded(key(new.id, 0, 1)))
+        .await
+        .unwrap()
+        .progress;
+    assert!(b.store.complete_request(new.id, progress).await.unwrap());
+    new.id
+}
+
+pub async fn a_webhook_attempt_is_claimed_once(b: &Backends) {
+    let lease = Duration::from_secs(60);
+    let claim = |id: Uuid, attempt: u32, lease: Duration| {
+        let store = b.store.clone();
+        async move {
+            store
+                .claim_webhook_attempt(id, attempt, lease)
+                .await
+                .unwrap()
+        }
+    };
+    let record = |id: Uuid, status: WebhookStatus, attempts: u32| {
+        let store = b.store.clone();
+        async move {
+            let state = WebhookState {
+                url: "https://hooks.example.com/imgproc".into(),
+                status,
+                attempts,
+            };
+            store.record_webhook(id, &state).await.unwrap()
+        }
+    };
+
+    // A request that is not terminal yet owes no webhook.
+    let new = new_request(&[1], "webhook-claim-early");
+    b.store.create_request(&new).await.unwrap();
+    assert_eq!(claim(new.id, 1, lease).await, WebhookClaim::Done);
+
+    let id = terminal_request(b, true).await;
+    assert_eq!(
+        claim(id, 2, lease).await,
+        WebhookClaim::NotYet,
+        "attempt 1 is not recorded yet"
+    );
+    let claims = join_all((0..8).map(|_| claim(id, 1, lease))).await;
+    assert_eq!(
+        claims
+            .iter()
+            .filter(|c| **c == WebhookClaim::Claimed)
+            .count(),
+        1,
+        "one of eight duplicates holds attempt 1: {claims:?}"
+    );
+    assert!(
+        claims
+            .iter()
+            .all(|c| matches!(c, WebhookClaim::Claimed | WebhookClaim::NotYet)),
+        "the others try again later: {claims:?}"
+    );
+
+    // Attempt 1 refused and recorded: it is done, and attempt 2 can be taken
+    // although attempt 1's lease still runs.
+    record(id, WebhookStatus::Pending, 1).await;
+    assert_eq!(claim(id, 1, lease).await, WebhookClaim::Done);
+    assert_eq!(
+        claim(id, 2, Duration::from_millis(300)).await,
+        WebhookClaim::Claimed
+    );
+    assert_eq!(claim(id, 2, lease).await, WebhookClaim::NotYet, "held");
+    // A holder that died without recording: its lease ends, and the attempt is taken over.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(claim(id, 2, lease).await, WebhookClaim::Claimed);
+
+    // After a 2xx nothing can be claimed again.
+    record(id, WebhookStatus::Delivered, 2).await;
+    for attempt in 1..=3 {
+        assert_eq!(claim(id, attempt, lease).await, WebhookClaim::Done);
+    }
+    // Nor after the last attempt failed.
+    let given_up = terminal_request(b, true).await;
+    record(given_up, WebhookStatus::Failed, 1).await;
+    assert_eq!(claim(given_up, 2, lease).await, WebhookClaim::Done);
+    // No webhook, no request: nothing to claim.
+    let silent = terminal_request(b, false).await;
+    assert_eq!(claim(silent, 1, lease).await, WebhookClaim::Done);
+    assert_eq!(claim(Uuid::new_v4(), 1, lease).await, WebhookClaim::Done);
+}
+
 fn job(id: Uuid, image: u32) -> ImageJob {
     ImageJob {
         request_id: id,
@@ -478,6 +573,12 @@ macro_rules! conformance {
         async fn a_request_completes_exactly_once() {
             if let Some(b) = $backends().await {
                 super::a_request_completes_exactly_once(&b).await
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_webhook_attempt_is_claimed_once() {
+            if let Some(b) = $backends().await {
+                super::a_webhook_attempt_is_claimed_once(&b).await
             }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

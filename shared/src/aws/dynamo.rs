@@ -30,7 +30,9 @@ use crate::domain::{
     ErrorCode, ImageError, ImageKey, ImageOutcome, ImageRecord, ImageStatus, NewRequest,
     ProductRecord, Progress, RequestRecord, RequestStatus, WebhookState, WebhookStatus,
 };
-use crate::ports::{CreateOutcome, Finished, JobStore, PortError, PortResult};
+use crate::ports::{CreateOutcome, Finished, JobStore, PortError, PortResult, WebhookClaim};
+
+mod webhooks;
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -722,6 +724,15 @@ impl JobStore for DynamoStore {
             Err(e) if has_code(&e, "ConditionalCheckFailedException") => Ok(()),
             Err(e) => Err(port_error("DynamoDB UpdateItem (webhook)", e)),
         }
+    }
+
+    async fn claim_webhook_attempt(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lease: Duration,
+    ) -> PortResult<WebhookClaim> {
+        self.claim_webhook(id, attempt, lease).await
     }
 }
 

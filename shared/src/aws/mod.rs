@@ -1,5 +1,5 @@
 //! The AWS side: DynamoDB, SQS and S3 adapters for the ports, and the
-//! Lambda event handlers the five functions call. Built with the `aws`
+//! Lambda event handlers the functions call. Built with the `aws`
 //! feature; the local runner does without it.
 //!
 //! `AWS_ENDPOINT_URL` (read by the SDK itself) points every client at an
@@ -13,6 +13,7 @@ pub mod s3;
 pub mod sqs;
 #[cfg(feature = "stream-poller")]
 pub mod stream_poller;
+pub mod webhook_queue;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use aws_config::BehaviorVersion;
 pub use dynamo::DynamoStore;
 pub use s3::S3Objects;
 pub use sqs::SqsQueue;
+pub use webhook_queue::SqsWebhookQueue;
 
 use crate::compress::{Engine, Settings, available_cores};
 use crate::config::{Config, ConfigError};
@@ -120,6 +122,15 @@ impl Adapters {
             ),
         })
     }
+}
+
+/// The webhook queue (`WEBHOOK_QUEUE_URL`), for the functions that
+/// schedule and deliver webhook attempts.
+pub fn webhook_queue(config: &Config, clients: &Clients) -> Result<SqsWebhookQueue, ConfigError> {
+    Ok(SqsWebhookQueue::new(
+        clients.sqs.clone(),
+        required(&config.webhook_queue_url, "WEBHOOK_QUEUE_URL")?,
+    ))
 }
 
 /// JSON log lines on stdout for CloudWatch (the format of

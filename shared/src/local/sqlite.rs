@@ -17,7 +17,11 @@ use crate::domain::{
 };
 use crate::ports::{
     CreateOutcome, Delivery, Finished, JobQueue, JobSource, JobStore, PortError, PortResult,
+    WebhookClaim,
 };
+
+mod webhooks;
+pub use webhooks::DueWebhook;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS requests (
@@ -135,6 +139,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> PortResult<Self> {
         let writer = open(path).map_err(db_err)?;
         writer.execute_batch(SCHEMA).map_err(db_err)?;
+        writer.execute_batch(webhooks::SCHEMA).map_err(db_err)?;
         let reader = open(path).map_err(db_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -571,6 +576,15 @@ impl JobStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn claim_webhook_attempt(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lease: Duration,
+    ) -> PortResult<WebhookClaim> {
+        self.claim_webhook(id, attempt, lease).await
     }
 }
 

@@ -1,6 +1,7 @@
 //! What each Lambda function does with its event, written against the
 //! services; the binaries under `functions/` only wire these up.
 
+pub mod deliver;
 pub mod ingest;
 pub mod notify;
 pub mod process;
