@@ -162,11 +162,6 @@ async fn harness_with(settings: &[(&str, &str)]) -> Harness {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let adapters = Adapters {
-        store: DynamoStore::new(clients.dynamodb.clone(), env("TABLE_NAME")),
-        queue: SqsQueue::new(clients.sqs.clone(), queue_url),
-        objects: S3Objects::new(clients.s3.clone(), env("BUCKET"), None),
-    };
     let config = Config::from_lookup(|name| {
         if let Some(v) = settings.get(name) {
             return Some(v.clone());
@@ -182,6 +177,15 @@ async fn harness_with(settings: &[(&str, &str)]) -> Harness {
         }
     })
     .unwrap();
+    let adapters = Adapters {
+        store: DynamoStore::new(clients.dynamodb.clone(), env("TABLE_NAME")),
+        queue: SqsQueue::new(clients.sqs.clone(), queue_url),
+        objects: S3Objects::new(
+            clients.s3.clone(),
+            env("BUCKET"),
+            config.output_base_url.clone(),
+        ),
+    };
     let emf: Arc<Mutex<Vec<String>>> = Arc::default();
     let captured = emf.clone();
     let recorder = EmfRecorder::with_sink(config.metrics_namespace.clone(), move |line| {
@@ -1220,7 +1224,13 @@ async fn a_receiver_that_refuses_twice_gets_one_2xx_on_the_schedule_on_moto() {
     if moto().is_none() {
         return;
     }
-    let h = harness_with(&[("WEBHOOK_RETRY_SCHEDULE", "0s,1s,1s")]).await;
+    // Output URLs from a base URL: presigned ones are signed afresh on every
+    // attempt, and this test holds every attempt to the same bytes.
+    let h = harness_with(&[
+        ("WEBHOOK_RETRY_SCHEDULE", "0s,1s,1s"),
+        ("OUTPUT_BASE_URL", "https://cdn.example.com/imgproc/"),
+    ])
+    .await;
     let photos = photo_server().await;
     let hook = WebhookReceiver::start(2).await;
 

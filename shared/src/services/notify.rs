@@ -79,8 +79,9 @@ pub fn claim_lease(app: &App) -> Duration {
     app.config.webhook_timeout + CLAIM_MARGIN
 }
 
-/// The event body. Built only from stored fields, so every attempt, even
-/// after a restart, sends the same bytes.
+/// The event body. Built only from stored fields and the results CSV's
+/// URL, so every attempt, even after a restart, sends the same bytes while
+/// that URL is stable (presigned URLs are signed afresh each time).
 pub async fn payload(app: &App, request: &RequestRecord) -> Result<Vec<u8>, PortError> {
     let p = request.progress;
     let output_csv_url = app.objects.url(&results_key(request.id)).await?;

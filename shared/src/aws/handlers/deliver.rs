@@ -56,11 +56,11 @@ pub async fn handle_message(
                 "the webhook attempt failed on the store or queue; it will come back");
         }
     }
-    if let Some(receipt) = &message.receipt_handle {
-        if let Err(e) = queue.retry_later(receipt, app.config.backoff(count)).await {
-            // The message still comes back, after the queue's visibility timeout.
-            tracing::warn!(message_id, error = %e, "cannot delay the retry");
-        }
+    if let Some(receipt) = &message.receipt_handle
+        && let Err(e) = queue.retry_later(receipt, app.config.backoff(count)).await
+    {
+        // The message still comes back, after the queue's visibility timeout.
+        tracing::warn!(message_id, error = %e, "cannot delay the retry");
     }
     MessageOutcome::Retry
 }

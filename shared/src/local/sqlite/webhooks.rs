@@ -36,6 +36,14 @@ pub struct DueWebhook {
     pub tries: u32,
 }
 
+/// What a claim reads of the request.
+struct OwedWebhook {
+    terminal: bool,
+    url: bool,
+    status: Option<String>,
+    attempts: u32,
+}
+
 impl SqliteStore {
     /// See [`JobStore::claim_webhook_attempt`](crate::ports::JobStore::claim_webhook_attempt).
     pub(super) async fn claim_webhook(
@@ -47,21 +55,28 @@ impl SqliteStore {
         self.write(move |conn| {
             let tx = conn.transaction()?;
             let now = now_ms();
-            let request: Option<(Option<String>, Option<String>, Option<String>, u32)> = tx
+            let request = tx
                 .query_row(
                     "SELECT terminal, webhook_url, webhook_status, webhook_attempts FROM requests WHERE id = ?1",
                     [id.to_string()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| {
+                        Ok(OwedWebhook {
+                            terminal: r.get::<_, Option<String>>(0)?.is_some(),
+                            url: r.get::<_, Option<String>>(1)?.is_some(),
+                            status: r.get(2)?,
+                            attempts: r.get(3)?,
+                        })
+                    },
                 )
                 .optional()?;
-            let Some((terminal, url, status, attempts)) = request else {
+            let Some(OwedWebhook { terminal, url, status, attempts }) = request else {
                 return Ok(WebhookClaim::Done);
             };
             let pending = status
                 .as_deref()
                 .and_then(WebhookStatus::parse)
                 .is_none_or(|s| s == WebhookStatus::Pending);
-            if attempt == 0 || terminal.is_none() || url.is_none() || !pending || attempts >= attempt {
+            if attempt == 0 || !terminal || !url || !pending || attempts >= attempt {
                 return Ok(WebhookClaim::Done);
             }
             if attempts + 1 < attempt {
@@ -92,6 +107,20 @@ impl SqliteStore {
     /// (their first attempt, due now) and clears their notification flag,
     /// in one transaction. Returns how many entered the outbox.
     pub async fn open_webhook_outbox(&self) -> PortResult<u64> {
+        // Called on every pass of the notifier: the reader answers the
+        // common "nothing new" without taking the writer.
+        let owed = self
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM requests WHERE notify_due = 1)",
+                    [],
+                    |r| r.get::<_, bool>(0),
+                )
+            })
+            .await?;
+        if !owed {
+            return Ok(0);
+        }
         self.write(|conn| {
             let tx = conn.transaction()?;
             let now = now_ms();
