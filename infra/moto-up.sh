@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts a moto server (infra/moto_serial_server.py) on 127.0.0.1 (unless one already answers there) and
-# creates the table (stream + TTL), the queue with its dead-letter queue and
-# the bucket described in infra/resources.json. Prints `export` lines for
+# creates the table (stream + TTL), the image job and webhook queues with
+# their dead-letter queues and the bucket described in infra/resources.json. Prints `export` lines for
 # the environment the functions and tests read, so that
 #   eval "$(infra/moto-up.sh)"
 # points a shell at it. Stop it with infra/moto-down.sh.
@@ -72,6 +72,15 @@ queue_url = sqs.create_queue(QueueName=q["name"], Attributes={
     "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(q["max_receive_count"])}),
 })["QueueUrl"]
 
+w = spec["webhook_queue"]
+webhook_dlq_url = sqs.create_queue(QueueName=w["dead_letter_queue"],
+                                   Attributes={"MessageRetentionPeriod": str(w["dlq_retention_seconds"])})["QueueUrl"]
+webhook_dlq_arn = sqs.get_queue_attributes(QueueUrl=webhook_dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+webhook_queue_url = sqs.create_queue(QueueName=w["name"], Attributes={
+    "VisibilityTimeout": str(w["visibility_timeout_seconds"]),
+    "RedrivePolicy": json.dumps({"deadLetterTargetArn": webhook_dlq_arn, "maxReceiveCount": str(w["max_receive_count"])}),
+})["QueueUrl"]
+
 s3 = boto3.client("s3", **kw)
 b = spec["bucket"]["name"]
 if b not in [x["Name"] for x in s3.list_buckets().get("Buckets", [])]:
@@ -83,6 +92,7 @@ for k, v in [("AWS_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"]), ("MOTO_ENDPOI
              ("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
              ("TABLE_NAME", t["name"]), ("TABLE_STREAM_ARN", stream_arn),
              ("QUEUE_URL", queue_url), ("DLQ_URL", dlq_url), ("BUCKET", b),
+             ("WEBHOOK_QUEUE_URL", webhook_queue_url), ("WEBHOOK_DLQ_URL", webhook_dlq_url),
              # Output URLs are {PUBLIC_URL}files/{key}; the functions need it to start.
              ("PUBLIC_URL", os.environ.get("PUBLIC_URL") or "http://127.0.0.1:3000/")]:
     print(f"export {k}='{v}'")

@@ -45,7 +45,7 @@ until curl -fsS -o /dev/null "http://127.0.0.1:${port}/" 2>/dev/null || curl -sS
 done
 
 failed=0
-for fn in status upload ingest fanout process deadletter notify; do
+for fn in status upload ingest fanout process deadletter notify deliver; do
   echo "== $fn"
   if out="$(cargo lambda invoke "$fn" --invoke-address 127.0.0.1 --invoke-port "$port" --data-file "infra/events/$fn.json" 2>&1)"; then
     echo "$out"
@@ -55,5 +55,5 @@ for fn in status upload ingest fanout process deadletter notify; do
     failed=$((failed + 1))
   fi
 done
-echo "$((5 - failed)) passed, $failed failed"
+echo "$((6 - failed)) passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -60,9 +60,17 @@ pub struct Config {
     pub max_pixels: u64,
     pub fetch_timeout: Duration,
     pub max_attempts: u32,
+    /// Webhook attempts before giving up: `WEBHOOK_MAX_ATTEMPTS`, by default
+    /// one more than the retry schedule has delays.
     pub webhook_max_attempts: u32,
+    /// Waits between webhook attempts (`WEBHOOK_RETRY_SCHEDULE`): entry `n`
+    /// (0-based) follows failed attempt `n + 1`; the last one repeats.
+    pub webhook_retry_schedule: Vec<Duration>,
     pub webhook_timeout: Duration,
-    /// First delay of the exponential backoff used for image and webhook retries.
+    /// The SQS queue of webhook attempts (AWS only).
+    pub webhook_queue_url: Option<String>,
+    /// First delay of the exponential backoff of image retries and of work
+    /// that found the store unavailable.
     pub retry_base_delay: Duration,
     pub allow_private_networks: bool,
     /// CloudWatch namespace of the metrics the Lambda functions publish.
@@ -90,8 +98,13 @@ impl Default for Config {
             max_pixels: 100_000_000,
             fetch_timeout: Duration::from_secs(30),
             max_attempts: 3,
-            webhook_max_attempts: 5,
+            webhook_max_attempts: DEFAULT_WEBHOOK_RETRY_SCHEDULE.len() as u32 + 1,
+            webhook_retry_schedule: DEFAULT_WEBHOOK_RETRY_SCHEDULE
+                .iter()
+                .map(|s| Duration::from_secs(*s))
+                .collect(),
             webhook_timeout: Duration::from_secs(10),
+            webhook_queue_url: None,
             retry_base_delay: Duration::from_secs(1),
             allow_private_networks: false,
             metrics_namespace: "imgproc".into(),
@@ -112,6 +125,10 @@ impl Config {
                 .filter(|v| !v.is_empty())
         };
         let d = Config::default();
+        let webhook_retry_schedule = match get("WEBHOOK_RETRY_SCHEDULE") {
+            Some(raw) => retry_schedule("WEBHOOK_RETRY_SCHEDULE", &raw)?,
+            None => d.webhook_retry_schedule.clone(),
+        };
         Ok(Self {
             table_name: get("TABLE_NAME"),
             queue_url: get("QUEUE_URL"),
@@ -150,11 +167,13 @@ impl Config {
             webhook_max_attempts: number(
                 &get,
                 "WEBHOOK_MAX_ATTEMPTS",
-                d.webhook_max_attempts,
+                webhook_retry_schedule.len() as u32 + 1,
                 1,
                 100,
             )?,
+            webhook_retry_schedule,
             webhook_timeout: Duration::from_secs(number(&get, "WEBHOOK_TIMEOUT_SECS", 10, 1, 300)?),
+            webhook_queue_url: get("WEBHOOK_QUEUE_URL"),
             retry_base_delay: Duration::from_millis(number(
                 &get,
                 "RETRY_BASE_DELAY_MS",
@@ -195,6 +214,81 @@ impl Config {
     pub fn backoff(&self, attempt: u32) -> Duration {
         backoff(self.retry_base_delay, attempt, Duration::from_secs(300))
     }
+
+    /// The wait after failed webhook attempt `attempt` (1-based) before the
+    /// next one: its entry of the schedule, the last entry past its end.
+    pub fn webhook_retry_delay(&self, attempt: u32) -> Duration {
+        let i = (attempt.max(1) - 1) as usize;
+        self.webhook_retry_schedule
+            .get(i)
+            .or(self.webhook_retry_schedule.last())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Seconds between webhook attempts by default: 11 attempts over 31 h 42 m.
+/// Quick retries for a blip, then hourly-scale ones, and a day and more of
+/// reach for a receiver that is down, in line with the common practice of
+/// webhook senders (Stripe retries for up to three days, Svix's schedule
+/// spans about 27 hours, both backing off to hours between attempts).
+pub const DEFAULT_WEBHOOK_RETRY_SCHEDULE: [u64; 10] = [
+    30,
+    2 * 60,
+    10 * 60,
+    30 * 60,
+    3600,
+    2 * 3600,
+    4 * 3600,
+    8 * 3600,
+    8 * 3600,
+    8 * 3600,
+];
+
+/// The longest wait one schedule entry may ask for.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
+const MAX_RETRY_ENTRIES: usize = 99;
+
+/// A comma-separated list of delays such as `30s,2m,1h`: a whole number
+/// followed by `ms`, `s`, `m` or `h`, each at most 24 hours, 1 to 99 entries.
+fn retry_schedule(var: &'static str, raw: &str) -> Result<Vec<Duration>, ConfigError> {
+    let bad = |problem: String| ConfigError { var, problem };
+    let entries: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if entries.len() > MAX_RETRY_ENTRIES {
+        return Err(bad(format!(
+            "must have at most {MAX_RETRY_ENTRIES} delays, got {}",
+            entries.len()
+        )));
+    }
+    entries
+        .into_iter()
+        .map(|entry| {
+            let digits = entry.find(|c: char| !c.is_ascii_digit()).unwrap_or(entry.len());
+            let (value, unit) = entry.split_at(digits);
+            let value: u64 = value.parse().map_err(|_| {
+                bad(format!(
+                    "must be delays like 30s,2m,1h (a whole number and ms, s, m or h), got {entry:?} in {raw:?}"
+                ))
+            })?;
+            let delay = match unit {
+                "ms" => Duration::from_millis(value),
+                "s" => Duration::from_secs(value),
+                "m" => Duration::from_secs(value.saturating_mul(60)),
+                "h" => Duration::from_secs(value.saturating_mul(3600)),
+                _ => {
+                    return Err(bad(format!(
+                        "must be delays like 30s,2m,1h (a whole number and ms, s, m or h), got {entry:?} in {raw:?}"
+                    )));
+                }
+            };
+            if delay > MAX_RETRY_DELAY {
+                return Err(bad(format!(
+                    "delays must be at most 24h, got {entry:?}"
+                )));
+            }
+            Ok(delay)
+        })
+        .collect()
 }
 
 /// The one exponential backoff: before retry number `attempt` (1-based),
@@ -325,7 +419,12 @@ mod tests {
         assert_eq!(c.max_download_bytes, 25 << 20);
         assert_eq!(c.max_pixels, 100_000_000);
         assert_eq!(c.fetch_timeout, Duration::from_secs(30));
-        assert_eq!((c.max_attempts, c.webhook_max_attempts), (3, 5));
+        assert_eq!((c.max_attempts, c.webhook_max_attempts), (3, 11));
+        let span: Duration = c.webhook_retry_schedule.iter().sum();
+        assert!(
+            span >= Duration::from_secs(24 * 3600),
+            "the default schedule spans at least a day: {span:?}"
+        );
         assert!(!c.allow_private_networks);
         assert_eq!(c.metrics_namespace, "imgproc");
     }
@@ -345,6 +444,14 @@ mod tests {
             ("MAX_IMAGES_PER_ROW", "501"),
             ("METRICS_NAMESPACE", "AWS/Lambda"),
             ("METRICS_NAMESPACE", "imgproc!"),
+            ("WEBHOOK_RETRY_SCHEDULE", "30s,2x"),
+            ("WEBHOOK_RETRY_SCHEDULE", "30s,,1m"),
+            ("WEBHOOK_RETRY_SCHEDULE", "-1s"),
+            ("WEBHOOK_RETRY_SCHEDULE", "1.5s"),
+            ("WEBHOOK_RETRY_SCHEDULE", "25h"),
+            ("WEBHOOK_RETRY_SCHEDULE", "s"),
+            ("WEBHOOK_RETRY_SCHEDULE", "99999999999999999999s"),
+            ("WEBHOOK_MAX_ATTEMPTS", "0"),
         ] {
             let err = from(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);
@@ -409,6 +516,31 @@ mod tests {
             from(&[("PUBLIC_URL", &long)]).unwrap_err().var,
             "PUBLIC_URL"
         );
+    }
+
+    #[test]
+    fn the_webhook_schedule_is_read_and_its_last_delay_repeats() {
+        let c = from(&[("WEBHOOK_RETRY_SCHEDULE", " 0s, 1s ,250ms,2m,1h ")]).unwrap();
+        assert_eq!(
+            c.webhook_retry_schedule,
+            [0, 1000, 250, 120_000, 3_600_000].map(Duration::from_millis)
+        );
+        assert_eq!(c.webhook_max_attempts, 6, "one attempt more than delays");
+        assert_eq!(c.webhook_retry_delay(1), Duration::ZERO);
+        assert_eq!(c.webhook_retry_delay(3), Duration::from_millis(250));
+        assert_eq!(c.webhook_retry_delay(5), Duration::from_secs(3600));
+        assert_eq!(c.webhook_retry_delay(9), Duration::from_secs(3600));
+        // WEBHOOK_MAX_ATTEMPTS bounds the count either way.
+        let c = from(&[
+            ("WEBHOOK_RETRY_SCHEDULE", "1s,2s"),
+            ("WEBHOOK_MAX_ATTEMPTS", "7"),
+        ])
+        .unwrap();
+        assert_eq!(c.webhook_max_attempts, 7);
+        assert_eq!(c.webhook_retry_delay(6), Duration::from_secs(2));
+        let c = from(&[("WEBHOOK_MAX_ATTEMPTS", "2")]).unwrap();
+        assert_eq!(c.webhook_max_attempts, 2);
+        assert_eq!(c.webhook_retry_delay(1), Duration::from_secs(30));
     }
 
     #[test]

@@ -106,8 +106,12 @@ pub trait JobStore: Send + Sync {
 
     /// Takes the fan-out of a request for `owner` until `lease` from now
     /// (or renews it when `owner` holds it).
-    async fn claim_fan_out(&self, id: Uuid, owner: Uuid, lease: Duration)
-    -> PortResult<FanOutClaim>;
+    async fn claim_fan_out(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        lease: Duration,
+    ) -> PortResult<FanOutClaim>;
 
     /// The jobs of the products from position `from` on, in one bounded
     /// slice; `None` once `from` is past the last product.
@@ -125,6 +129,54 @@ pub trait JobStore: Send + Sync {
         jobs: u32,
         lease: Duration,
     ) -> PortResult<bool>;
+
+    /// Takes attempt `attempt` (1-based) of a terminal request's webhook for
+    /// `lease`. Every POST happens under a claim, and a claim is given only
+    /// while the webhook is pending with exactly `attempt - 1` attempts
+    /// recorded and nobody else holds this attempt, so duplicate deliveries
+    /// of one scheduled attempt never POST twice and nothing follows a 2xx.
+    /// The lease covers an attempt whose holder died before recording it.
+    async fn claim_webhook_attempt(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lease: Duration,
+    ) -> PortResult<WebhookClaim>;
+}
+
+/// What claiming a webhook attempt found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookClaim {
+    /// The caller holds the attempt: POST, then `record_webhook`.
+    Claimed,
+    /// Another caller holds this attempt, or an earlier one is not recorded
+    /// yet: try again later.
+    NotYet,
+    /// The attempt was made already, the webhook ended (or there is none),
+    /// or the request is gone or not terminal: nothing to do.
+    Done,
+}
+
+/// One scheduled webhook attempt: the body of a webhook queue message on
+/// AWS, a row of the outbox locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookJob {
+    pub request_id: Uuid,
+    /// 1-based.
+    pub attempt: u32,
+    /// When the attempt is due, in Unix milliseconds. Waits longer than a
+    /// queue can hold a message are made of several hops; a job that arrives
+    /// before this time is scheduled again for the rest.
+    pub due_ms: i64,
+}
+
+/// Where webhook attempts wait until they are due: an SQS queue with
+/// delays on AWS, the SQLite outbox locally. Both survive restarts.
+#[async_trait]
+pub trait WebhookScheduler: Send + Sync {
+    /// Stores `job` durably; it is handed back at (or, on AWS, possibly
+    /// before) `job.due_ms`, at least once.
+    async fn schedule(&self, job: &WebhookJob) -> PortResult<()>;
 }
 
 /// Where image jobs are sent.

@@ -1,8 +1,10 @@
 //! The AWS path end to end on a moto server: the upload route → messages
 //! received from SQS, handed to the process handler as an `SqsEvent` →
-//! records read from DynamoDB Streams, handed to the notify handler → one
+//! records read from DynamoDB Streams, handed to the notify handler → its
+//! messages on the webhook queue, handed to the deliver handler → one
 //! signed webhook call; the status route agrees. Also: duplicate SQS
-//! deliveries, a repeated S3 event, and a rejected S3 drop.
+//! deliveries, a repeated S3 event, a rejected S3 drop, and webhooks
+//! retried on their schedule through delayed messages.
 //!
 //! The metrics the handlers publish along the way are captured as the EMF
 //! lines a Lambda function writes to stdout (and printed, as it would),
@@ -13,6 +15,8 @@
 //! sets both up); without the endpoint every test says why and passes.
 #![cfg(feature = "stream-poller")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::SqsBatchResponse;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use axum::Router;
@@ -27,21 +32,23 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::routing::{get, post};
+use common::WebhookReceiver;
 use futures_util::future::join_all;
 use http_body_util::BodyExt;
-use imgproc::aws::handlers::ingest::{self, IngestOutcome};
 use imgproc::aws::dynamo::WriteLog;
-use imgproc::aws::handlers::{deadletter, fanout, notify, process};
+use imgproc::aws::handlers::ingest::{self, IngestOutcome};
+use imgproc::aws::handlers::{deadletter, deliver, fanout, notify, process};
 use imgproc::aws::{
-    Adapters, Clients, DynamoStore, RowsBucket, S3Objects, SqsFanOut, SqsQueue, app_with_metrics,
-    stream_poller,
+    Adapters, Clients, DynamoStore, RowsBucket, S3Objects, SqsFanOut, SqsQueue, SqsWebhookQueue,
+    app_with_metrics, stream_poller,
 };
 use imgproc::config::Config;
 use imgproc::domain::{
     ErrorCode, ImageJob, ImageKey, ImageStatus, Progress, RequestRecord, RequestStatus,
+    WebhookStatus,
 };
 use imgproc::metrics::EmfRecorder;
-use imgproc::ports::{FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore};
+use imgproc::ports::{FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore, WebhookJob};
 use imgproc::services::App;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -121,18 +128,19 @@ struct Harness {
     adapters: Adapters,
     clients: Clients,
     queue_arn: String,
+    /// The webhook queue of this harness alone, and its ARN.
+    webhooks: SqsWebhookQueue,
+    webhooks_arn: String,
     /// Every EMF line the app wrote.
     emf: Arc<Mutex<Vec<String>>>,
 }
 
-/// The app on moto's table and bucket, with a queue of its own so that
-/// tests running side by side never take each other's messages.
-async fn harness() -> Harness {
-    let clients = Clients::from_env().await;
+/// A queue on moto for one harness, and its ARN.
+async fn create_queue(clients: &Clients, prefix: &str) -> (String, String) {
     let queue_url = clients
         .sqs
         .create_queue()
-        .queue_name(format!("e2e-{}", Uuid::new_v4()))
+        .queue_name(format!("{prefix}-{}", Uuid::new_v4()))
         .send()
         .await
         .expect("create a queue on moto")
@@ -143,6 +151,40 @@ async fn harness() -> Harness {
         env("AWS_REGION"),
         queue_url.rsplit('/').next().unwrap_or("")
     );
+    (queue_url, queue_arn)
+}
+
+/// The app on moto's table and bucket, with queues of its own so that
+/// tests running side by side never take each other's messages.
+async fn harness() -> Harness {
+    harness_with(&[]).await
+}
+
+/// [`harness`] with these settings on top of the tests' own.
+async fn harness_with(settings: &[(&str, &str)]) -> Harness {
+    let clients = Clients::from_env().await;
+    let (queue_url, queue_arn) = create_queue(&clients, "e2e").await;
+    let (webhooks_url, webhooks_arn) = create_queue(&clients, "e2e-webhooks").await;
+    let settings: std::collections::HashMap<String, String> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = Config::from_lookup(|name| {
+        if let Some(v) = settings.get(name) {
+            return Some(v.clone());
+        }
+        match name {
+            "PUBLIC_URL" => Some(PUBLIC_URL.into()),
+            "ALLOW_PRIVATE_NETWORKS" => Some("true".into()),
+            "WEBHOOK_SECRET" => Some(SECRET.into()),
+            "RETRY_BASE_DELAY_MS" => Some("10".into()),
+            "FETCH_TIMEOUT_SECS" => Some("10".into()),
+            "METRICS_NAMESPACE" => Some(NAMESPACE.into()),
+            "WEBHOOK_RETRY_SCHEDULE" => Some("0s,1s,1s".into()),
+            _ => None,
+        }
+    })
+    .unwrap();
     let adapters = Adapters {
         store: DynamoStore::new(
             clients.dynamodb.clone(),
@@ -157,16 +199,6 @@ async fn harness() -> Harness {
             format!("{PUBLIC_URL}files/"),
         ),
     };
-    let config = Config::from_lookup(|name| match name {
-        "PUBLIC_URL" => Some(PUBLIC_URL.into()),
-        "ALLOW_PRIVATE_NETWORKS" => Some("true".into()),
-        "WEBHOOK_SECRET" => Some(SECRET.into()),
-        "RETRY_BASE_DELAY_MS" => Some("10".into()),
-        "FETCH_TIMEOUT_SECS" => Some("10".into()),
-        "METRICS_NAMESPACE" => Some(NAMESPACE.into()),
-        _ => None,
-    })
-    .unwrap();
     let emf: Arc<Mutex<Vec<String>>> = Arc::default();
     let captured = emf.clone();
     let recorder = EmfRecorder::with_sink(config.metrics_namespace.clone(), move |line| {
@@ -175,11 +207,14 @@ async fn harness() -> Harness {
         captured.lock().unwrap().push(line.to_owned());
     });
     let app = app_with_metrics(config, &adapters, Arc::new(recorder)).unwrap();
+    let webhooks = SqsWebhookQueue::new(clients.sqs.clone(), webhooks_url);
     Harness {
         app,
         adapters,
         clients,
         queue_arn,
+        webhooks,
+        webhooks_arn,
         emf,
     }
 }
@@ -323,14 +358,20 @@ fn total(docs: &[Value], id: Uuid, metric: &str) -> f64 {
 }
 
 impl Harness {
-    /// One receive call's messages, shaped as the records of the Lambda SQS
-    /// event the event source mapping would send.
+    /// One receive call's messages from the image job queue, shaped as the
+    /// records of the Lambda SQS event the event source mapping would send.
     async fn receive_records(&self) -> Vec<Value> {
+        self.receive_records_from(self.adapters.queue.queue_url(), &self.queue_arn)
+            .await
+    }
+
+    /// One receive call's messages from the queue at `url`, as Lambda event records.
+    async fn receive_records_from(&self, url: &str, arn: &str) -> Vec<Value> {
         let out = self
             .clients
             .sqs
             .receive_message()
-            .queue_url(self.adapters.queue.queue_url())
+            .queue_url(url)
             .max_number_of_messages(10)
             .visibility_timeout(60)
             .message_system_attribute_names(MessageSystemAttributeName::All)
@@ -355,7 +396,7 @@ impl Harness {
                     "messageAttributes": {},
                     "md5OfBody": m.md5_of_body,
                     "eventSource": "aws:sqs",
-                    "eventSourceARN": self.queue_arn,
+                    "eventSourceARN": arn,
                     "awsRegion": env("AWS_REGION"),
                 })
             })
@@ -404,6 +445,77 @@ impl Harness {
             }
         }
         failed
+    }
+
+    /// One batch of the webhook queue (empty when no message is visible),
+    /// as the deliver function's event.
+    async fn receive_webhook_event(&self) -> SqsEvent {
+        let records = self
+            .receive_records_from(self.webhooks.queue_url(), &self.webhooks_arn)
+            .await;
+        serde_json::from_value(json!({ "Records": records })).unwrap()
+    }
+
+    /// Runs the deliver handler on `event` and, like Lambda, deletes the
+    /// messages it did not report as failed.
+    async fn deliver(&self, event: SqsEvent) -> SqsBatchResponse {
+        let response = deliver::handle(&self.app, &self.webhooks, event.clone()).await;
+        for m in &event.records {
+            let failed = response
+                .batch_item_failures
+                .iter()
+                .any(|f| Some(&f.item_identifier) == m.message_id.as_ref());
+            if !failed {
+                self.clients
+                    .sqs
+                    .delete_message()
+                    .queue_url(self.webhooks.queue_url())
+                    .receipt_handle(m.receipt_handle.as_deref().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        response
+    }
+
+    /// Plays the deliver function's event source mapping: hands every
+    /// message that becomes visible on the webhook queue (delayed ones when
+    /// their delay ends) to the deliver handler, until the webhooks of
+    /// `ids` have settled (delivered or failed). Returns the batches handed over.
+    async fn deliver_until_settled(&self, ids: &[Uuid], within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        let mut batches = 0;
+        loop {
+            let mut settled = true;
+            for id in ids {
+                let r = self.adapters.store.get_request(*id).await.unwrap().unwrap();
+                settled &= r.webhook.is_none_or(|w| w.status != WebhookStatus::Pending);
+            }
+            if settled {
+                return batches;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhooks of {ids:?} not settled within {within:?}"
+            );
+            let event = self.receive_webhook_event().await;
+            if event.records.is_empty() {
+                // moto's server answers one call at a time: no long polling.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            } else {
+                batches += 1;
+                self.deliver(event).await;
+            }
+        }
+    }
+
+    /// Queues the webhook of request `id` as the notify function would,
+    /// from the request's stream records.
+    async fn notify(&self, id: Uuid) {
+        let stream = self.stream_event(id).await;
+        let response = notify::handle(&self.webhooks, stream).await;
+        assert!(response.batch_item_failures.is_empty());
     }
 
     /// The stream records of one request, as the notify function's event.
@@ -573,16 +685,15 @@ async fn upload_process_notify_and_status_on_moto() {
             .any(|r| notify::became_terminal(r) == Some(id)),
         "the stream shows the terminal transition"
     );
+    // and the deliver handler takes what they queued,
     for _ in 0..2 {
-        let response = notify::handle(&h.app, stream.clone()).await;
+        let response = notify::handle(&h.webhooks, stream.clone()).await;
         assert!(response.batch_item_failures.is_empty());
     }
+    h.deliver_until_settled(&[id], Duration::from_secs(30))
+        .await;
 
     // then the receiver got exactly one signed call.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while calls.lock().unwrap().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 1, "exactly one webhook call");
     let (headers, body) = &calls[0];
@@ -1158,17 +1269,19 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
     // and the stream batch redelivered three times sends one webhook.
     for _ in 0..3 {
         assert!(
-            notify::handle(&h.app, stream.clone())
+            notify::handle(&h.webhooks, stream.clone())
                 .await
                 .batch_item_failures
                 .is_empty()
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while calls.lock().unwrap().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    h.deliver_until_settled(&[id], Duration::from_secs(30))
+        .await;
+    // The copies queued by the repeats find the webhook delivered.
+    let extra = h.receive_webhook_event().await;
+    if !extra.records.is_empty() {
+        assert!(h.deliver(extra).await.batch_item_failures.is_empty());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 1, "exactly one webhook call");
     assert_eq!(json_of(&calls[0].1)["progress"]["succeeded"], 2);
@@ -1203,7 +1316,9 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
 /// scale tests process thousands of images, so each must be cheap.
 fn small_photo() -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/photos/coffee.jpg");
-    let photo = image::open(path).expect("the example photo decodes").to_rgb8();
+    let photo = image::open(path)
+        .expect("the example photo decodes")
+        .to_rgb8();
     let thumb = image::imageops::thumbnail(&photo, 64, 48);
     let mut out = Vec::new();
     jpeg_encoder::Encoder::new(&mut out, 90)
@@ -1243,8 +1358,17 @@ async fn submit_csv(router: &Router, csv: String) -> Uuid {
         .body(Body::from(csv))
         .unwrap();
     let (status, _, body) = call(router, upload).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
-    json_of(&body)["request_id"].as_str().unwrap().parse().unwrap()
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    json_of(&body)["request_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// A queue of its own on moto, its URL and its ARN.
@@ -1342,10 +1466,20 @@ async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
     let dead = Uuid::new_v4();
     let lease = Duration::from_secs(1);
     assert!(matches!(
-        h.adapters.store.claim_fan_out(id, dead, lease).await.unwrap(),
+        h.adapters
+            .store
+            .claim_fan_out(id, dead, lease)
+            .await
+            .unwrap(),
         FanOutClaim::Claimed { next: 0, .. }
     ));
-    let first = h.adapters.store.fan_out_slice(id, 0).await.unwrap().unwrap();
+    let first = h
+        .adapters
+        .store
+        .fan_out_slice(id, 0)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.jobs.len(), 500);
     h.adapters.queue.send(&first.jobs).await.unwrap();
     assert!(
@@ -1362,7 +1496,10 @@ async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
         if response.batch_item_failures.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "the lapsed lease was never taken over");
+        assert!(
+            Instant::now() < deadline,
+            "the lapsed lease was never taken over"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // and a duplicate of the kick, arriving late, queues nothing.
@@ -1374,7 +1511,11 @@ async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
     let mut ordinals: Vec<u32> = jobs
         .records
         .iter()
-        .map(|m| serde_json::from_str::<ImageJob>(m.body.as_deref().unwrap()).unwrap().ordinal)
+        .map(|m| {
+            serde_json::from_str::<ImageJob>(m.body.as_deref().unwrap())
+                .unwrap()
+                .ordinal
+        })
         .collect();
     ordinals.sort_unstable();
     assert_eq!(ordinals, (0..600).collect::<Vec<_>>());
@@ -1437,12 +1578,22 @@ async fn a_delivery_past_its_attempts_fails_as_worker_crashed_without_a_fetch() 
         .insert("ApproximateReceiveCount".into(), past);
     let failed = h.process(event).await;
     assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "only the healthy job fetched");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "only the healthy job fetched"
+    );
     let r = finished(&h, id).await;
     assert_eq!(r.terminal, Some(RequestStatus::CompletedWithErrors));
     let products = h.adapters.store.list_products(id, None, 10).await.unwrap();
     let codes = error_codes(&products);
-    assert_eq!(codes.iter().filter(|c| **c == Some(ErrorCode::WorkerCrashed)).count(), 1);
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == Some(ErrorCode::WorkerCrashed))
+            .count(),
+        1
+    );
     assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 1);
 }
 
@@ -1572,28 +1723,46 @@ async fn five_thousand_images_write_no_item_more_than_one_percent_of_them() {
         if batches.iter().all(|b| b.records.is_empty()) {
             break;
         }
-        let runs = batches.into_iter().filter(|b| !b.records.is_empty()).map(|b| {
-            let app = app.clone();
-            let queue = h.adapters.queue.clone();
-            async move {
-                let response = process::handle(&app, &queue, b.clone(), None).await;
-                assert!(response.batch_item_failures.is_empty());
-                for m in &b.records {
-                    queue.ack(m.receipt_handle.as_deref().unwrap()).await.unwrap();
+        let runs = batches
+            .into_iter()
+            .filter(|b| !b.records.is_empty())
+            .map(|b| {
+                let app = app.clone();
+                let queue = h.adapters.queue.clone();
+                async move {
+                    let response = process::handle(&app, &queue, b.clone(), None).await;
+                    assert!(response.batch_item_failures.is_empty());
+                    for m in &b.records {
+                        queue
+                            .ack(m.receipt_handle.as_deref().unwrap())
+                            .await
+                            .unwrap();
+                    }
                 }
-            }
-        });
+            });
         join_all(runs).await;
-        assert!(Instant::now() < deadline, "5,000 images did not finish in 10 minutes");
+        assert!(
+            Instant::now() < deadline,
+            "5,000 images did not finish in 10 minutes"
+        );
     }
     let seconds = processing.elapsed().as_secs_f64();
     let r = finished(&h, id).await;
     assert_eq!(
-        (r.progress.total, r.progress.succeeded, r.progress.failed, r.queued),
+        (
+            r.progress.total,
+            r.progress.succeeded,
+            r.progress.failed,
+            r.queued
+        ),
         (IMAGES as u32, IMAGES as u32, 0, IMAGES as u32)
     );
     assert_eq!(r.terminal, Some(RequestStatus::Completed));
-    assert_eq!(hits.load(Ordering::SeqCst), IMAGES, "each image fetched once");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        IMAGES,
+        "each image fetched once"
+    );
 
     let counts = log.counts();
     let request_pk = format!("REQ#{id}");
@@ -1624,4 +1793,297 @@ async fn five_thousand_images_write_no_item_more_than_one_percent_of_them() {
         f64::from(writes) / IMAGES as f64 <= 2.1,
         "{writes} writes for {IMAGES} images"
     );
+}
+
+/// Uploads one photograph with `webhook_url` through the router and runs
+/// its job through the process handler: a terminal request whose webhook
+/// is owed.
+async fn finished_request(h: &Harness, photos: SocketAddr, webhook_url: &str) -> Uuid {
+    let router = imgproc::api::router(h.app.clone());
+    let csv = format!(
+        "S. No.,Product Name,Input Image Urls\n1,Coffee,http://{photos}/photos/coffee.jpg\n"
+    );
+    let upload = Request::post(format!("/v1/requests?webhook_url={webhook_url}"))
+        .header("content-type", "text/csv")
+        .body(Body::from(csv))
+        .unwrap();
+    let (status, _, body) = call(&router, upload).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let id: Uuid = json_of(&body)["request_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let event = h.receive_event(1).await;
+    assert!(h.process(event).await.is_empty());
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(r.terminal, Some(RequestStatus::Completed));
+    id
+}
+
+impl Harness {
+    /// Receives from the webhook queue until `n` messages arrived (or 20 s
+    /// passed), as one event.
+    async fn receive_webhook_batch(&self, n: usize) -> SqsEvent {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut records = Vec::new();
+        while records.len() < n && Instant::now() < deadline {
+            let batch = self
+                .receive_records_from(self.webhooks.queue_url(), &self.webhooks_arn)
+                .await;
+            if batch.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            records.extend(batch);
+        }
+        serde_json::from_value(json!({ "Records": records })).unwrap()
+    }
+}
+
+fn job_of(message: &aws_lambda_events::event::sqs::SqsMessage) -> WebhookJob {
+    serde_json::from_str(message.body.as_deref().unwrap()).unwrap()
+}
+
+/// Every call is the same event: one delivery ID, one body, both
+/// signatures verifying (V2 over the call's own timestamp).
+fn assert_one_event(calls: &[common::WebhookCall], id: Uuid) {
+    let delivery = imgproc::services::notify::delivery_id(id).to_string();
+    for c in calls {
+        assert_eq!(c.header("x-imgproc-delivery"), delivery);
+        assert_eq!(c.body, calls[0].body);
+        assert_eq!(
+            c.header("x-imgproc-signature"),
+            imgproc::services::notify::signature(SECRET, &c.body)
+        );
+        let t: i64 = c.header("x-imgproc-timestamp").parse().unwrap();
+        assert!((chrono::Utc::now().timestamp() - t).abs() <= 300);
+        assert_eq!(
+            c.header("x-imgproc-signature-v2"),
+            imgproc::services::notify::signature_v2(SECRET, t, &c.body)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_that_refuses_twice_gets_one_2xx_on_the_schedule_on_moto() {
+    if moto().is_none() {
+        return;
+    }
+    // Output URLs from a base URL: presigned ones are signed afresh on every
+    // attempt, and this test holds every attempt to the same bytes.
+    let h = harness_with(&[
+        ("WEBHOOK_RETRY_SCHEDULE", "0s,1s,1s"),
+        ("OUTPUT_BASE_URL", "https://cdn.example.com/imgproc/"),
+    ])
+    .await;
+    let photos = photo_server().await;
+    let hook = WebhookReceiver::start(2).await;
+
+    // Given a finished request whose receiver refuses two calls,
+    let id = finished_request(&h, photos, &hook.url()).await;
+    // when its stream records reach the notify handler, and every message
+    // of the webhook queue reaches the deliver handler as it becomes visible,
+    h.notify(id).await;
+    let batches = h
+        .deliver_until_settled(&[id], Duration::from_secs(60))
+        .await;
+
+    // then three attempts were made, one message each, the third one a 2xx,
+    let calls = hook.calls();
+    assert_eq!(calls.len(), 3, "two refusals, then the one 2xx");
+    assert!(batches >= 3, "one message per attempt: {batches}");
+    assert_one_event(&calls, id);
+    // the second retry waited for its delay (1 s) on the queue,
+    let gap = calls[2].at - calls[1].at;
+    assert!(gap >= Duration::from_millis(900), "{gap:?}");
+    // and the status says so.
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    let webhook = r.webhook.unwrap();
+    assert_eq!(
+        (webhook.status, webhook.attempts),
+        (WebhookStatus::Delivered, 3)
+    );
+    // Nothing follows a 2xx: no message is left, visible or delayed.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(h.receive_webhook_event().await.records.is_empty());
+    assert_eq!(hook.calls().len(), 3);
+    let docs = h.emf_documents();
+    let sum = |metric: &str| total(&docs, id, metric);
+    assert_eq!(
+        (sum("WebhookAttempts"), sum("WebhookAttemptsFailed")),
+        (3.0, 2.0)
+    );
+    assert_eq!(
+        (sum("WebhooksDelivered"), sum("WebhooksFailed")),
+        (1.0, 0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_receiver_does_not_delay_another_in_the_same_batch_on_moto() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness_with(&[("WEBHOOK_TIMEOUT_SECS", "3")]).await;
+    let photos = photo_server().await;
+    let hanging = WebhookReceiver::slow(Duration::from_secs(60)).await;
+    let prompt = WebhookReceiver::start(0).await;
+    let stuck = finished_request(&h, photos, &hanging.url()).await;
+    let quick = finished_request(&h, photos, &prompt.url()).await;
+    h.notify(stuck).await;
+    h.notify(quick).await;
+
+    // Both attempts in one batch of the deliver handler:
+    let event = h.receive_webhook_batch(2).await;
+    assert_eq!(event.records.len(), 2);
+    let started = Instant::now();
+    let response = h.deliver(event).await;
+    let took = started.elapsed();
+
+    // the prompt receiver was called at once, not after the other's timeout,
+    let calls = prompt.calls();
+    assert_eq!(calls.len(), 1);
+    let waited = calls[0].at - started;
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    // the hanging one was cut at the webhook timeout,
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    // and a refused or cut attempt is not a failed message: it scheduled
+    // the next attempt instead.
+    assert!(response.batch_item_failures.is_empty());
+    let quick_hook = h
+        .adapters
+        .store
+        .get_request(quick)
+        .await
+        .unwrap()
+        .unwrap()
+        .webhook
+        .unwrap();
+    assert_eq!(
+        (quick_hook.status, quick_hook.attempts),
+        (WebhookStatus::Delivered, 1)
+    );
+    let stuck_hook = h
+        .adapters
+        .store
+        .get_request(stuck)
+        .await
+        .unwrap()
+        .unwrap()
+        .webhook
+        .unwrap();
+    assert_eq!(
+        (stuck_hook.status, stuck_hook.attempts),
+        (WebhookStatus::Pending, 1)
+    );
+    let next = h.receive_webhook_batch(1).await;
+    assert_eq!(next.records.len(), 1);
+    let job = job_of(&next.records[0]);
+    assert_eq!((job.request_id, job.attempt), (stuck, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_that_arrives_before_its_due_time_waits_for_it_on_moto() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    let photos = photo_server().await;
+    let hook = WebhookReceiver::start(0).await;
+    let id = finished_request(&h, photos, &hook.url()).await;
+
+    // A job due in 3 s that arrives now (SQS holds a message back at most
+    // 15 minutes: longer waits arrive early, hop by hop).
+    let sent = Instant::now();
+    let job = WebhookJob {
+        request_id: id,
+        attempt: 1,
+        due_ms: imgproc::services::notify::now_ms() + 3000,
+    };
+    h.clients
+        .sqs
+        .send_message()
+        .queue_url(h.webhooks.queue_url())
+        .message_body(serde_json::to_string(&job).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let early = h.receive_webhook_batch(1).await;
+    assert_eq!(early.records.len(), 1);
+    assert!(h.deliver(early).await.batch_item_failures.is_empty());
+    assert!(hook.calls().is_empty(), "nothing is sent before it is due");
+    // It went back on the queue as it was, held back for the rest of the wait.
+    assert!(h.receive_webhook_event().await.records.is_empty());
+
+    h.deliver_until_settled(&[id], Duration::from_secs(30))
+        .await;
+    let calls = hook.calls();
+    assert_eq!(calls.len(), 1);
+    let waited = calls[0].at - sent;
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    assert_one_event(&calls, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_notify_handler_reports_every_record_it_could_not_queue_on_moto() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    let photos = photo_server().await;
+    let hook = WebhookReceiver::start(0).await;
+    let first = finished_request(&h, photos, &hook.url()).await;
+    let second = finished_request(&h, photos, &hook.url()).await;
+    let mut event = h.stream_event(first).await;
+    event.records.extend(h.stream_event(second).await.records);
+    let owed: Vec<String> = event
+        .records
+        .iter()
+        .filter(|r| notify::owes_webhook(r).is_some())
+        .map(|r| r.change.sequence_number.clone().unwrap())
+        .collect();
+    assert_eq!(owed.len(), 2);
+
+    // A queue that refuses every message: each record is tried and
+    // reported, the first failure stops nothing.
+    let gone = SqsWebhookQueue::new(
+        h.clients.sqs.clone(),
+        format!("{}-deleted", h.webhooks.queue_url()),
+    );
+    let response = notify::handle(&gone, event.clone()).await;
+    let mut reported: Vec<String> = response
+        .batch_item_failures
+        .iter()
+        .filter_map(|f| f.item_identifier.clone())
+        .collect();
+    reported.sort();
+    let mut expected = owed.clone();
+    expected.sort();
+    assert_eq!(reported, expected);
+
+    // The same batch again (the stream's retry) on the real queue: both queued.
+    assert!(
+        notify::handle(&h.webhooks, event)
+            .await
+            .batch_item_failures
+            .is_empty()
+    );
+    let queued = h.receive_webhook_batch(2).await;
+    let mut ids: Vec<Uuid> = queued
+        .records
+        .iter()
+        .map(|m| job_of(m).request_id)
+        .collect();
+    ids.sort();
+    let mut both = vec![first, second];
+    both.sort();
+    assert_eq!(ids, both);
 }

@@ -15,7 +15,7 @@ use imgproc::domain::{
     Progress, RequestStatus, WebhookState, WebhookStatus,
 };
 use imgproc::ports::{
-    CreateOutcome, Download, FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore,
+    CreateOutcome, Download, FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore, WebhookClaim,
 };
 use uuid::Uuid;
 
@@ -92,7 +92,11 @@ fn key(new: &NewRequest, product: u32, image: u32) -> ImageKey {
         request_id: new.id,
         product,
         image,
-        ordinal: if exists { before + image - 1 } else { total + image },
+        ordinal: if exists {
+            before + image - 1
+        } else {
+            total + image
+        },
         total,
     }
 }
@@ -366,6 +370,101 @@ pub async fn a_request_completes_exactly_once(b: &Backends) {
         .unwrap();
 }
 
+/// A request of one image, finished and terminal.
+async fn terminal_request(b: &Backends, webhook: bool) -> Uuid {
+    let mut new = new_request(&[1], "webhook-claim");
+    if !webhook {
+        new.webhook_url = None;
+    }
+    b.store.create_request(&new).await.unwrap();
+    let progress = b
+        .store
+        .finish_image(key(new.id, 0, 1), &succeeded(key(new.id, 0, 1)))
+        .await
+        .unwrap()
+        .progress;
+    assert!(b.store.complete_request(new.id, progress).await.unwrap());
+    new.id
+}
+
+pub async fn a_webhook_attempt_is_claimed_once(b: &Backends) {
+    let lease = Duration::from_secs(60);
+    let claim = |id: Uuid, attempt: u32, lease: Duration| {
+        let store = b.store.clone();
+        async move {
+            store
+                .claim_webhook_attempt(id, attempt, lease)
+                .await
+                .unwrap()
+        }
+    };
+    let record = |id: Uuid, status: WebhookStatus, attempts: u32| {
+        let store = b.store.clone();
+        async move {
+            let state = WebhookState {
+                url: "https://hooks.example.com/imgproc".into(),
+                status,
+                attempts,
+            };
+            store.record_webhook(id, &state).await.unwrap()
+        }
+    };
+
+    // A request that is not terminal yet owes no webhook.
+    let new = new_request(&[1], "webhook-claim-early");
+    b.store.create_request(&new).await.unwrap();
+    assert_eq!(claim(new.id, 1, lease).await, WebhookClaim::Done);
+
+    let id = terminal_request(b, true).await;
+    assert_eq!(
+        claim(id, 2, lease).await,
+        WebhookClaim::NotYet,
+        "attempt 1 is not recorded yet"
+    );
+    let claims = join_all((0..8).map(|_| claim(id, 1, lease))).await;
+    assert_eq!(
+        claims
+            .iter()
+            .filter(|c| **c == WebhookClaim::Claimed)
+            .count(),
+        1,
+        "one of eight duplicates holds attempt 1: {claims:?}"
+    );
+    assert!(
+        claims
+            .iter()
+            .all(|c| matches!(c, WebhookClaim::Claimed | WebhookClaim::NotYet)),
+        "the others try again later: {claims:?}"
+    );
+
+    // Attempt 1 refused and recorded: it is done, and attempt 2 can be taken
+    // although attempt 1's lease still runs.
+    record(id, WebhookStatus::Pending, 1).await;
+    assert_eq!(claim(id, 1, lease).await, WebhookClaim::Done);
+    assert_eq!(
+        claim(id, 2, Duration::from_millis(300)).await,
+        WebhookClaim::Claimed
+    );
+    assert_eq!(claim(id, 2, lease).await, WebhookClaim::NotYet, "held");
+    // A holder that died without recording: its lease ends, and the attempt is taken over.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(claim(id, 2, lease).await, WebhookClaim::Claimed);
+
+    // After a 2xx nothing can be claimed again.
+    record(id, WebhookStatus::Delivered, 2).await;
+    for attempt in 1..=3 {
+        assert_eq!(claim(id, attempt, lease).await, WebhookClaim::Done);
+    }
+    // Nor after the last attempt failed.
+    let given_up = terminal_request(b, true).await;
+    record(given_up, WebhookStatus::Failed, 1).await;
+    assert_eq!(claim(given_up, 2, lease).await, WebhookClaim::Done);
+    // No webhook, no request: nothing to claim.
+    let silent = terminal_request(b, false).await;
+    assert_eq!(claim(silent, 1, lease).await, WebhookClaim::Done);
+    assert_eq!(claim(Uuid::new_v4(), 1, lease).await, WebhookClaim::Done);
+}
+
 fn job(id: Uuid, image: u32) -> ImageJob {
     ImageJob {
         request_id: id,
@@ -407,7 +506,10 @@ pub async fn fan_out_queues_every_image_once_under_one_lease(b: &Backends) {
     let mut slices = 0;
     while let Some(slice) = b.store.fan_out_slice(id, next).await.unwrap() {
         assert!(slice.next > next);
-        assert!(slice.jobs.len() <= 500 || slice.next == next + 1, "slices are bounded");
+        assert!(
+            slice.jobs.len() <= 500 || slice.next == next + 1,
+            "slices are bounded"
+        );
         for job in &slice.jobs {
             let p = &new.products[job.product as usize];
             assert_eq!(job.input_url, p.urls[job.image as usize - 1]);
@@ -479,17 +581,31 @@ async fn finish_fan_out(
         ordinals.extend(slice.jobs.iter().map(|j| j.ordinal));
         assert!(
             b.store
-                .advance_fan_out(new.id, owner, next, slice.next, slice.jobs.len() as u32, lease)
+                .advance_fan_out(
+                    new.id,
+                    owner,
+                    next,
+                    slice.next,
+                    slice.jobs.len() as u32,
+                    lease
+                )
                 .await
                 .unwrap()
         );
         next = slice.next;
     }
-    assert_eq!(ordinals, (0..1600).collect::<Vec<_>>(), "every image once, in order");
+    assert_eq!(
+        ordinals,
+        (0..1600).collect::<Vec<_>>(),
+        "every image once, in order"
+    );
     let stored = b.store.get_request(new.id).await.unwrap().unwrap();
     assert_eq!(stored.queued, 1600);
     assert_eq!(
-        b.store.claim_fan_out(new.id, old_owner, lease).await.unwrap(),
+        b.store
+            .claim_fan_out(new.id, old_owner, lease)
+            .await
+            .unwrap(),
         FanOutClaim::Finished
     );
     assert_eq!(
@@ -658,6 +774,12 @@ macro_rules! conformance {
         async fn fan_out_queues_every_image_once_under_one_lease() {
             if let Some(b) = $backends().await {
                 super::fan_out_queues_every_image_once_under_one_lease(&b).await
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_webhook_attempt_is_claimed_once() {
+            if let Some(b) = $backends().await {
+                super::a_webhook_attempt_is_claimed_once(&b).await
             }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,8 +1,9 @@
 //! Webhook receivers that misbehave: down, slower than the timeout, failing
 //! then recovering, redirecting to a private address, answering with an
-//! endless body. Retries stay bounded, the final status is right, and every
-//! call that arrives carries the same body, delivery ID and a signature that
-//! verifies.
+//! endless body, hanging while another waits. Retries follow the schedule
+//! (across a restart too), stay bounded, the final status is right, and
+//! every call that arrives carries the same body, delivery ID and
+//! signatures that verify.
 
 mod common;
 
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use common::service::{Service, WEBHOOK_SECRET};
 use common::{ImageServer, Tripwire, WebhookCall, csv_of};
-use imgproc::services::notify::signature;
+use imgproc::services::notify::{signature, signature_v2};
 use serde_json::Value;
 
 /// What the receiver does on one attempt.
@@ -80,7 +81,11 @@ impl Hook {
 async fn answer(State(s): State<HookState>, headers: HeaderMap, body: Bytes) -> Response {
     let n = {
         let mut calls = s.calls.lock().unwrap();
-        calls.push(WebhookCall { headers, body });
+        calls.push(WebhookCall {
+            headers,
+            body,
+            at: Instant::now(),
+        });
         calls.len() - 1
     };
     let act = s
@@ -124,7 +129,7 @@ async fn service(
     let mut env = vec![
         ("WEBHOOK_TIMEOUT_SECS", "1"),
         ("WEBHOOK_MAX_ATTEMPTS", "3"),
-        ("RETRY_BASE_DELAY_MS", "50"),
+        ("WEBHOOK_RETRY_SCHEDULE", "50ms,100ms"),
     ];
     env.extend_from_slice(extra);
     Service::start_with(&env, tune).await
@@ -144,7 +149,32 @@ async fn run(svc: &Service, images: &ImageServer, webhook: &str) -> (Value, Dura
     (status, started.elapsed())
 }
 
-/// Every call of one event: same body, same delivery ID, a valid signature.
+/// What a receiver checks of `X-Imgproc-Signature-V2`: it verifies over
+/// the call's own `X-Imgproc-Timestamp`, which is within the 5 minutes of
+/// tolerance the README asks receivers to apply.
+fn assert_signed_v2(c: &WebhookCall) {
+    let t: i64 = c
+        .header("x-imgproc-timestamp")
+        .parse()
+        .expect("X-Imgproc-Timestamp is Unix seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - t).abs() <= 300, "timestamp {t}, now {now}");
+    assert_eq!(
+        c.header("x-imgproc-signature-v2"),
+        signature_v2(WEBHOOK_SECRET, t, &c.body),
+        "the V2 signature verifies"
+    );
+    assert_ne!(
+        c.header("x-imgproc-signature-v2"),
+        signature_v2(WEBHOOK_SECRET, t - 600, &c.body),
+        "and would not under another timestamp"
+    );
+}
+
+/// Every call of one event: same body, same delivery ID, valid signatures.
 fn assert_consistent(calls: &[WebhookCall], request_id: &str) {
     assert!(!calls.is_empty());
     let delivery = calls[0].header("x-imgproc-delivery").to_owned();
@@ -155,6 +185,7 @@ fn assert_consistent(calls: &[WebhookCall], request_id: &str) {
             signature(WEBHOOK_SECRET, &c.body),
             "call {i}: the signature verifies"
         );
+        assert_signed_v2(c);
         assert_eq!(
             c.header("x-imgproc-delivery"),
             delivery,
@@ -307,4 +338,127 @@ async fn an_endless_answer_body_is_never_read() {
         1 + MAX_ATTEMPTS
     );
     assert!(sent < 64 << 20, "{sent} bytes of answer were pulled");
+}
+
+/// Polls the status route until `check` holds (at most 30 s).
+async fn wait_status(svc: &Service, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, s) = svc.status(id, "?limit=1").await;
+        if check(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "status never matched: {s:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `hook` has had at least `n` calls (at most 30 s).
+async fn wait_calls(hook: &Hook, n: usize) -> Vec<WebhookCall> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let calls = hook.calls();
+        if calls.len() >= n {
+            return calls;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} webhook calls, got {}",
+            calls.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_twice_then_accepted_is_delivered_once_on_the_schedule() {
+    let images = ImageServer::start().await;
+    let svc = service(
+        &[
+            ("WEBHOOK_RETRY_SCHEDULE", "0s,1s,1s"),
+            ("WEBHOOK_MAX_ATTEMPTS", "4"),
+        ],
+        |_| {},
+    )
+    .await;
+    let hook = Hook::start(vec![Act::Answer(500), Act::Answer(503), Act::Answer(204)]).await;
+    let (status, _) = run(&svc, &images, &hook.url()).await;
+    assert_eq!(status["webhook"]["status"], "delivered");
+    assert_eq!(status["webhook"]["attempts"], 3);
+    let calls = hook.calls();
+    assert_eq!(calls.len(), 3, "two refusals, then the one 2xx");
+    assert_consistent(&calls, status["request_id"].as_str().unwrap());
+    // The second delay of the schedule (1 s) separates the last two calls.
+    let gap = calls[2].at - calls[1].at;
+    assert!(gap >= Duration::from_millis(950), "{gap:?}");
+    // A 2xx is final: nothing follows, even after the next delay would have passed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(hook.calls().len(), 3);
+    assert_eq!(svc.runtime.store.webhook_outbox_len().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_schedule_survives_restarts_of_the_local_runtime() {
+    let images = ImageServer::start().await;
+    let mut svc = service(&[("WEBHOOK_RETRY_SCHEDULE", "2s,1s")], |_| {}).await;
+    let hook = Hook::start(vec![Act::Answer(500), Act::Answer(502), Act::Answer(200)]).await;
+    let id = svc
+        .submit_with_webhook(
+            &hook.url(),
+            &csv_of(&[(1, "A", vec![images.photo("coffee.jpg")])]),
+        )
+        .await;
+    // Attempt 1 is refused; attempt 2 waits in the outbox, due in 2 s.
+    wait_status(&svc, &id, |s| s["webhook"]["attempts"] == 1).await;
+    assert_eq!(wait_calls(&hook, 1).await.len(), 1);
+    // Restarted at once: the wait goes on from the stored due time.
+    svc = svc.restart().await;
+    let calls = wait_calls(&hook, 2).await;
+    let gap = calls[1].at - calls[0].at;
+    assert!(
+        gap >= Duration::from_millis(1950),
+        "not replayed early: {gap:?}"
+    );
+    // Attempt 2 is refused too; the process is down when attempt 3 is due
+    // (1 s later) and delivers it when it comes back.
+    wait_status(&svc, &id, |s| s["webhook"]["attempts"] == 2).await;
+    let down = Instant::now();
+    let svc = svc.restart_after(Duration::from_millis(1500)).await;
+    let status = svc.wait_done(&id).await;
+    assert_eq!(status["webhook"]["status"], "delivered");
+    assert_eq!(status["webhook"]["attempts"], 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = hook.calls();
+    assert_eq!(calls.len(), 3, "one call per attempt, one 2xx");
+    assert!(
+        calls[2].at >= down + Duration::from_millis(1500),
+        "nobody delivered while the service was down"
+    );
+    assert_consistent(&calls, &id);
+    assert_eq!(svc.runtime.store.webhook_outbox_len().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_receiver_does_not_delay_another() {
+    let images = ImageServer::start().await;
+    let svc = service(&[("WEBHOOK_TIMEOUT_SECS", "20")], |_| {}).await;
+    let hanging = Hook::start(vec![Act::Slow(Duration::from_secs(60), 204)]).await;
+    let prompt = Hook::start(vec![Act::Answer(204)]).await;
+    let csv = |name: &str| csv_of(&[(1, name, vec![images.photo("coffee.jpg")])]);
+    let stuck = svc.submit_with_webhook(&hanging.url(), &csv("Stuck")).await;
+    wait_calls(&hanging, 1).await;
+    let started = Instant::now();
+    let id = svc.submit_with_webhook(&prompt.url(), &csv("Prompt")).await;
+    let status = svc.wait_done(&id).await;
+    assert_eq!(status["webhook"]["status"], "delivered");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // The hanging attempt is still in flight: nothing waited for it.
+    let (_, s) = svc.status(&stuck, "?limit=1").await;
+    assert_eq!(s["webhook"]["status"], "pending");
+    assert_eq!(s["webhook"]["attempts"], 0);
+    assert_eq!(hanging.calls().len(), 1);
 }

@@ -10,7 +10,10 @@ async fn main() -> Result<(), Error> {
     init_tracing();
     let (app, adapters) = app_from_env().await?;
     // Messages handed back are delayed on the queue they came from.
-    let source = SqsQueue::new(adapters.queue.client().clone(), required(&app.config.fanout_queue_url, "FANOUT_QUEUE_URL")?);
+    let source = SqsQueue::new(
+        adapters.queue.client().clone(),
+        required(&app.config.fanout_queue_url, "FANOUT_QUEUE_URL")?,
+    );
     let (app, source) = (&app, &source);
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let deadline = deadline_of(event.context.deadline);

@@ -203,8 +203,11 @@ async fn drive(
             s["status"].as_str(),
             Some("completed" | "completed_with_errors" | "failed")
         );
-        let webhook_pending = s["webhook"]["status"].as_str() == Some("pending");
-        if terminal && !webhook_pending {
+        // The webhook's retries can span a day: wait for its first attempt
+        // only. Later ones stay in the outbox and run on the next start.
+        let webhook_waiting = s["webhook"]["status"].as_str() == Some("pending")
+            && s["webhook"]["attempts"].as_u64() == Some(0);
+        if terminal && !webhook_waiting {
             break s;
         }
         if Instant::now() > deadline {
@@ -291,11 +294,14 @@ async fn drive(
         }
     }
     if let Some(w) = status["webhook"].as_object() {
-        println!(
-            "Webhook: {} after {} attempt(s).",
-            w["status"].as_str().unwrap_or(""),
-            w["attempts"]
-        );
+        let state = w["status"].as_str().unwrap_or("");
+        println!("Webhook: {state} after {} attempt(s).", w["attempts"]);
+        if state == "pending" {
+            println!(
+                "  Its next attempts run whenever a command uses {} again.",
+                out.join(".imgproc").display()
+            );
+        }
     }
     println!("Output CSV: {}", output_csv.display());
     println!("Images:     {}", out.join("processed").join(&id).display());

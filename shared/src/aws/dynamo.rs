@@ -42,7 +42,10 @@ use crate::domain::{
 };
 use crate::ports::{
     CreateOutcome, FanOutClaim, FanOutSlice, Finished, JobStore, PortError, PortResult,
+    WebhookClaim,
 };
+
+mod webhooks;
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -293,7 +296,13 @@ impl DynamoStore {
     }
 
     /// Every item of partition `pk` with a sort key in `from..=to`.
-    async fn query(&self, pk: String, from: String, to: String, consistent: bool) -> PortResult<Vec<Item>> {
+    async fn query(
+        &self,
+        pk: String,
+        from: String,
+        to: String,
+        consistent: bool,
+    ) -> PortResult<Vec<Item>> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -321,7 +330,11 @@ impl DynamoStore {
     }
 
     /// `(succeeded, failed)` of every finished shard, by shard.
-    async fn done_shards(&self, id: Uuid, consistent: bool) -> PortResult<HashMap<u32, (u32, u32)>> {
+    async fn done_shards(
+        &self,
+        id: Uuid,
+        consistent: bool,
+    ) -> PortResult<HashMap<u32, (u32, u32)>> {
         let items = self
             .query(pk(id), done_sk(0), done_sk(u32::MAX / 2), consistent)
             .await?;
@@ -375,7 +388,12 @@ impl DynamoStore {
                 break;
             }
             if attempt > 0 {
-                tokio::time::sleep(crate::config::backoff(Duration::from_millis(50), attempt, Duration::from_secs(2))).await;
+                tokio::time::sleep(crate::config::backoff(
+                    Duration::from_millis(50),
+                    attempt,
+                    Duration::from_secs(2),
+                ))
+                .await;
             }
             let request = KeysAndAttributes::builder()
                 .set_keys(Some(std::mem::take(&mut keys)))
@@ -388,7 +406,11 @@ impl DynamoStore {
                 .send()
                 .await
                 .map_err(|e| port_error("DynamoDB BatchGetItem", e))?;
-            items.extend(out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default());
+            items.extend(
+                out.responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default(),
+            );
             keys = out
                 .unprocessed_keys
                 .and_then(|mut u| u.remove(&self.table))
@@ -421,7 +443,13 @@ impl DynamoStore {
     }
 
     /// Result items of the images with ordinals in `first..first + count`, by ordinal.
-    async fn results(&self, id: Uuid, total: u32, first: u32, count: u32) -> PortResult<HashMap<u32, Item>> {
+    async fn results(
+        &self,
+        id: Uuid,
+        total: u32,
+        first: u32,
+        count: u32,
+    ) -> PortResult<HashMap<u32, Item>> {
         if count == 0 {
             return Ok(HashMap::new());
         }
@@ -469,7 +497,10 @@ impl DynamoStore {
                 item.insert("output_bytes".into(), n(c.output_bytes));
                 item.insert("width".into(), n(c.width));
                 item.insert("height".into(), n(c.height));
-                item.insert("original_kept".into(), AttributeValue::Bool(c.original_kept));
+                item.insert(
+                    "original_kept".into(),
+                    AttributeValue::Bool(c.original_kept),
+                );
             }
             ImageOutcome::Failed { error, input_bytes } => {
                 item.insert("error_code".into(), s(error.code.as_str()));
@@ -484,7 +515,11 @@ impl DynamoStore {
 
     /// Puts the image's result unless it has one; answers with the status
     /// that is stored (this one, or the earlier one) and whether this call wrote it.
-    async fn put_result(&self, k: ImageKey, outcome: &ImageOutcome) -> PortResult<(ImageStatus, bool)> {
+    async fn put_result(
+        &self,
+        k: ImageKey,
+        outcome: &ImageOutcome,
+    ) -> PortResult<(ImageStatus, bool)> {
         let item = self.result_item(k, outcome, Utc::now());
         self.noted(&item);
         let result = self
@@ -514,7 +549,10 @@ impl DynamoStore {
                     }
                 };
                 let stored = stored.ok_or_else(|| {
-                    PortError::Permanent(format!("image {} of {} has no status", k.ordinal, k.request_id))
+                    PortError::Permanent(format!(
+                        "image {} of {} has no status",
+                        k.ordinal, k.request_id
+                    ))
                 })?;
                 Ok((stored, false))
             }
@@ -525,7 +563,11 @@ impl DynamoStore {
     /// and answers with the shard's `(succeeded, failed)` after it.
     async fn count(&self, k: ImageKey, status: ImageStatus) -> PortResult<(u32, u32)> {
         let (shard, offset) = Shards::of(k.total).locate(k.ordinal);
-        let set = if status == ImageStatus::Succeeded { "ok" } else { "ko" };
+        let set = if status == ImageStatus::Succeeded {
+            "ok"
+        } else {
+            "ko"
+        };
         let counter_key = key(shard_pk(k.request_id, shard), "C");
         self.noted(&counter_key);
         let out = self
@@ -533,7 +575,9 @@ impl DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(counter_key))
-            .update_expression("ADD #set :offset SET #expires_at = if_not_exists(#expires_at, :expires)")
+            .update_expression(
+                "ADD #set :offset SET #expires_at = if_not_exists(#expires_at, :expires)",
+            )
             .expression_attribute_names("#set", set)
             .expression_attribute_names("#expires_at", "expires_at")
             .expression_attribute_values(":offset", AttributeValue::Ns(vec![offset.to_string()]))
@@ -679,7 +723,9 @@ impl JobStore for DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(CreateOutcome::Created),
-            Err(e) if has_code(&e, "ConditionalCheckFailedException") => self.existing(new.id).await,
+            Err(e) if has_code(&e, "ConditionalCheckFailedException") => {
+                self.existing(new.id).await
+            }
             Err(e) => Err(port_error("DynamoDB PutItem (request)", e)),
         }
     }
@@ -792,7 +838,14 @@ impl JobStore for DynamoStore {
                 "attribute_exists(pk) AND attribute_not_exists(#terminal) AND #total = :total",
                 "SET #terminal = :terminal, #completed_at = :now, #updated_at = :now, \
                  #succeeded = :succeeded, #failed = :failed",
-                &["terminal", "total", "completed_at", "updated_at", "succeeded", "failed"],
+                &[
+                    "terminal",
+                    "total",
+                    "completed_at",
+                    "updated_at",
+                    "succeeded",
+                    "failed",
+                ],
                 vec![
                     (":total", n(progress.total)),
                     (":succeeded", n(progress.succeeded)),
@@ -824,7 +877,12 @@ impl JobStore for DynamoStore {
         .map(|_| ())
     }
 
-    async fn claim_fan_out(&self, id: Uuid, owner: Uuid, lease: Duration) -> PortResult<FanOutClaim> {
+    async fn claim_fan_out(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        lease: Duration,
+    ) -> PortResult<FanOutClaim> {
         let now = now_secs();
         let result = self
             .update_request(
@@ -914,6 +972,15 @@ impl JobStore for DynamoStore {
             .await?;
         Ok(result.is_ok())
     }
+
+    async fn claim_webhook_attempt(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lease: Duration,
+    ) -> PortResult<WebhookClaim> {
+        self.claim_webhook(id, attempt, lease).await
+    }
 }
 
 /// The request ID of a request item's key (`pk = REQ#{id}`, `sk = A`);
@@ -934,7 +1001,10 @@ mod tests {
     fn image_sort_keys_order_a_shard_in_input_order() {
         let mut keys = vec![image_sk(10), image_sk(2), image_sk(199), image_sk(0)];
         keys.sort();
-        assert_eq!(keys, vec![image_sk(0), image_sk(2), image_sk(10), image_sk(199)]);
+        assert_eq!(
+            keys,
+            vec![image_sk(0), image_sk(2), image_sk(10), image_sk(199)]
+        );
         // Done items sort after the request item, in shard order.
         let mut done = vec![done_sk(12), done_sk(3), "A".to_owned()];
         done.sort();

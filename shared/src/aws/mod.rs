@@ -1,5 +1,5 @@
 //! The AWS side: DynamoDB, SQS and S3 adapters for the ports, and the
-//! Lambda event handlers the five functions call. Built with the `aws`
+//! Lambda event handlers the functions call. Built with the `aws`
 //! feature; the local runner does without it.
 //!
 //! `AWS_ENDPOINT_URL` (read by the SDK itself) points every client at an
@@ -14,6 +14,7 @@ pub mod s3;
 pub mod sqs;
 #[cfg(feature = "stream-poller")]
 pub mod stream_poller;
+pub mod webhook_queue;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +22,10 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 
 pub use dynamo::DynamoStore;
-pub use s3::S3Objects;
 pub use rows::RowsBucket;
+pub use s3::S3Objects;
 pub use sqs::{SqsFanOut, SqsQueue};
+pub use webhook_queue::SqsWebhookQueue;
 
 use crate::compress::{Engine, Settings, available_cores};
 use crate::config::{Config, ConfigError};
@@ -135,6 +137,15 @@ impl Adapters {
             ),
         })
     }
+}
+
+/// The webhook queue (`WEBHOOK_QUEUE_URL`), for the functions that
+/// schedule and deliver webhook attempts.
+pub fn webhook_queue(config: &Config, clients: &Clients) -> Result<SqsWebhookQueue, ConfigError> {
+    Ok(SqsWebhookQueue::new(
+        clients.sqs.clone(),
+        required(&config.webhook_queue_url, "WEBHOOK_QUEUE_URL")?,
+    ))
 }
 
 /// JSON log lines on stdout for CloudWatch (the format of

@@ -437,8 +437,6 @@ impl NewRequest {
     pub fn image_count(&self) -> u32 {
         self.products.iter().map(|p| p.urls.len() as u32).sum()
     }
-
-
 }
 
 #[cfg(test)]
@@ -547,7 +545,9 @@ mod tests {
 
     #[test]
     fn shards_cover_every_image_once_and_stay_small() {
-        for total in [1, 2, 127, 128, 129, 1000, 5000, 25_600, 25_601, 50_000, 1_000_000] {
+        for total in [
+            1, 2, 127, 128, 129, 1000, 5000, 25_600, 25_601, 50_000, 1_000_000,
+        ] {
             let shards = Shards::of(total);
             assert!(shards.size >= Shards::MIN_SIZE && shards.size <= Shards::MAX_SIZE);
             let sum: u32 = (0..shards.count()).map(|k| shards.len(k)).sum();

@@ -126,7 +126,9 @@ pub fn decode_index(raw: &str) -> Option<Vec<Segment>> {
 /// range to read, `[start, end)` of a document `len` bytes long, and the
 /// first product that range starts with. `None` past the last product.
 pub fn range_for(index: &[Segment], len: u64, from: u32, want: u32) -> Option<(u64, u64, u32)> {
-    let first = index.partition_point(|s| s.first_product <= from).checked_sub(1)?;
+    let first = index
+        .partition_point(|s| s.first_product <= from)
+        .checked_sub(1)?;
     let until = from.saturating_add(want.max(1));
     let last = index.partition_point(|s| s.first_product < until);
     let end = index.get(last).map_or(len, |s| s.offset);
@@ -170,10 +172,13 @@ mod tests {
         products.extend((700..703).map(|i| product(i, 300)));
         products.extend((703..713).map(|i| product(i, 2)));
         let doc = encode(&products);
-        assert_eq!(decode_index(&encode_index(&doc.index)), Some(doc.index.clone()));
+        assert_eq!(
+            decode_index(&encode_index(&doc.index)),
+            Some(doc.index.clone())
+        );
         for pair in doc.index.windows(2) {
-            let rows = decode_rows(&doc.bytes[pair[0].offset as usize..pair[1].offset as usize])
-                .unwrap();
+            let rows =
+                decode_rows(&doc.bytes[pair[0].offset as usize..pair[1].offset as usize]).unwrap();
             let images: usize = rows.iter().map(|r| r.urls.len()).sum();
             assert!(rows.len() as u32 <= SEGMENT_PRODUCTS);
             assert!(images as u32 <= SEGMENT_IMAGES || rows.len() == 1);

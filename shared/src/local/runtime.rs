@@ -1,6 +1,6 @@
 //! The local runner's moving parts: the in-process worker pool (what the
-//! SQS trigger does on AWS), the notifier (what the DynamoDB stream does),
-//! and recovery after a restart.
+//! SQS trigger does on AWS), the notifier (what the DynamoDB stream, the
+//! webhook queue and the deliver function do), and recovery after a restart.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use super::fs_objects::content_type_of;
+use super::sqlite::DueWebhook;
 use super::{FsObjectStore, SqliteStore};
 use crate::api::{self, ApiError};
 use crate::compress::{Engine, Settings, available_cores};
@@ -26,8 +27,9 @@ use crate::domain::ImageJob;
 use crate::metrics::{PrometheusRecorder, prometheus_content_type};
 use crate::net::{GuardedClient, NameLookup, NetPolicy};
 use crate::ports::{Delivery, JobQueue, JobSource, PortResult};
+use crate::services::App;
+use crate::services::notify::{self, Handled};
 use crate::services::process::{JobResult, complete_if_done, process_job};
-use crate::services::{App, notify};
 
 pub struct LocalRuntimeOptions {
     /// Holds `imgproc.sqlite` and, unless `objects_dir` is set, `objects/`.
@@ -142,6 +144,10 @@ impl LocalRuntime {
         });
 
         let requeued = store.recover().await.map_err(|e| e.to_string())?;
+        store
+            .release_webhook_claims()
+            .await
+            .map_err(|e| e.to_string())?;
         if requeued > 0 {
             tracing::info!(
                 jobs = requeued,
@@ -149,7 +155,11 @@ impl LocalRuntime {
             );
         }
         // A fan-out cut short by a crash resumes where its cursor stands.
-        for id in store.unfinished_fan_outs().await.map_err(|e| e.to_string())? {
+        for id in store
+            .unfinished_fan_outs()
+            .await
+            .map_err(|e| e.to_string())?
+        {
             crate::services::fanout::fan_out(&app, id, None)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -285,15 +295,22 @@ async fn handle(app: &App, store: &SqliteStore, d: Delivery) {
     }
 }
 
-/// Delivers owed notifications: each terminal request once, resumed after
-/// a restart until its webhook ends.
+/// Rows of the outbox started per pass of the notifier.
+const DUE_WEBHOOKS_PER_PASS: u32 = 256;
+
+/// Delivers owed webhooks from the outbox (what the webhook queue and the
+/// deliver function do on AWS): requests that became terminal enter it
+/// with their first attempt; every due attempt runs on its own task, so a
+/// slow receiver holds up nobody else; a failed attempt leaves its
+/// successor in the outbox, due after the retry schedule's delay, so the
+/// schedule survives restarts.
 async fn notifier(
     app: Arc<App>,
     store: SqliteStore,
     poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let in_flight: Arc<Mutex<HashSet<uuid::Uuid>>> = Arc::default();
+    let in_flight: Arc<Mutex<HashSet<(uuid::Uuid, u32)>>> = Arc::default();
     let mut running = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -301,36 +318,64 @@ async fn notifier(
             _ = stop.changed() => break,
         }
         while running.try_join_next().is_some() {}
-        let due = match store.due_notifications().await {
+        if let Err(e) = store.open_webhook_outbox().await {
+            tracing::error!(error = %e, "cannot move finished requests to the webhook outbox");
+            continue;
+        }
+        let due = match store.due_webhooks(DUE_WEBHOOKS_PER_PASS).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read due notifications");
+                tracing::error!(error = %e, "cannot read the webhook outbox");
                 continue;
             }
         };
-        for id in due {
+        for d in due {
+            let slot = (d.job.request_id, d.job.attempt);
             if !in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(id)
+                .insert(slot)
             {
                 continue;
             }
             let (app, store, in_flight) = (app.clone(), store.clone(), in_flight.clone());
             running.spawn(async move {
-                match notify::notify(&app, id).await {
-                    Ok(()) => {
-                        if let Err(e) = store.mark_notified(id).await {
-                            tracing::warn!(request_id = %id, error = %e, "cannot record the notification");
-                        }
-                    }
-                    Err(e) => tracing::warn!(request_id = %id, error = %e, "notification failed; will retry"),
-                }
-                in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                deliver(&app, &store, d).await;
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&slot);
             });
         }
     }
+    // Attempts in flight end within the webhook timeout: let them record
+    // their outcome, so a clean stop repeats no POST.
+    let grace = app.config.webhook_timeout + Duration::from_secs(5);
+    let _ = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
     running.abort_all();
+}
+
+/// One outbox row through one attempt.
+async fn deliver(app: &App, store: &SqliteStore, due: DueWebhook) {
+    let job = due.job;
+    let retry = app.config.backoff(due.tries + 1);
+    let result = match notify::run_attempt(app, store, job).await {
+        Ok(Handled::Finished | Handled::Rescheduled) => store.finish_webhook_job(&job).await,
+        Ok(Handled::Waiting) => Ok(()),
+        Ok(Handled::NotYet) => store.retry_webhook_job(&job, retry).await,
+        Err(e) => {
+            tracing::warn!(request_id = %job.request_id, attempt = job.attempt, error = %e,
+                "webhook attempt failed on the store; will retry");
+            store.retry_webhook_job(&job, retry).await
+        }
+    };
+    if let Err(e) = result {
+        // The row stays as it was and comes up again.
+        tracing::warn!(request_id = %job.request_id, error = %e, "cannot update the webhook outbox");
+    }
 }
 
 async fn serve_metrics(State(metrics): State<Arc<PrometheusRecorder>>) -> Response {

@@ -17,8 +17,11 @@ use crate::domain::{
 };
 use crate::ports::{
     CreateOutcome, Delivery, FanOutClaim, FanOutSlice, Finished, JobQueue, JobSource, JobStore,
-    PortError, PortResult,
+    PortError, PortResult, WebhookClaim,
 };
+
+mod webhooks;
+pub use webhooks::DueWebhook;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS requests (
@@ -180,6 +183,7 @@ impl SqliteStore {
         let mut writer = open(path).map_err(db_err)?;
         writer.execute_batch(SCHEMA).map_err(db_err)?;
         migrate(&mut writer).map_err(db_err)?;
+        writer.execute_batch(webhooks::SCHEMA).map_err(db_err)?;
         let reader = open(path).map_err(db_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -278,8 +282,9 @@ impl SqliteStore {
     /// Requests whose fan-out has not queued every image yet.
     pub async fn unfinished_fan_outs(&self) -> PortResult<Vec<Uuid>> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare("SELECT id FROM requests WHERE fo_next < product_count ORDER BY created_at")?;
+            let mut stmt = conn.prepare(
+                "SELECT id FROM requests WHERE fo_next < product_count ORDER BY created_at",
+            )?;
             stmt.query_map([], |r| parse_uuid(&r.get::<_, String>(0)?))?
                 .collect()
         })
@@ -758,6 +763,15 @@ impl JobStore for SqliteStore {
             Ok(changed == 1)
         })
         .await
+    }
+
+    async fn claim_webhook_attempt(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lease: Duration,
+    ) -> PortResult<WebhookClaim> {
+        self.claim_webhook(id, attempt, lease).await
     }
 }
 

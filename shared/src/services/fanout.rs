@@ -39,7 +39,11 @@ pub enum FanOutRun {
 /// Queues the images of request `id` from where its fan-out stands, until
 /// all are queued or `deadline` draws near.
 #[tracing::instrument(name = "fanout", skip_all, fields(request_id = %id))]
-pub async fn fan_out(app: &App, id: Uuid, deadline: Option<Instant>) -> Result<FanOutRun, PortError> {
+pub async fn fan_out(
+    app: &App,
+    id: Uuid,
+    deadline: Option<Instant>,
+) -> Result<FanOutRun, PortError> {
     let owner = Uuid::new_v4();
     let mut next = match app.store.claim_fan_out(id, owner, LEASE).await? {
         FanOutClaim::Claimed { next, .. } => next,
@@ -70,7 +74,10 @@ pub async fn fan_out(app: &App, id: Uuid, deadline: Option<Instant>) -> Result<F
         {
             // The lease lapsed and another worker took over; it re-queues
             // this slice, whose duplicate jobs count nothing twice.
-            tracing::warn!(next, "fan-out lease lost; leaving the rest to its new holder");
+            tracing::warn!(
+                next,
+                "fan-out lease lost; leaving the rest to its new holder"
+            );
             return Ok(FanOutRun::Busy(LEASE));
         }
         queued += count as usize;

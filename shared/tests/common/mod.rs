@@ -164,6 +164,8 @@ impl ImageServer {
 pub struct WebhookCall {
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the call arrived.
+    pub at: Instant,
 }
 
 impl WebhookCall {
@@ -179,34 +181,48 @@ impl WebhookCall {
     }
 }
 
-/// Records every POST to `/hook`; answers 500 to the first `fail_first`.
+/// Records every POST to `/hook`; answers 500 to the first `fail_first`,
+/// then 204 (after `delay`, when one is set).
 #[derive(Clone)]
 pub struct WebhookReceiver {
     pub addr: SocketAddr,
     calls: Arc<Mutex<Vec<WebhookCall>>>,
 }
 
+type ReceiverState = (Arc<Mutex<Vec<WebhookCall>>>, Arc<AtomicU32>);
+
 impl WebhookReceiver {
     pub async fn start(fail_first: u32) -> Self {
+        Self::start_with(fail_first, Duration::ZERO).await
+    }
+
+    /// A receiver that takes `delay` to answer every call (one that hangs,
+    /// when longer than the webhook timeout).
+    pub async fn slow(delay: Duration) -> Self {
+        Self::start_with(0, delay).await
+    }
+
+    async fn start_with(fail_first: u32, delay: Duration) -> Self {
         let calls: Arc<Mutex<Vec<WebhookCall>>> = Arc::default();
         let seen = Arc::new(AtomicU32::new(0));
-        let state = (calls.clone(), seen);
+        let state: ReceiverState = (calls.clone(), seen);
         let router = Router::new()
             .route(
                 "/hook",
                 post(
-                    move |State((calls, seen)): State<(
-                        Arc<Mutex<Vec<WebhookCall>>>,
-                        Arc<AtomicU32>,
-                    )>,
+                    move |State((calls, seen)): State<ReceiverState>,
                           headers: HeaderMap,
                           body: Bytes| async move {
-                        calls.lock().unwrap().push(WebhookCall { headers, body });
+                        calls.lock().unwrap().push(WebhookCall {
+                            headers,
+                            body,
+                            at: Instant::now(),
+                        });
                         if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
-                            StatusCode::INTERNAL_SERVER_ERROR
-                        } else {
-                            StatusCode::NO_CONTENT
+                            return StatusCode::INTERNAL_SERVER_ERROR;
                         }
+                        tokio::time::sleep(delay).await;
+                        StatusCode::NO_CONTENT
                     },
                 ),
             )

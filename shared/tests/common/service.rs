@@ -18,6 +18,8 @@ pub struct Service {
     pub runtime: LocalRuntime,
     pub router: Router,
     pub dir: tempfile::TempDir,
+    /// The configuration it started with, for [`Service::restart`].
+    config: Config,
 }
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
@@ -37,6 +39,8 @@ impl Service {
             ("RETRY_BASE_DELAY_MS", "20"),
             ("WEBHOOK_SECRET", WEBHOOK_SECRET),
             ("FETCH_TIMEOUT_SECS", "10"),
+            // Five webhook attempts, quickly.
+            ("WEBHOOK_RETRY_SCHEDULE", "20ms,40ms,80ms,160ms"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -47,7 +51,7 @@ impl Service {
         let mut options = LocalRuntimeOptions::new(dir.path(), "http://files.test/files/");
         options.poll_interval = Duration::from_millis(20);
         tune(&mut options);
-        let runtime = LocalRuntime::start(config, options)
+        let runtime = LocalRuntime::start(config.clone(), options)
             .await
             .expect("service starts");
         let router = runtime.router();
@@ -55,6 +59,38 @@ impl Service {
             runtime,
             router,
             dir,
+            config,
+        }
+    }
+
+    /// Stops the runtime and starts a new one on the same data folder and
+    /// configuration (the default options: a `tune` of the first start is
+    /// not applied again), as a restarted process would.
+    pub async fn restart(self) -> Self {
+        self.restart_after(Duration::ZERO).await
+    }
+
+    /// [`Service::restart`], with the service down for `pause` in between.
+    pub async fn restart_after(self, pause: Duration) -> Self {
+        let Self {
+            runtime,
+            dir,
+            config,
+            ..
+        } = self;
+        runtime.shutdown().await;
+        tokio::time::sleep(pause).await;
+        let mut options = LocalRuntimeOptions::new(dir.path(), "http://files.test/files/");
+        options.poll_interval = Duration::from_millis(20);
+        let runtime = LocalRuntime::start(config.clone(), options)
+            .await
+            .expect("service restarts");
+        let router = runtime.router();
+        Self {
+            runtime,
+            router,
+            dir,
+            config,
         }
     }
 

@@ -54,13 +54,15 @@ where
         let work = each(m);
         async move {
             match cutoff {
-                Some(at) => tokio::time::timeout_at(at.into(), work).await.unwrap_or_else(|_| {
-                    tracing::warn!(
-                        message_id = m.message_id.as_deref().unwrap_or(""),
-                        "the invocation's deadline is near: handing the message back"
-                    );
-                    Settle::RetryAfter(Duration::ZERO)
-                }),
+                Some(at) => tokio::time::timeout_at(at.into(), work)
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::warn!(
+                            message_id = m.message_id.as_deref().unwrap_or(""),
+                            "the invocation's deadline is near: handing the message back"
+                        );
+                        Settle::RetryAfter(Duration::ZERO)
+                    }),
                 None => work.await,
             }
         }

@@ -32,7 +32,10 @@ pub async fn handle_message(app: &App, message: &SqsMessage) -> Settle {
         .map(serde_json::from_str::<ImageJob>)
     else {
         // Not a job: there is no image to fail. Logged for the alarm's reader.
-        tracing::error!(message_id, "dead-lettered message is not an image job; dropped");
+        tracing::error!(
+            message_id,
+            "dead-lettered message is not an image job; dropped"
+        );
         return Settle::Done;
     };
     let outcome = crashed(app.config.max_attempts);

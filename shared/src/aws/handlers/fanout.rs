@@ -89,7 +89,10 @@ mod tests {
             serde_json::from_str(include_str!("../../../../infra/events/fanout.json")).unwrap();
         let m = &event.records[0];
         let body: FanOutMessage = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
-        assert_eq!(body.request_id.to_string(), "0f8fad5b-d9cb-469f-a165-70867728950e");
+        assert_eq!(
+            body.request_id.to_string(),
+            "0f8fad5b-d9cb-469f-a165-70867728950e"
+        );
         // Sent long ago: a fan-out that finds no request gives up.
         assert!(age(m).is_some_and(|a| a > MISSING_GRACE));
     }

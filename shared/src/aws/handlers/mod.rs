@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod deadletter;
+pub mod deliver;
 pub mod fanout;
 pub mod ingest;
 pub mod notify;

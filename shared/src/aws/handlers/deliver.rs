@@ -1,0 +1,84 @@
+//! `deliver`: an SQS batch of webhook attempts from the webhook queue, one
+//! attempt per message, all messages at once (each POST bounded by the
+//! webhook timeout, so receivers never wait for each other), answered with
+//! a partial batch response naming only the messages that must come back.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures_util::future::join_all;
+
+use super::process::{MessageOutcome, receive_count};
+use crate::aws::SqsWebhookQueue;
+use crate::ports::WebhookJob;
+use crate::services::App;
+use crate::services::notify::{self, Handled};
+
+pub async fn handle(app: &App, queue: &SqsWebhookQueue, event: SqsEvent) -> SqsBatchResponse {
+    let outcomes = join_all(event.records.iter().map(|m| handle_message(app, queue, m))).await;
+    let mut response = SqsBatchResponse::default();
+    for (message, outcome) in event.records.iter().zip(outcomes) {
+        if outcome == MessageOutcome::Retry {
+            match &message.message_id {
+                Some(id) => response.add_failure(id.clone()),
+                None => tracing::error!("a message to retry has no message ID; it will be deleted"),
+            }
+        }
+    }
+    response
+}
+
+/// One message: the attempt it carries. Whatever comes next (the next
+/// attempt, or the rest of a wait longer than SQS's longest delay) is a new
+/// message, sent before this one is deleted.
+pub async fn handle_message(
+    app: &App,
+    queue: &SqsWebhookQueue,
+    message: &SqsMessage,
+) -> MessageOutcome {
+    let message_id = message.message_id.as_deref().unwrap_or("");
+    let Some(job) = message
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_str::<WebhookJob>(b).ok())
+    else {
+        // Never retried into success: it reaches the dead-letter queue
+        // after the redrive limit, where the alarm shows it.
+        tracing::error!(message_id, "message is not a webhook job");
+        return MessageOutcome::Retry;
+    };
+    let count = receive_count(message);
+    match notify::run_attempt(app, queue, job).await {
+        Ok(Handled::Finished | Handled::Rescheduled | Handled::Waiting) => {
+            return MessageOutcome::Done;
+        }
+        Ok(Handled::NotYet) => {}
+        Err(e) => {
+            tracing::warn!(message_id, request_id = %job.request_id, attempt = job.attempt, error = %e,
+                "the webhook attempt failed on the store or queue; it will come back");
+        }
+    }
+    if let Some(receipt) = &message.receipt_handle
+        && let Err(e) = queue.retry_later(receipt, app.config.backoff(count)).await
+    {
+        // The message still comes back, after the queue's visibility timeout.
+        tracing::warn!(message_id, error = %e, "cannot delay the retry");
+    }
+    MessageOutcome::Retry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixture_carries_a_webhook_job() {
+        let event: SqsEvent =
+            serde_json::from_str(include_str!("../../../../infra/events/deliver.json")).unwrap();
+        let job: WebhookJob =
+            serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
+        assert_eq!(job.attempt, 1);
+        assert_eq!(
+            job.request_id.to_string(),
+            "0f8fad5b-d9cb-469f-a165-70867728950e"
+        );
+    }
+}
