@@ -15,6 +15,7 @@ use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 const SETTINGS: Settings = Settings {
     quality: 50,
     max_pixels: 100_000_000,
+    max_decode_bytes: 1 << 30,
 };
 
 fn photo(name: &str) -> Vec<u8> {

@@ -49,6 +49,9 @@ pub struct Config {
     pub max_upload_bytes: usize,
     pub max_download_bytes: u64,
     pub max_pixels: u64,
+    /// Memory the images being compressed at once may need together, and
+    /// so one image at most, in MiB (`compress::memory`).
+    pub max_decode_memory_mb: u64,
     pub fetch_timeout: Duration,
     pub max_attempts: u32,
     pub webhook_max_attempts: u32,
@@ -76,6 +79,7 @@ impl Default for Config {
             max_upload_bytes: 4 * 1024 * 1024,
             max_download_bytes: 25 * 1024 * 1024,
             max_pixels: 100_000_000,
+            max_decode_memory_mb: DEFAULT_MAX_DECODE_MEMORY_MB,
             fetch_timeout: Duration::from_secs(30),
             max_attempts: 3,
             webhook_max_attempts: 5,
@@ -85,6 +89,39 @@ impl Default for Config {
             metrics_namespace: "imgproc".into(),
         }
     }
+}
+
+/// Decode memory when not on Lambda: room for the largest image the default
+/// pixel cap admits (100 MP as 4:4:4 JPEG or RGBA PNG needs 600–900 MiB),
+/// on any machine that runs the service at all.
+pub const DEFAULT_MAX_DECODE_MEMORY_MB: u64 = 1024;
+
+/// The part of a Lambda function's memory left to the runtime, the binary,
+/// the batch's downloaded bodies (up to ten of `MAX_DOWNLOAD_BYTES`) and
+/// their outputs: two fifths. At 1,769 MB that is 708 MB beside a
+/// 1,061 MiB decode budget.
+const LAMBDA_DECODE_SHARE: (u64, u64) = (3, 5);
+
+/// What a Lambda function must keep for everything but decoding.
+const LAMBDA_RESERVED_MB: u64 = 128;
+
+/// `MAX_DECODE_MEMORY_MB`, by default three fifths of the Lambda function's
+/// memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, set by Lambda) or
+/// `DEFAULT_MAX_DECODE_MEMORY_MB` elsewhere. On Lambda it may not leave
+/// the function less than `LAMBDA_RESERVED_MB`: decoding would then be
+/// killed by the function's limit instead of refused.
+fn decode_memory(get: &impl Fn(&str) -> Option<String>) -> Result<u64, ConfigError> {
+    let lambda = get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        .map(|_| number(get, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0u64, 128, 10_240))
+        .transpose()?;
+    let (default, max) = match lambda {
+        Some(mb) => (
+            mb * LAMBDA_DECODE_SHARE.0 / LAMBDA_DECODE_SHARE.1,
+            mb - LAMBDA_RESERVED_MB,
+        ),
+        None => (DEFAULT_MAX_DECODE_MEMORY_MB, 1 << 20),
+    };
+    number(get, "MAX_DECODE_MEMORY_MB", default, 16, max)
 }
 
 impl Config {
@@ -128,6 +165,7 @@ impl Config {
                 1 << 32,
             )?,
             max_pixels: number(&get, "MAX_PIXELS", d.max_pixels, 1, 1 << 32)?,
+            max_decode_memory_mb: decode_memory(&get)?,
             fetch_timeout: Duration::from_secs(number(&get, "FETCH_TIMEOUT_SECS", 30, 1, 900)?),
             max_attempts: number(&get, "MAX_ATTEMPTS", d.max_attempts, 1, 100)?,
             webhook_max_attempts: number(
@@ -155,6 +193,10 @@ impl Config {
                 .transpose()?
                 .unwrap_or(d.metrics_namespace),
         })
+    }
+
+    pub fn max_decode_bytes(&self) -> u64 {
+        self.max_decode_memory_mb << 20
     }
 
     pub fn csv_limits(&self) -> CsvLimits {
@@ -271,6 +313,7 @@ mod tests {
         assert_eq!(c.max_upload_bytes, 4 << 20);
         assert_eq!(c.max_download_bytes, 25 << 20);
         assert_eq!(c.max_pixels, 100_000_000);
+        assert_eq!(c.max_decode_memory_mb, 1024);
         assert_eq!(c.fetch_timeout, Duration::from_secs(30));
         assert_eq!((c.max_attempts, c.webhook_max_attempts), (3, 5));
         assert!(!c.allow_private_networks);
@@ -287,6 +330,8 @@ mod tests {
             ("OUTPUT_BASE_URL", "cdn/images"),
             ("METRICS_NAMESPACE", "AWS/Lambda"),
             ("METRICS_NAMESPACE", "imgproc!"),
+            ("MAX_DECODE_MEMORY_MB", "8"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
         ] {
             let err = from(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);
@@ -314,6 +359,29 @@ mod tests {
             !format!("{c:?}").contains("s3cret"),
             "secrets never reach Debug output"
         );
+    }
+
+    #[test]
+    fn decode_memory_follows_the_lambda_function_size() {
+        let c = from(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769")]).unwrap();
+        assert_eq!(c.max_decode_memory_mb, 1061);
+        assert_eq!(c.max_decode_bytes(), 1061 << 20);
+        let c = from(&[
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769"),
+            ("MAX_DECODE_MEMORY_MB", "1500"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_decode_memory_mb, 1500);
+        // A budget the function cannot hold is refused, not killed later.
+        let err = from(&[
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769"),
+            ("MAX_DECODE_MEMORY_MB", "1700"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "MAX_DECODE_MEMORY_MB");
+        assert!(err.to_string().contains("1641"), "{err}");
+        let c = from(&[("MAX_DECODE_MEMORY_MB", "4096")]).unwrap();
+        assert_eq!(c.max_decode_memory_mb, 4096);
     }
 
     #[test]

@@ -165,6 +165,7 @@ pub fn app_with_metrics(
         Settings {
             quality: config.jpeg_quality,
             max_pixels: config.max_pixels,
+            max_decode_bytes: config.max_decode_bytes(),
         },
         available_cores(),
     );

@@ -207,7 +207,7 @@ impl<'a> Decompress<'a> {
             Pixels {
                 data,
                 width: cinfo.output_width,
-                height: cinfo.output_height as u32,
+                height: cinfo.output_height,
                 color_space: cinfo.out_color_space,
             }
         })
@@ -278,16 +278,10 @@ impl<'a> Decompress<'a> {
                 (*dst_info.comp_info.add(ci)).quant_tbl_no = slot as c_int;
                 tables.push((source, wanted));
             }
-            for ci in 0..components {
+            for (ci, (source, wanted)) in tables.iter().enumerate() {
                 if ci == 0 || chroma == Chroma::Keep {
                     let comp = &*src.comp_info.add(ci);
-                    requantise_component(
-                        src,
-                        *src_arrays.add(ci),
-                        comp,
-                        &tables[ci].0,
-                        &tables[ci].1,
-                    );
+                    requantise_component(src, *src_arrays.add(ci), comp, source, wanted);
                 }
             }
             // Optimal Huffman tables, from counts gathered here rather than
@@ -574,10 +568,9 @@ impl HalvedArrays {
                 ptr::copy_nonoverlapping(from, to, luma.width_in_blocks as usize);
             }
             let (out_w, out_h) = self.chroma_blocks;
-            for ci in 1..3 {
+            for (ci, (q_in, q_out)) in tables.iter().enumerate().take(3).skip(1) {
                 let comp = &*src.comp_info.add(ci);
                 let (in_w, in_h) = (comp.width_in_blocks as usize, comp.height_in_blocks);
-                let (q_in, q_out) = (&tables[ci].0, &tables[ci].1);
                 let deq = |b: &JBLOCK| chroma::dequantise(b, q_in);
                 for row in 0..out_h {
                     let top_row = (2 * row).min(in_h - 1);
@@ -724,14 +717,14 @@ unsafe fn read_header(cinfo: &mut jpeg_decompress_struct) -> Header {
         } else {
             unsafe { std::slice::from_raw_parts(m.data, m.data_length as usize) }
         };
-        if c_int::from(m.marker) == APP1 && exif.is_none() {
-            if let Some(rest) = data.strip_prefix(b"Exif\0\0") {
+        if c_int::from(m.marker) == APP1 {
+            if let (None, Some(rest)) = (&exif, data.strip_prefix(b"Exif\0\0")) {
                 exif = Some(rest.to_vec());
             }
-        } else if c_int::from(m.marker) == APP2 {
-            if let Some([seq, count, rest @ ..]) = data.strip_prefix(b"ICC_PROFILE\0") {
-                icc_chunks.push((*seq, *count, rest));
-            }
+        } else if c_int::from(m.marker) == APP2
+            && let Some([seq, count, rest @ ..]) = data.strip_prefix(b"ICC_PROFILE\0")
+        {
+            icc_chunks.push((*seq, *count, rest));
         }
         marker = m.next;
     }
@@ -824,6 +817,33 @@ pub fn encode(
             pixels.len()
         ));
     }
+    let mut rows = pixels.chunks_exact(stride.max(1));
+    encode_rows(width, height, channels, quality, icc, |out| {
+        out.copy_from_slice(rows.next().ok_or("fewer rows than the height")?);
+        Ok(())
+    })
+}
+
+/// Like `encode`, with the rows asked of `fill` one at a time, top to
+/// bottom, so that the picture need never be held whole: `fill` writes one
+/// row of `width × channels` samples; its error stops the encoding and is
+/// returned.
+pub fn encode_rows(
+    width: u32,
+    height: u32,
+    channels: u8,
+    quality: u8,
+    icc: Option<&[u8]>,
+    mut fill: impl FnMut(&mut [u8]) -> Result<(), String>,
+) -> Result<Vec<u8>, String> {
+    if !matches!(channels, 1 | 3) || width == 0 || height == 0 {
+        return Err(format!(
+            "cannot encode {width}×{height} pixels of {channels} samples"
+        ));
+    }
+    let stride = width as usize * usize::from(channels);
+    const BAND: usize = 16;
+    let mut band = vec![0u8; stride * BAND.min(height as usize)];
     let mut c = Compress::new()?;
     guarded(|| unsafe {
         let cinfo = &mut *c.cinfo;
@@ -851,18 +871,26 @@ pub fn encode(
         if let Some(icc) = icc {
             jpeg_write_icc_profile(cinfo, icc.as_ptr(), icc.len() as c_uint);
         }
-        let mut rows: Vec<*const u8> = Vec::with_capacity(16);
+        let mut rows: Vec<*const u8> = Vec::with_capacity(BAND);
         while (cinfo.next_scanline as usize) < height as usize {
             let first = cinfo.next_scanline as usize;
-            let count = 16.min(height as usize - first);
+            let count = BAND.min(height as usize - first);
+            for row in band.chunks_exact_mut(stride).take(count) {
+                fill(row)?;
+            }
             rows.clear();
-            rows.extend((first..first + count).map(|y| pixels.as_ptr().add(y * stride)));
+            rows.extend((0..count).map(|y| band.as_ptr().add(y * stride)));
             jpeg_write_scanlines(cinfo, rows.as_ptr(), count as c_uint);
         }
         jpeg_finish_compress(cinfo);
-    })?;
+        Ok::<_, String>(())
+    })??;
     Ok(c.into_bytes())
 }
+
+/// The most the output buffer grows by at a time, hence the most it holds
+/// beyond what libjpeg wrote (see `memory::output_bytes`).
+pub const OUTPUT_GROWTH: usize = 8 << 20;
 
 /// libjpeg's destination manager over a growing `Vec`. `mgr` comes first so
 /// that the pointer libjpeg hands back is also a pointer to the whole.
@@ -911,7 +939,9 @@ impl VecDestination {
         let full = this.out.capacity();
         // SAFETY: libjpeg wrote every byte of the spare capacity it was given.
         unsafe { this.out.set_len(full) };
-        this.out.reserve(full.max(64 * 1024));
+        // Doubling, but never by more than `OUTPUT_GROWTH`: large buffers
+        // are moved by remapping pages, not copied, so the steps cost little.
+        this.out.reserve_exact(full.clamp(64 * 1024, OUTPUT_GROWTH));
         this.expose_spare();
         1
     }

@@ -13,6 +13,9 @@ mod huffman;
 mod icc;
 mod jpeg;
 mod libjpeg;
+pub mod memory;
+mod pixels;
+mod png_input;
 mod sniff;
 
 use std::io::Cursor;
@@ -22,6 +25,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use std::time::Instant;
 
+pub use memory::DecodeMemory;
 pub use sniff::{Sniffed, sniff};
 
 use crate::domain::ErrorCode;
@@ -30,6 +34,10 @@ use crate::domain::ErrorCode;
 pub struct Settings {
     pub quality: u8,
     pub max_pixels: u64,
+    /// Memory one image may need to be decoded and encoded, from its
+    /// header (see `memory`); also the budget that the images compressed
+    /// at once by one `Engine` share.
+    pub max_decode_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +73,17 @@ pub enum CompressError {
         pixels: u64,
         limit: u64,
     },
+    #[error(
+        "the {width}×{height} image needs {} MiB to decode; at most {} MiB are allowed",
+        need.div_ceil(1 << 20),
+        limit >> 20
+    )]
+    TooMuchMemory {
+        width: u32,
+        height: u32,
+        need: u64,
+        limit: u64,
+    },
     #[error("the image cannot be decoded: {0}")]
     Decode(String),
 }
@@ -74,14 +93,32 @@ impl CompressError {
         match self {
             Self::NotAnImage => ErrorCode::NotAnImage,
             Self::Unsupported(_) => ErrorCode::UnsupportedFormat,
-            Self::TooManyPixels { .. } => ErrorCode::TooManyPixels,
+            Self::TooManyPixels { .. } | Self::TooMuchMemory { .. } => ErrorCode::TooManyPixels,
             Self::Decode(_) => ErrorCode::DecodeFailed,
         }
     }
 }
 
-/// Compresses one image. CPU-bound: call it off the async runtime.
+/// Compresses one image, alone: its need is checked against
+/// `settings.max_decode_bytes`, shared with nothing. CPU-bound: call it off
+/// the async runtime.
 pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, CompressError> {
+    compress_within(
+        input,
+        settings,
+        &DecodeMemory::new(settings.max_decode_bytes),
+    )
+}
+
+/// Compresses one image once `memory` has room for what its header says it
+/// needs, blocking until then; an image that needs more than the whole
+/// budget fails at once with `TooMuchMemory`. Threads compressing at once
+/// share one `DecodeMemory`.
+pub fn compress_within(
+    input: &[u8],
+    settings: &Settings,
+    memory: &DecodeMemory,
+) -> Result<Compressed, CompressError> {
     let format = match sniff(input) {
         Sniffed::Jpeg => ImageFormat::Jpeg,
         Sniffed::Png => ImageFormat::Png,
@@ -91,45 +128,155 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         Sniffed::NotAnImage => return Err(CompressError::NotAnImage),
     };
     let started = Instant::now();
-    let (mut image, orientation, icc) = if format == ImageFormat::Jpeg {
-        if !jpeg_is_complete(input) {
-            return Err(CompressError::Decode(
-                "the JPEG data is truncated (no end-of-image marker after the last scan)".into(),
-            ));
-        }
-        match jpeg::read(input, settings)? {
-            jpeg::Read::Transcoded {
-                bytes,
-                width,
-                height,
-                rotated,
-                reading,
-            } => {
-                let timings = StageTimings {
-                    decode: reading,
-                    encode: started.elapsed().saturating_sub(reading),
-                };
-                return Ok(keep_smaller(
-                    input,
-                    Compressed {
+    match format {
+        ImageFormat::Jpeg => {
+            if !jpeg_is_complete(input) {
+                return Err(CompressError::Decode(
+                    "the JPEG data is truncated (no end-of-image marker after the last scan)"
+                        .into(),
+                ));
+            }
+            let opened = jpeg::open(input, settings)?;
+            let _lease = admit(
+                memory,
+                settings,
+                opened.dimensions(),
+                opened.need(input.len()),
+            )?;
+            match opened.read(settings)? {
+                jpeg::Read::Transcoded {
+                    bytes,
+                    width,
+                    height,
+                    rotated,
+                    reading,
+                } => {
+                    let timings = StageTimings {
+                        decode: reading,
+                        encode: started.elapsed().saturating_sub(reading),
+                    };
+                    let out = Compressed {
                         bytes,
                         width,
                         height,
                         original_kept: false,
                         timings,
-                    },
-                    rotated,
-                ));
+                    };
+                    Ok(keep_smaller(input, out, rotated))
+                }
+                jpeg::Read::Pixels {
+                    image,
+                    orientation,
+                    icc,
+                } => {
+                    let out = encode_pixels(image, orientation, icc, settings, started)?;
+                    Ok(keep_smaller(
+                        input,
+                        out,
+                        orientation != Orientation::NoTransforms,
+                    ))
+                }
             }
-            jpeg::Read::Pixels {
-                image,
-                orientation,
-                icc,
-            } => (image, orientation, icc),
         }
-    } else {
-        decode_other(input, format, settings.max_pixels)?
-    };
+        ImageFormat::Png => {
+            let opened = png_input::open(input, settings)?;
+            let (width, height) = opened.dimensions();
+            let _lease = admit(memory, settings, (width, height), opened.need(input.len()))?;
+            let (orientation, icc) = (opened.orientation, opened.icc.clone());
+            match opened.read(settings)? {
+                png_input::Read::Encoded { bytes, decoding } => {
+                    let timings = StageTimings {
+                        decode: decoding,
+                        encode: started.elapsed().saturating_sub(decoding),
+                    };
+                    Ok(Compressed {
+                        bytes,
+                        width,
+                        height,
+                        original_kept: false,
+                        timings,
+                    })
+                }
+                png_input::Read::Pixels(image) => {
+                    encode_pixels(image, orientation, icc, settings, started)
+                }
+            }
+        }
+        _ => {
+            let mut reader = ImageReader::with_format(Cursor::new(input), format);
+            let mut limits = Limits::default();
+            // Room for the largest allowed image at 16 bits per channel with
+            // alpha, so that no header can make the decoder allocate more.
+            limits.max_alloc = Some(settings.max_pixels.saturating_mul(8).max(64 << 20));
+            reader.limits(limits);
+            let mut decoder = reader.into_decoder().map_err(decode_error)?;
+            let (width, height) = decoder.dimensions();
+            let pixels = memory::pixels(width, height);
+            if pixels > settings.max_pixels {
+                return Err(CompressError::TooManyPixels {
+                    width,
+                    height,
+                    pixels,
+                    limit: settings.max_pixels,
+                });
+            }
+            let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+            let icc = decoder.icc_profile().ok().flatten();
+            let color = decoder.color_type();
+            let flat = pixels::flat_channels(color.channel_count());
+            // GIF and WebP decoders work on a frame or a canvas of up to 4
+            // bytes a pixel beside their output.
+            let decoded = pixels * (u64::from(color.bytes_per_pixel()) + 4);
+            let need = memory::pixel_path_bytes(
+                width,
+                height,
+                decoded,
+                flat,
+                orientation != Orientation::NoTransforms,
+            ) + memory::output_bytes(width, height, input.len())
+                + memory::FIXED_BYTES;
+            let _lease = admit(memory, settings, (width, height), need)?;
+            let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+            encode_pixels(image, orientation, icc, settings, started)
+        }
+    }
+}
+
+/// Refuses an image whose need exceeds the budget, else waits for its share.
+fn admit<'m>(
+    memory: &'m DecodeMemory,
+    settings: &Settings,
+    (width, height): (u32, u32),
+    need: u64,
+) -> Result<memory::Lease<'m>, CompressError> {
+    let limit = settings.max_decode_bytes.min(memory.capacity_bytes());
+    if need > limit {
+        return Err(CompressError::TooMuchMemory {
+            width,
+            height,
+            need,
+            limit,
+        });
+    }
+    Ok(memory.acquire(need))
+}
+
+/// The pixel path's end: flattened to grey or RGB in place, made upright,
+/// the colour profile kept unless it is plain sRGB, encoded.
+fn encode_pixels(
+    image: DynamicImage,
+    orientation: Orientation,
+    icc: Option<Vec<u8>>,
+    settings: &Settings,
+    started: Instant,
+) -> Result<Compressed, CompressError> {
+    let (width, height) = (image.width(), image.height());
+    let (data, channels) = pixels::flatten(image);
+    let mut image = match channels {
+        1 => image::GrayImage::from_raw(width, height, data).map(DynamicImage::ImageLuma8),
+        _ => image::RgbImage::from_raw(width, height, data).map(DynamicImage::ImageRgb8),
+    }
+    .ok_or_else(|| CompressError::Decode("decoded data does not match the image size".into()))?;
     image.apply_orientation(orientation);
     let icc = icc.filter(|p| !icc::is_plain_srgb(p));
 
@@ -143,10 +290,9 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
             limit: settings.max_pixels,
         });
     }
-    let (data, channels) = flatten(image);
     let decoded = Instant::now();
     let bytes = libjpeg::encode(
-        &data,
+        image.as_bytes(),
         width,
         height,
         channels,
@@ -158,21 +304,13 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         decode: decoded - started,
         encode: decoded.elapsed(),
     };
-    let out = Compressed {
+    Ok(Compressed {
         bytes,
         width,
         height,
         original_kept: false,
         timings,
-    };
-    if format == ImageFormat::Jpeg {
-        return Ok(keep_smaller(
-            input,
-            out,
-            orientation != Orientation::NoTransforms,
-        ));
-    }
-    Ok(out)
+    })
 }
 
 /// The largest side libjpeg writes.
@@ -189,36 +327,6 @@ fn keep_smaller(input: &[u8], out: Compressed, turned: bool) -> Compressed {
         };
     }
     out
-}
-
-/// PNG, GIF (first frame) and WebP through the `image` crate, with the
-/// pixel cap checked on the header before any pixel is decoded.
-fn decode_other(
-    input: &[u8],
-    format: ImageFormat,
-    max_pixels: u64,
-) -> Result<(DynamicImage, Orientation, Option<Vec<u8>>), CompressError> {
-    let mut reader = ImageReader::with_format(Cursor::new(input), format);
-    let mut limits = Limits::default();
-    // Room for the largest allowed image at 16 bits per channel with alpha,
-    // so that no header can make the decoder allocate more.
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(decode_error)?;
-    let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(CompressError::TooManyPixels {
-            width,
-            height,
-            pixels,
-            limit: max_pixels,
-        });
-    }
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let icc = decoder.icc_profile().ok().flatten();
-    let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-    Ok((image, orientation, icc))
 }
 
 fn decode_error(e: image::ImageError) -> CompressError {
@@ -248,43 +356,15 @@ fn jpeg_is_complete(data: &[u8]) -> bool {
     }
 }
 
-/// 8-bit samples ready for the encoder, with their count per pixel: grey
-/// stays grey, alpha is composited onto white, deeper samples are reduced
-/// to 8 bits.
-fn flatten(image: DynamicImage) -> (Vec<u8>, u8) {
-    match image {
-        DynamicImage::ImageLuma8(img) => (img.into_raw(), 1),
-        DynamicImage::ImageRgb8(img) => (img.into_raw(), 3),
-        DynamicImage::ImageLuma16(_) => (image.to_luma8().into_raw(), 1),
-        img if !img.color().has_alpha() => (img.to_rgb8().into_raw(), 3),
-        DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLumaA16(_) => {
-            let la = image.to_luma_alpha8();
-            let data = la.pixels().map(|p| over_white(p.0[0], p.0[1])).collect();
-            (data, 1)
-        }
-        img => {
-            let rgba = img.into_rgba8();
-            let mut data = Vec::with_capacity(rgba.width() as usize * rgba.height() as usize * 3);
-            for p in rgba.pixels() {
-                let [r, g, b, a] = p.0;
-                data.extend_from_slice(&[over_white(r, a), over_white(g, a), over_white(b, a)]);
-            }
-            (data, 3)
-        }
-    }
-}
-
-fn over_white(c: u8, a: u8) -> u8 {
-    let (c, a) = (u32::from(c), u32::from(a));
-    ((c * a + 255 * (255 - a) + 127) / 255) as u8
-}
-
 /// Runs compression on a bounded number of blocking threads, so CPU work
-/// never stalls the async runtime and never oversubscribes the cores.
+/// never stalls the async runtime and never oversubscribes the cores, and
+/// admits images by the memory their decoding needs, so that the images in
+/// flight together never exceed `Settings::max_decode_bytes`.
 #[derive(Clone)]
 pub struct Engine {
     settings: Settings,
     permits: Arc<tokio::sync::Semaphore>,
+    memory: Arc<DecodeMemory>,
 }
 
 impl Engine {
@@ -292,11 +372,17 @@ impl Engine {
         Self {
             settings,
             permits: Arc::new(tokio::sync::Semaphore::new(threads.max(1))),
+            memory: Arc::new(DecodeMemory::new(settings.max_decode_bytes)),
         }
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The decode-memory budget the engine's images share.
+    pub fn memory(&self) -> &DecodeMemory {
+        &self.memory
     }
 
     pub async fn compress(&self, input: bytes::Bytes) -> Result<Compressed, CompressError> {
@@ -305,8 +391,8 @@ impl Engine {
             .acquire()
             .await
             .map_err(|_| CompressError::Decode("engine stopped".into()))?;
-        let settings = self.settings;
-        tokio::task::spawn_blocking(move || compress(&input, &settings))
+        let (settings, memory) = (self.settings, self.memory.clone());
+        tokio::task::spawn_blocking(move || compress_within(&input, &settings, &memory))
             .await
             .unwrap_or_else(|e| Err(CompressError::Decode(format!("the decoder crashed: {e}"))))
     }

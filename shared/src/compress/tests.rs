@@ -2,9 +2,10 @@ use super::*;
 use image::{GenericImageView, Rgba, RgbaImage};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
-const SETTINGS: Settings = Settings {
+pub(crate) const SETTINGS: Settings = Settings {
     quality: 50,
     max_pixels: 100_000_000,
+    max_decode_bytes: 1 << 30,
 };
 
 fn photo(name: &str) -> Vec<u8> {
@@ -53,7 +54,7 @@ fn encode_separate_scans(rgb: &image::RgbImage, quality: u8) -> Vec<u8> {
     out
 }
 
-fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= u32::from(b);
@@ -302,6 +303,33 @@ fn too_many_pixels_are_refused_before_decoding() {
     )
     .unwrap_err();
     assert_eq!(err.code(), ErrorCode::TooManyPixels);
+}
+
+#[test]
+fn every_format_is_priced_before_decoding() {
+    // No image fits in 1 MiB: each is refused from its header, with the
+    // pixel-cap error code.
+    let tiny = Settings {
+        max_decode_bytes: 1 << 20,
+        ..SETTINGS
+    };
+    for name in [
+        "coffee.jpg",
+        "mountain-meadow-progressive.jpg",
+        "astronaut-portrait-exif6.jpg",
+        "chelsea-cat.png",
+        "paint-brushes.webp",
+        "rocket-launch.gif",
+    ] {
+        let err = compress(&photo(name), &tiny).unwrap_err();
+        assert!(
+            matches!(err, CompressError::TooMuchMemory { need, limit: 1_048_576, .. } if need > 1 << 20),
+            "{name}: {err}"
+        );
+        assert_eq!(err.code(), ErrorCode::TooManyPixels, "{name}");
+        // …and each fits in the default budget.
+        compress(&photo(name), &SETTINGS).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }
 
 #[test]

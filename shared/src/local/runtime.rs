@@ -121,6 +121,7 @@ impl LocalRuntime {
             Settings {
                 quality: config.jpeg_quality,
                 max_pixels: config.max_pixels,
+                max_decode_bytes: config.max_decode_bytes(),
             },
             options.cpu_threads,
         );
