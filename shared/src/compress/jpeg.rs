@@ -15,7 +15,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage, RgbImage};
 use mozjpeg_sys::{J_COLOR_SPACE, JXFORM_CODE};
 
-use super::{CompressError, Settings, libjpeg, memory};
+use super::{CompressError, Settings, libjpeg, memory, transcode};
 
 pub enum Read {
     /// Already compressed, upright; `reading` is the time spent before writing began.
@@ -50,7 +50,7 @@ pub struct Opened<'a> {
     header: libjpeg::Header,
     orientation: Orientation,
     /// How chroma changes in the DCT domain; `None`: through pixels.
-    plan: Option<libjpeg::Chroma>,
+    plan: Option<transcode::Chroma>,
 }
 
 /// Reads the header and checks the pixel cap.
@@ -73,11 +73,11 @@ pub fn open<'a>(input: &'a [u8], settings: &Settings) -> Result<Opened<'a>, Comp
         .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
     let plan = if header.is_ycbcr_420() || header.is_grayscale() {
-        Some(libjpeg::Chroma::Keep)
+        Some(transcode::Chroma::Keep)
     } else if header.is_ycbcr(&[(2, 1), (1, 1), (1, 1)]) {
-        Some(libjpeg::Chroma::HalveHeight)
+        Some(transcode::Chroma::HalveHeight)
     } else if header.is_ycbcr(&[(1, 1), (1, 1), (1, 1)]) {
-        Some(libjpeg::Chroma::HalveBoth)
+        Some(transcode::Chroma::HalveBoth)
     } else {
         None
     };
@@ -105,8 +105,8 @@ impl<'a> Opened<'a> {
         let source = memory::jpeg_coefficient_bytes(w, h, &self.header.sampling);
         let turning = self.orientation != Orientation::NoTransforms;
         let transcode = match self.plan {
-            Some(libjpeg::Chroma::Keep) if turning => 2 * source,
-            Some(libjpeg::Chroma::Keep) => source,
+            Some(transcode::Chroma::Keep) if turning => 2 * source,
+            Some(transcode::Chroma::Keep) => source,
             Some(_) => source + memory::encoder_bytes(w, h, 3),
             None => 0,
         };
@@ -145,7 +145,13 @@ impl<'a> Opened<'a> {
                 .icc
                 .as_deref()
                 .filter(|p| !super::icc::is_plain_srgb(p));
-            match decompress.transcode(settings.quality, chroma, transform(orientation), icc) {
+            match transcode::transcode(
+                decompress,
+                settings.quality,
+                chroma,
+                transform(orientation),
+                icc,
+            ) {
                 Ok(Ok((bytes, reading))) => {
                     let swapped = matches!(
                         orientation,

@@ -17,6 +17,7 @@ pub mod memory;
 mod pixels;
 mod png_input;
 mod sniff;
+mod transcode;
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -396,6 +397,25 @@ impl Engine {
             .await
             .unwrap_or_else(|e| Err(CompressError::Decode(format!("the decoder crashed: {e}"))))
     }
+}
+
+/// How the engine was built, for `--version`: whether libjpeg-turbo's
+/// SIMD code is in the binary and usable on this CPU.
+pub fn build_info() -> String {
+    let simd = if libjpeg::simd_enabled() {
+        "on"
+    } else {
+        "off (built without nasm)"
+    };
+    #[cfg(target_arch = "x86_64")]
+    let cpu = if std::arch::is_x86_feature_detected!("avx2") {
+        ", AVX2"
+    } else {
+        ", no AVX2"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let cpu = "";
+    format!("libjpeg-turbo SIMD {simd}{cpu}")
 }
 
 /// Cores available to this process (1 when unknown).

@@ -567,9 +567,9 @@ fn huffman_tables_from_our_counts_are_libjpegs_own() {
     inputs.push(("301×203 greyscale".into(), out));
 
     let with = |libjpeg_gathers: bool, input: &[u8]| {
-        libjpeg::LIBJPEG_GATHERS.with(|g| g.set(libjpeg_gathers));
+        transcode::LIBJPEG_GATHERS.with(|g| g.set(libjpeg_gathers));
         let out = compress(input, &SETTINGS);
-        libjpeg::LIBJPEG_GATHERS.with(|g| g.set(false));
+        transcode::LIBJPEG_GATHERS.with(|g| g.set(false));
         out
     };
     for (name, input) in inputs {

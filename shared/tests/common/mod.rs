@@ -188,6 +188,7 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub async fn start(fail_first: u32) -> Self {
+        type Recorder = (Arc<Mutex<Vec<WebhookCall>>>, Arc<AtomicU32>);
         let calls: Arc<Mutex<Vec<WebhookCall>>> = Arc::default();
         let seen = Arc::new(AtomicU32::new(0));
         let state = (calls.clone(), seen);
@@ -195,10 +196,7 @@ impl WebhookReceiver {
             .route(
                 "/hook",
                 post(
-                    move |State((calls, seen)): State<(
-                        Arc<Mutex<Vec<WebhookCall>>>,
-                        Arc<AtomicU32>,
-                    )>,
+                    move |State((calls, seen)): State<Recorder>,
                           headers: HeaderMap,
                           body: Bytes| async move {
                         calls.lock().unwrap().push(WebhookCall { headers, body });
