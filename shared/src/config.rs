@@ -52,6 +52,8 @@ pub struct Config {
     /// Memory the images being compressed at once may need together, and
     /// so one image at most, in MiB (`compress::memory`).
     pub max_decode_memory_mb: u64,
+    /// CPU time one image may take to decode and encode.
+    pub max_image_cpu: Duration,
     pub fetch_timeout: Duration,
     pub max_attempts: u32,
     pub webhook_max_attempts: u32,
@@ -80,6 +82,7 @@ impl Default for Config {
             max_download_bytes: 25 * 1024 * 1024,
             max_pixels: 100_000_000,
             max_decode_memory_mb: DEFAULT_MAX_DECODE_MEMORY_MB,
+            max_image_cpu: Duration::from_secs(DEFAULT_MAX_IMAGE_CPU_SECS),
             fetch_timeout: Duration::from_secs(30),
             max_attempts: 3,
             webhook_max_attempts: 5,
@@ -95,6 +98,12 @@ impl Default for Config {
 /// pixel cap admits (100 MP as 4:4:4 JPEG or RGBA PNG needs 600–900 MiB),
 /// on any machine that runs the service at all.
 pub const DEFAULT_MAX_DECODE_MEMORY_MB: u64 = 1024;
+
+/// CPU seconds an image may take: the largest photographs allowed (100 MP)
+/// take 2–5 s on one core, so only a file made to stall the decoder (say, a
+/// progressive JPEG of many huge scans) comes near, and it fails well
+/// within the process function's 60 s.
+pub const DEFAULT_MAX_IMAGE_CPU_SECS: u64 = 20;
 
 /// The part of a Lambda function's memory left to the runtime, the binary,
 /// the batch's downloaded bodies (up to ten of `MAX_DOWNLOAD_BYTES`) and
@@ -166,6 +175,13 @@ impl Config {
             )?,
             max_pixels: number(&get, "MAX_PIXELS", d.max_pixels, 1, 1 << 32)?,
             max_decode_memory_mb: decode_memory(&get)?,
+            max_image_cpu: Duration::from_secs(number(
+                &get,
+                "MAX_IMAGE_CPU_SECS",
+                DEFAULT_MAX_IMAGE_CPU_SECS,
+                1,
+                900,
+            )?),
             fetch_timeout: Duration::from_secs(number(&get, "FETCH_TIMEOUT_SECS", 30, 1, 900)?),
             max_attempts: number(&get, "MAX_ATTEMPTS", d.max_attempts, 1, 100)?,
             webhook_max_attempts: number(
@@ -314,6 +330,7 @@ mod tests {
         assert_eq!(c.max_download_bytes, 25 << 20);
         assert_eq!(c.max_pixels, 100_000_000);
         assert_eq!(c.max_decode_memory_mb, 1024);
+        assert_eq!(c.max_image_cpu, Duration::from_secs(20));
         assert_eq!(c.fetch_timeout, Duration::from_secs(30));
         assert_eq!((c.max_attempts, c.webhook_max_attempts), (3, 5));
         assert!(!c.allow_private_networks);
@@ -331,6 +348,7 @@ mod tests {
             ("METRICS_NAMESPACE", "AWS/Lambda"),
             ("METRICS_NAMESPACE", "imgproc!"),
             ("MAX_DECODE_MEMORY_MB", "8"),
+            ("MAX_IMAGE_CPU_SECS", "0"),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
         ] {
             let err = from(&[(var, value)]).unwrap_err();

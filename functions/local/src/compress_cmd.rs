@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use imgproc::compress::{Compressed, DecodeMemory, Settings, available_cores, compress_within};
-use imgproc::config::DEFAULT_MAX_DECODE_MEMORY_MB;
+use imgproc::config::{DEFAULT_MAX_DECODE_MEMORY_MB, DEFAULT_MAX_IMAGE_CPU_SECS};
 use serde_json::json;
 
 #[derive(Args)]
@@ -39,6 +39,10 @@ pub struct CompressArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_DECODE_MEMORY_MB,
           value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
     max_decode_memory_mb: u64,
+    /// CPU seconds one image may take to decode and encode.
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_CPU_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=900))]
+    max_image_cpu_secs: u64,
     /// Compress everything this many times and report the fastest pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     passes: u32,
@@ -60,6 +64,7 @@ pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
         quality: args.quality,
         max_pixels: args.max_pixels,
         max_decode_bytes: args.max_decode_memory_mb << 20,
+        max_cpu_time: Duration::from_secs(args.max_image_cpu_secs),
     };
     let threads = args.threads.unwrap_or_else(available_cores).max(1);
     let inputs = args

@@ -54,9 +54,13 @@ pub struct Opened<'a> {
 }
 
 /// Reads the header and checks the pixel cap.
-pub fn open<'a>(input: &'a [u8], settings: &Settings) -> Result<Opened<'a>, CompressError> {
+pub fn open<'a>(
+    input: &'a [u8],
+    settings: &Settings,
+    limits: libjpeg::Limits,
+) -> Result<Opened<'a>, CompressError> {
     let (mut decompress, header) =
-        libjpeg::Decompress::new(input, 64 << 20).map_err(CompressError::Decode)?;
+        libjpeg::Decompress::new(input, 64 << 20, limits).map_err(CompressError::Decode)?;
     let pixels = memory::pixels(header.width, header.height);
     if pixels > settings.max_pixels {
         return Err(CompressError::TooManyPixels {
@@ -133,7 +137,7 @@ impl<'a> Opened<'a> {
         transcode.max(through_pixels) + memory::output_bytes(w, h, input_len) + memory::FIXED_BYTES
     }
 
-    pub fn read(self, settings: &Settings) -> Result<Read, CompressError> {
+    pub fn read(self, settings: &Settings, limits: libjpeg::Limits) -> Result<Read, CompressError> {
         let Self {
             decompress,
             header,
@@ -151,6 +155,7 @@ impl<'a> Opened<'a> {
                 chroma,
                 transform(orientation),
                 icc,
+                limits,
             ) {
                 Ok(Ok((bytes, reading))) => {
                     let swapped = matches!(

@@ -40,20 +40,23 @@ compile_error!(
      with panic = \"abort\" every corrupt image would abort the process"
 );
 
-use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong};
+use std::ffi::{c_char, c_int, c_long, c_uint};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::ptr::{self, NonNull};
 
 use mozjpeg_sys::{
-    J_COLOR_SPACE, J_INT_PARAM, JCP_FASTEST, JWRN_JPEG_EOF, jpeg_c_set_int_param,
+    J_COLOR_SPACE, J_INT_PARAM, JCP_FASTEST, JWRN_BOGUS_PROGRESSION, JWRN_EXTRANEOUS_DATA,
+    JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_JPEG_EOF, JWRN_MUST_RESYNC, jpeg_c_set_int_param,
     jpeg_common_struct, jpeg_compress_struct, jpeg_create_compress, jpeg_create_decompress,
     jpeg_decompress_struct, jpeg_destination_mgr, jpeg_destroy_compress, jpeg_destroy_decompress,
-    jpeg_error_mgr, jpeg_finish_compress, jpeg_finish_decompress, jpeg_mem_src, jpeg_read_header,
-    jpeg_read_scanlines, jpeg_save_markers, jpeg_set_defaults, jpeg_set_quality,
-    jpeg_start_compress, jpeg_start_decompress, jpeg_std_error, jpeg_write_icc_profile,
-    jpeg_write_scanlines,
+    jpeg_error_mgr, jpeg_finish_compress, jpeg_finish_decompress, jpeg_progress_mgr,
+    jpeg_read_header, jpeg_read_scanlines, jpeg_resync_to_restart, jpeg_save_markers,
+    jpeg_set_defaults, jpeg_set_quality, jpeg_source_mgr, jpeg_start_compress,
+    jpeg_start_decompress, jpeg_std_error, jpeg_write_icc_profile, jpeg_write_scanlines,
 };
+
+use super::cpu::CpuDeadline;
 
 /// A fatal libjpeg error, carried by the unwind from `error_exit`.
 struct Fatal(String);
@@ -105,8 +108,35 @@ unsafe extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
     resume_unwind(Box::new(Fatal(text)))
 }
 
-/// Warnings are silent, except a premature end of data: libjpeg would fill
-/// the rest of the picture with grey, and a broken image must fail instead.
+/// Warnings that mean picture data was lost: libjpeg goes on and fills
+/// what it could not decode with grey or zeros, which must never pass for
+/// a converted image. A premature end of the file or of a scan's data, a
+/// corrupt Huffman code, a lost restart marker, and a progression that
+/// repeats or skips refinements (also how a file of thousands of scans
+/// makes the decoder redo its work) fail the image instead. The rest —
+/// odd JFIF versions or ICC chunks, sequential scans with odd parameters —
+/// leave the picture whole and stay warnings.
+const FATAL_WARNINGS: [c_int; 5] = [
+    JWRN_JPEG_EOF,
+    JWRN_HIT_MARKER,
+    JWRN_HUFF_BAD_CODE,
+    JWRN_MUST_RESYNC,
+    JWRN_BOGUS_PROGRESSION,
+];
+
+/// Bytes the decoder may find unread after a scan's data. libjpeg-turbo's
+/// fast Huffman decoder reads a corrupt code as a zero without a warning,
+/// so corrupt data shows as a decoder out of step with the data: it runs
+/// out early (`JWRN_HIT_MARKER`) or stops with data left over
+/// (`JWRN_EXTRANEOUS_DATA`). A byte or two of padding before the
+/// end-of-image marker is common from some encoders and harmless; more is
+/// corruption. Between header segments, stray bytes are harmless.
+const MAX_PADDING_AFTER_SCAN: c_int = 16;
+
+/// `DSTATE_INHEADER` of `jpegint.h`: reading the header, no scan yet.
+const DSTATE_INHEADER: c_int = 201;
+
+/// libjpeg's warning and trace hook: see `FATAL_WARNINGS`.
 ///
 /// # Safety
 /// Called by libjpeg only, with the codec whose error manager this is.
@@ -114,15 +144,116 @@ unsafe extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: 
     if level >= 0 {
         return;
     }
-    // SAFETY: `err` was set by `ErrorManager::new` and outlives the codec.
-    let code = unsafe {
-        (*cinfo.err).num_warnings += 1;
-        (*cinfo.err).msg_code
+    // SAFETY: `err` was set by `ErrorManager::new` and outlives the codec;
+    // for `JWRN_EXTRANEOUS_DATA` libjpeg sets the first integer parameter
+    // to the count of bytes skipped.
+    let (code, skipped) = unsafe {
+        let err = &mut *cinfo.err;
+        err.num_warnings += 1;
+        (err.msg_code, (*err.msg_parm.i())[0])
     };
-    if code == JWRN_JPEG_EOF as c_int {
+    let after_a_scan = cinfo.is_decompressor != 0 && cinfo.global_state > DSTATE_INHEADER;
+    if FATAL_WARNINGS.contains(&code)
+        || (code == JWRN_EXTRANEOUS_DATA && after_a_scan && skipped > MAX_PADDING_AFTER_SCAN)
+    {
         // SAFETY: as above.
         let text = unsafe { message(cinfo) };
         resume_unwind(Box::new(Fatal(text)))
+    }
+}
+
+/// What one image may cost libjpeg, checked as it works.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Scans a JPEG may have; a decoder redoes work for each, so a file of
+    /// thousands of tiny scans would take minutes.
+    pub max_scans: u32,
+    pub deadline: Option<CpuDeadline>,
+}
+
+impl Limits {
+    /// No deadline, and the engine's scan limit.
+    pub const NONE: Limits = Limits {
+        max_scans: MAX_SCANS,
+        deadline: None,
+    };
+}
+
+/// The most scans a JPEG may have. Encoders write 1 (baseline) to about a
+/// dozen (libjpeg's and mozjpeg's progressive scripts, Photoshop's 3–5
+/// "progressive scans"); nothing real comes near 100.
+pub const MAX_SCANS: u32 = 100;
+
+/// libjpeg's progress monitor, with the image's limits. `mgr` comes first:
+/// libjpeg holds a pointer to the whole, made by `Box::leak`.
+#[repr(C)]
+struct Progress {
+    mgr: jpeg_progress_mgr,
+    limits: Limits,
+    calls: u32,
+}
+
+/// The monitor's type as C declares it (`void (*)(j_common_ptr)`); the
+/// binding's says `&mut jpeg_common_struct`, a reference too narrow to
+/// reach the decompressor's fields behind the common ones.
+type ProgressMonitor = unsafe extern "C-unwind" fn(*mut jpeg_common_struct);
+
+/// Called by libjpeg at least once per row of MCUs of every pass and scan,
+/// decoding and encoding: where a scan limit and a deadline can stop it.
+///
+/// # Safety
+/// Called by libjpeg only, with a codec whose `progress` is a `Progress`.
+unsafe extern "C-unwind" fn progress_monitor(cinfo: *mut jpeg_common_struct) {
+    // SAFETY: `progress` was set to a live `Progress` (see `Progress::new`),
+    // which nothing else references while libjpeg runs. `cinfo` is the
+    // pointer libjpeg was given to the whole codec struct, so for a
+    // decompressor it reaches the decompressor's own fields.
+    let (progress, scan) = unsafe {
+        let progress = &mut *(*cinfo).progress.cast::<Progress>();
+        let scan = if (*cinfo).is_decompressor != 0 {
+            (*cinfo.cast::<jpeg_decompress_struct>()).input_scan_number
+        } else {
+            0
+        };
+        (progress, scan)
+    };
+    if i64::from(scan) > i64::from(progress.limits.max_scans) {
+        resume_unwind(Box::new(Fatal(format!(
+            "the JPEG has more than {} scans",
+            progress.limits.max_scans
+        ))))
+    }
+    progress.calls = progress.calls.wrapping_add(1);
+    // The thread's CPU clock is a system call: read it every 16th time.
+    if progress.calls.is_multiple_of(16)
+        && let Some(deadline) = progress.limits.deadline
+        && deadline.passed()
+    {
+        resume_unwind(Box::new(Fatal(deadline.message())))
+    }
+}
+
+impl Progress {
+    fn new(limits: Limits) -> NonNull<Self> {
+        // SAFETY: the binding's hook type and `ProgressMonitor` differ only
+        // in the pointer's type: the same C signature.
+        let monitor = unsafe {
+            std::mem::transmute::<
+                ProgressMonitor,
+                unsafe extern "C-unwind" fn(&mut jpeg_common_struct),
+            >(progress_monitor)
+        };
+        NonNull::from(Box::leak(Box::new(Self {
+            mgr: jpeg_progress_mgr {
+                progress_monitor: Some(monitor),
+                pass_counter: 0,
+                pass_limit: 0,
+                completed_passes: 0,
+                total_passes: 0,
+            },
+            limits,
+            calls: 0,
+        })))
     }
 }
 
@@ -168,6 +299,99 @@ unsafe fn zeroed_box<T>() -> NonNull<T> {
     NonNull::from(Box::leak(Box::new(unsafe { std::mem::zeroed::<T>() })))
 }
 
+/// libjpeg's source manager over the input in memory, handed out a slice
+/// of at most `SOURCE_CHUNK` bytes at a time. libjpeg-turbo's fast Huffman
+/// decoder, which it uses while 512 bytes per block of an MCU are buffered,
+/// decodes a corrupt code as a zero without a warning; with less buffered
+/// it takes the careful decoder, which warns (and the warning fails the
+/// image). `jpeg_mem_src` would offer the whole input at once.
+#[repr(C)]
+struct SliceSource {
+    mgr: jpeg_source_mgr,
+    rest: *const u8,
+    rest_len: usize,
+}
+
+/// Below the fast decoder's threshold for any MCU (512 bytes a block).
+const SOURCE_CHUNK: usize = 256;
+
+impl SliceSource {
+    fn new(input: &[u8]) -> Self {
+        Self {
+            mgr: jpeg_source_mgr {
+                next_input_byte: ptr::null(),
+                bytes_in_buffer: 0,
+                init_source: Some(Self::init),
+                fill_input_buffer: Some(Self::fill),
+                skip_input_data: Some(Self::skip),
+                resync_to_restart: Some(jpeg_resync_to_restart),
+                term_source: Some(Self::term),
+            },
+            rest: input.as_ptr(),
+            rest_len: input.len(),
+        }
+    }
+
+    /// # Safety
+    /// `cinfo.src` was set by `Decompress::new` to a live `SliceSource`
+    /// that nothing else references during the call.
+    unsafe fn from_cinfo(cinfo: &mut jpeg_decompress_struct) -> &mut Self {
+        // SAFETY: `src` was made from a pointer to the whole `SliceSource`
+        // (`#[repr(C)]`, the manager first).
+        unsafe { &mut *cinfo.src.cast::<Self>() }
+    }
+
+    /// # Safety
+    /// Called by libjpeg only, on a decompressor made by `Decompress::new`.
+    unsafe extern "C-unwind" fn init(_cinfo: &mut jpeg_decompress_struct) {}
+
+    /// # Safety
+    /// As `init`.
+    unsafe extern "C-unwind" fn term(_cinfo: &mut jpeg_decompress_struct) {}
+
+    /// The next chunk of the input. Running out of input is an error:
+    /// libjpeg's own memory source would insert an end-of-image marker,
+    /// warn, and leave the rest of the picture grey.
+    ///
+    /// # Safety
+    /// As `init`.
+    unsafe extern "C-unwind" fn fill(cinfo: &mut jpeg_decompress_struct) -> mozjpeg_sys::boolean {
+        // SAFETY: see `from_cinfo`; `rest` points at `rest_len` bytes of the
+        // input, which outlives the decompressor (`Decompress<'a>`).
+        let this = unsafe { Self::from_cinfo(cinfo) };
+        if this.rest_len == 0 {
+            resume_unwind(Box::new(Fatal("Premature end of JPEG file".into())))
+        }
+        let n = this.rest_len.min(SOURCE_CHUNK);
+        this.mgr.next_input_byte = this.rest;
+        this.mgr.bytes_in_buffer = n;
+        // SAFETY: `n ≤ rest_len`: within the input.
+        this.rest = unsafe { this.rest.add(n) };
+        this.rest_len -= n;
+        1
+    }
+
+    /// # Safety
+    /// As `init`.
+    unsafe extern "C-unwind" fn skip(cinfo: &mut jpeg_decompress_struct, num_bytes: c_long) {
+        let mut left = usize::try_from(num_bytes).unwrap_or(0);
+        // SAFETY: see `from_cinfo`; the buffer's bytes and `rest` are
+        // consecutive parts of the input.
+        unsafe {
+            while left > 0 {
+                if Self::from_cinfo(cinfo).mgr.bytes_in_buffer == 0 {
+                    Self::fill(cinfo);
+                }
+                let this = Self::from_cinfo(cinfo);
+                let step = left.min(this.mgr.bytes_in_buffer);
+                this.mgr.next_input_byte = this.mgr.next_input_byte.add(step);
+                this.mgr.bytes_in_buffer -= step;
+                left -= step;
+            }
+        }
+    }
+}
+
 const APP1: c_int = 0xE1;
 const APP2: c_int = 0xE2;
 
@@ -202,9 +426,12 @@ impl Header {
 /// A JPEG being read from memory.
 pub struct Decompress<'a> {
     cinfo: NonNull<jpeg_decompress_struct>,
+    // Pointed at by `cinfo.common.progress`.
+    progress: NonNull<Progress>,
     // Pointed at by `cinfo.common.err`; dropped after the codec is destroyed.
     _err: ErrorManager,
-    // libjpeg reads the input through a pointer (`jpeg_mem_src`).
+    // Pointed at by `cinfo.src`; it points into the input, borrowed for 'a.
+    source: NonNull<SliceSource>,
     _input: PhantomData<&'a [u8]>,
 }
 
@@ -217,6 +444,8 @@ impl Drop for Decompress<'_> {
         unsafe {
             jpeg_destroy_decompress(&mut *self.cinfo.as_ptr());
             drop(Box::from_raw(self.cinfo.as_ptr()));
+            drop(Box::from_raw(self.progress.as_ptr()));
+            drop(Box::from_raw(self.source.as_ptr()));
         }
     }
 }
@@ -231,15 +460,23 @@ pub struct Pixels {
 
 impl<'a> Decompress<'a> {
     /// Reads the header of `input`. libjpeg's own allocations are capped at
-    /// `max_memory` bytes.
-    pub fn new(input: &'a [u8], max_memory: usize) -> Result<(Self, Header), String> {
+    /// `max_memory` bytes, and its work by `limits`.
+    pub fn new(
+        input: &'a [u8],
+        max_memory: usize,
+        limits: Limits,
+    ) -> Result<(Self, Header), String> {
         let err = ErrorManager::new();
+        let progress = Progress::new(limits);
         // SAFETY: all-zero is a valid, not yet created, decompress struct.
         let cinfo = unsafe { zeroed_box::<jpeg_decompress_struct>() };
         // SAFETY: `cinfo` is valid and exclusive here.
         unsafe { (*cinfo.as_ptr()).common.err = err.0.as_ptr() };
+        let source = NonNull::from(Box::leak(Box::new(SliceSource::new(input))));
         let mut this = Self {
             cinfo,
+            progress,
+            source,
             _err: err,
             _input: PhantomData,
         };
@@ -247,10 +484,16 @@ impl<'a> Decompress<'a> {
             // SAFETY: the struct is created before any other call; `input`
             // outlives `this` ('a); markers are saved into libjpeg's pools.
             unsafe {
+                let progress = this.progress.as_ptr().cast();
+                let source = this.source.as_ptr().cast::<jpeg_source_mgr>();
                 let cinfo = this.raw();
                 jpeg_create_decompress(cinfo);
+                // After creation, which zeroes all but `err`: a pointer to
+                // the whole `Progress`, whose first field is the manager.
+                cinfo.common.progress = progress;
                 (*cinfo.common.mem).max_memory_to_use = to_c_long(max_memory);
-                jpeg_mem_src(cinfo, input.as_ptr(), input.len() as c_ulong);
+                // A pointer to the whole `SliceSource`, the manager first.
+                cinfo.src = source;
                 jpeg_save_markers(cinfo, APP1, 0xFFFF);
                 jpeg_save_markers(cinfo, APP2, 0xFFFF);
                 jpeg_read_header(cinfo, 1);
@@ -397,6 +640,8 @@ pub(super) struct Compress {
     cinfo: NonNull<jpeg_compress_struct>,
     // Pointed at by `cinfo.dest`.
     dest: NonNull<VecDestination>,
+    // Pointed at by `cinfo.common.progress`.
+    progress: NonNull<Progress>,
     // Pointed at by `cinfo.common.err`; dropped after the codec is destroyed.
     _err: ErrorManager,
 }
@@ -410,14 +655,17 @@ impl Drop for Compress {
             jpeg_destroy_compress(&mut *self.cinfo.as_ptr());
             drop(Box::from_raw(self.cinfo.as_ptr()));
             drop(Box::from_raw(self.dest.as_ptr()));
+            drop(Box::from_raw(self.progress.as_ptr()));
         }
     }
 }
 
 impl Compress {
-    /// A compressor in libjpeg-turbo's profile, writing to a `Vec`.
-    pub(super) fn new() -> Result<Self, String> {
+    /// A compressor in libjpeg-turbo's profile, writing to a `Vec`, its
+    /// work bounded by `limits`.
+    pub(super) fn new(limits: Limits) -> Result<Self, String> {
         let err = ErrorManager::new();
+        let progress = Progress::new(limits);
         // SAFETY: all-zero is a valid, not yet created, compress struct.
         let cinfo = unsafe { zeroed_box::<jpeg_compress_struct>() };
         let dest = NonNull::from(Box::leak(Box::new(VecDestination::new())));
@@ -426,6 +674,7 @@ impl Compress {
         let mut this = Self {
             cinfo,
             dest,
+            progress,
             _err: err,
         };
         guarded(|| {
@@ -435,8 +684,11 @@ impl Compress {
             // callbacks can cast it back with its full provenance.
             unsafe {
                 let dest = this.dest.as_ptr().cast::<jpeg_destination_mgr>();
+                let progress = this.progress.as_ptr().cast();
                 let cinfo = this.raw();
                 jpeg_create_compress(cinfo);
+                // After creation, which zeroes all but `err`.
+                cinfo.common.progress = progress;
                 // Must precede `jpeg_set_defaults`: it picks the defaults.
                 jpeg_c_set_int_param(
                     cinfo,
@@ -475,6 +727,7 @@ pub fn encode(
     channels: u8,
     quality: u8,
     icc: Option<&[u8]>,
+    limits: Limits,
 ) -> Result<Vec<u8>, String> {
     let stride = width as usize * usize::from(channels);
     if !matches!(channels, 1 | 3) || pixels.len() != stride * height as usize {
@@ -484,7 +737,7 @@ pub fn encode(
         ));
     }
     let mut rows = pixels.chunks_exact(stride.max(1));
-    encode_rows(width, height, channels, quality, icc, |out| {
+    encode_rows(width, height, channels, quality, icc, limits, |out| {
         out.copy_from_slice(rows.next().ok_or("fewer rows than the height")?);
         Ok(())
     })
@@ -500,6 +753,7 @@ pub fn encode_rows(
     channels: u8,
     quality: u8,
     icc: Option<&[u8]>,
+    limits: Limits,
     mut fill: impl FnMut(&mut [u8]) -> Result<(), String>,
 ) -> Result<Vec<u8>, String> {
     if !matches!(channels, 1 | 3) || width == 0 || height == 0 {
@@ -510,7 +764,7 @@ pub fn encode_rows(
     const BAND: usize = 16;
     let stride = width as usize * usize::from(channels);
     let mut band = vec![0u8; stride * BAND.min(height as usize)];
-    let mut c = Compress::new()?;
+    let mut c = Compress::new(limits)?;
     guarded(|| {
         // SAFETY: `comp_info` has 3 entries after `jpeg_set_defaults` for
         // RGB input. Each row pointer handed to `jpeg_write_scanlines` points
@@ -551,6 +805,44 @@ pub fn encode_rows(
             Ok::<_, String>(())
         }
     })??;
+    Ok(c.into_bytes())
+}
+
+/// A greyscale JPEG with the given scan script, as a test input: libjpeg
+/// checks the script is a valid progression. (mozjpeg's encoder keeps
+/// per-scan state in arrays of 64: no more scans than that.)
+#[cfg(test)]
+pub(super) fn encode_grey_with_scans(
+    grey: &[u8],
+    width: u32,
+    height: u32,
+    scans: &[mozjpeg_sys::jpeg_scan_info],
+) -> Result<Vec<u8>, String> {
+    if grey.len() != width as usize * height as usize || scans.len() > 64 {
+        return Err("not a greyscale picture of that size, or over 64 scans".into());
+    }
+    let mut c = Compress::new(Limits::NONE)?;
+    guarded(|| {
+        // SAFETY: `scans` outlives the compression; each row pointer points
+        // at `width` bytes of `grey`.
+        unsafe {
+            let cinfo = c.raw();
+            cinfo.image_width = width;
+            cinfo.image_height = height;
+            cinfo.input_components = 1;
+            cinfo.in_color_space = J_COLOR_SPACE::JCS_GRAYSCALE;
+            jpeg_set_defaults(cinfo);
+            jpeg_set_quality(cinfo, 90, 1);
+            cinfo.optimize_coding = 1;
+            cinfo.scan_info = scans.as_ptr();
+            cinfo.num_scans = scans.len() as c_int;
+            jpeg_start_compress(cinfo, 1);
+            for row in grey.chunks_exact(width as usize) {
+                jpeg_write_scanlines(cinfo, &row.as_ptr(), 1);
+            }
+            jpeg_finish_compress(cinfo);
+        }
+    })?;
     Ok(c.into_bytes())
 }
 
@@ -689,7 +981,8 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "calls into libjpeg (C)")]
     fn garbage_is_an_error_not_a_crash() {
-        let err = Decompress::new(b"\xFF\xD8\xFF\xE0 not really a jpeg", 1 << 20).err();
+        let err =
+            Decompress::new(b"\xFF\xD8\xFF\xE0 not really a jpeg", 1 << 20, Limits::NONE).err();
         assert!(err.is_some());
     }
 
@@ -699,9 +992,10 @@ mod tests {
         // A premature end of data is a warning in libjpeg, an error here;
         // its text is longer than the 80 bytes the binding's type claims.
         let rgb: Vec<u8> = (0..64 * 64 * 3).map(|i| (i * 7919 % 251) as u8).collect();
-        let full = encode(&rgb, 64, 64, 3, 90, None).expect("encodes");
+        let full = encode(&rgb, 64, 64, 3, 90, None, Limits::NONE).expect("encodes");
         let truncated = &full[..full.len() * 2 / 3];
-        let (decompress, header) = Decompress::new(truncated, 1 << 20).expect("header reads");
+        let (decompress, header) =
+            Decompress::new(truncated, 1 << 20, Limits::NONE).expect("header reads");
         assert_eq!((header.width, header.height), (64, 64));
         let err = decompress.pixels().err().expect("truncated data fails");
         assert!(err.contains("Premature end of JPEG file"), "{err}");

@@ -9,6 +9,7 @@
 //! layout allows (`jpeg.rs`); everything else goes through pixels.
 
 mod chroma;
+mod cpu;
 mod huffman;
 mod icc;
 mod jpeg;
@@ -39,6 +40,8 @@ pub struct Settings {
     /// header (see `memory`); also the budget that the images compressed
     /// at once by one `Engine` share.
     pub max_decode_bytes: u64,
+    /// CPU time one image may take to decode and encode (see `cpu`).
+    pub max_cpu_time: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +132,10 @@ pub fn compress_within(
         Sniffed::NotAnImage => return Err(CompressError::NotAnImage),
     };
     let started = Instant::now();
+    let limits = libjpeg::Limits {
+        max_scans: libjpeg::MAX_SCANS,
+        deadline: Some(cpu::CpuDeadline::after(settings.max_cpu_time)),
+    };
     match format {
         ImageFormat::Jpeg => {
             if !jpeg_is_complete(input) {
@@ -137,14 +144,14 @@ pub fn compress_within(
                         .into(),
                 ));
             }
-            let opened = jpeg::open(input, settings)?;
+            let opened = jpeg::open(input, settings, limits)?;
             let _lease = admit(
                 memory,
                 settings,
                 opened.dimensions(),
                 opened.need(input.len()),
             )?;
-            match opened.read(settings)? {
+            match opened.read(settings, limits)? {
                 jpeg::Read::Transcoded {
                     bytes,
                     width,
@@ -170,7 +177,7 @@ pub fn compress_within(
                     orientation,
                     icc,
                 } => {
-                    let out = encode_pixels(image, orientation, icc, settings, started)?;
+                    let out = encode_pixels(image, orientation, icc, settings, limits, started)?;
                     Ok(keep_smaller(
                         input,
                         out,
@@ -184,7 +191,7 @@ pub fn compress_within(
             let (width, height) = opened.dimensions();
             let _lease = admit(memory, settings, (width, height), opened.need(input.len()))?;
             let (orientation, icc) = (opened.orientation, opened.icc.clone());
-            match opened.read(settings)? {
+            match opened.read(settings, limits)? {
                 png_input::Read::Encoded { bytes, decoding } => {
                     let timings = StageTimings {
                         decode: decoding,
@@ -199,17 +206,17 @@ pub fn compress_within(
                     })
                 }
                 png_input::Read::Pixels(image) => {
-                    encode_pixels(image, orientation, icc, settings, started)
+                    encode_pixels(image, orientation, icc, settings, limits, started)
                 }
             }
         }
         _ => {
             let mut reader = ImageReader::with_format(Cursor::new(input), format);
-            let mut limits = Limits::default();
+            let mut image_limits = Limits::default();
             // Room for the largest allowed image at 16 bits per channel with
             // alpha, so that no header can make the decoder allocate more.
-            limits.max_alloc = Some(settings.max_pixels.saturating_mul(8).max(64 << 20));
-            reader.limits(limits);
+            image_limits.max_alloc = Some(settings.max_pixels.saturating_mul(8).max(64 << 20));
+            reader.limits(image_limits);
             let mut decoder = reader.into_decoder().map_err(decode_error)?;
             let (width, height) = decoder.dimensions();
             let pixels = memory::pixels(width, height);
@@ -238,7 +245,7 @@ pub fn compress_within(
                 + memory::FIXED_BYTES;
             let _lease = admit(memory, settings, (width, height), need)?;
             let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-            encode_pixels(image, orientation, icc, settings, started)
+            encode_pixels(image, orientation, icc, settings, limits, started)
         }
     }
 }
@@ -269,6 +276,7 @@ fn encode_pixels(
     orientation: Orientation,
     icc: Option<Vec<u8>>,
     settings: &Settings,
+    limits: libjpeg::Limits,
     started: Instant,
 ) -> Result<Compressed, CompressError> {
     let (width, height) = (image.width(), image.height());
@@ -299,6 +307,7 @@ fn encode_pixels(
         channels,
         settings.quality,
         icc.as_deref(),
+        limits,
     )
     .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
     let timings = StageTimings {
@@ -430,15 +439,15 @@ pub mod stages {
 
     /// Header only: size, layout, markers.
     pub fn jpeg_header(input: &[u8]) -> Result<(u32, u32), CompressError> {
-        let (_, header) =
-            libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
+        let (_, header) = libjpeg::Decompress::new(input, 1 << 30, libjpeg::Limits::NONE)
+            .map_err(CompressError::Decode)?;
         Ok((header.width, header.height))
     }
 
     /// A full decode to pixels (what the pixel path starts from).
     pub fn jpeg_pixels(input: &[u8]) -> Result<Vec<u8>, CompressError> {
-        let (decompress, _) =
-            libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
+        let (decompress, _) = libjpeg::Decompress::new(input, 1 << 30, libjpeg::Limits::NONE)
+            .map_err(CompressError::Decode)?;
         Ok(decompress.pixels().map_err(CompressError::Decode)?.data)
     }
 
@@ -449,7 +458,8 @@ pub mod stages {
         height: u32,
         quality: u8,
     ) -> Result<Vec<u8>, CompressError> {
-        libjpeg::encode(rgb, width, height, 3, quality, None).map_err(CompressError::Decode)
+        libjpeg::encode(rgb, width, height, 3, quality, None, libjpeg::Limits::NONE)
+            .map_err(CompressError::Decode)
     }
 }
 

@@ -109,7 +109,11 @@ impl Opened<'_> {
         peak + memory::output_bytes(w, h, input_len) + memory::FIXED_BYTES
     }
 
-    pub fn read(mut self, settings: &Settings) -> Result<Read, CompressError> {
+    pub fn read(
+        mut self,
+        settings: &Settings,
+        limits: libjpeg::Limits,
+    ) -> Result<Read, CompressError> {
         if !self.streams() {
             return self.decode_whole().map(Read::Pixels);
         }
@@ -120,13 +124,25 @@ impl Opened<'_> {
             .filter(|p| !super::icc::is_plain_srgb(p));
         let mut decoding = Duration::ZERO;
         let mut failure = None;
+        let mut rows = 0u32;
         let encoded = libjpeg::encode_rows(
             self.width,
             self.height,
             flat,
             settings.quality,
             icc,
+            limits,
             |out| {
+                rows = rows.wrapping_add(1);
+                if rows.is_multiple_of(64)
+                    && let Some(deadline) = limits.deadline
+                    && deadline.passed()
+                {
+                    let e = CompressError::Decode(deadline.message());
+                    let text = e.to_string();
+                    failure = Some(e);
+                    return Err(text);
+                }
                 let started = Instant::now();
                 let row = match self.reader.next_row() {
                     Ok(Some(row)) => row,
@@ -235,7 +251,9 @@ mod tests {
         assert_eq!(whole(&eight), rgba8);
 
         // Streamed into the encoder, both give the same JPEG, byte for byte.
-        let streamed = |bytes: &[u8]| match open(bytes, &SETTINGS).and_then(|o| o.read(&SETTINGS)) {
+        let streamed = |bytes: &[u8]| match open(bytes, &SETTINGS)
+            .and_then(|o| o.read(&SETTINGS, libjpeg::Limits::NONE))
+        {
             Ok(Read::Encoded { bytes, .. }) => bytes,
             Ok(Read::Pixels(_)) => panic!("a plain PNG streams"),
             Err(e) => panic!("{e}"),

@@ -25,7 +25,7 @@ use mozjpeg_sys::{
     jpeg_write_coefficients, jvirt_barray_ptr,
 };
 
-use super::libjpeg::{Compress, Decompress, guarded, write_icc};
+use super::libjpeg::{Compress, Decompress, Limits, guarded, write_icc};
 use super::{chroma, huffman};
 
 /// How chroma resolution changes on the way to 4:2:0.
@@ -126,6 +126,7 @@ pub fn transcode<'a>(
     chroma: Chroma,
     transform: JXFORM_CODE,
     icc: Option<&[u8]>,
+    limits: Limits,
 ) -> Result<Result<(Vec<u8>, Duration), Decompress<'a>>, String> {
     let turning = transform != JXFORM_CODE_JXFORM_NONE;
     if turning && chroma != Chroma::Keep {
@@ -139,7 +140,7 @@ pub fn transcode<'a>(
     if !possible {
         return Ok(Err(src));
     }
-    let mut dst = Compress::new()?;
+    let mut dst = Compress::new(limits)?;
     let started = Instant::now();
     let reading = guarded(|| {
         // SAFETY: libjpeg's coefficient API in its documented order (read
