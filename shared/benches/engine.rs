@@ -15,6 +15,8 @@ use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 const SETTINGS: Settings = Settings {
     quality: 50,
     max_pixels: 100_000_000,
+    max_decode_bytes: 1 << 30,
+    max_cpu_time: std::time::Duration::from_secs(60),
 };
 
 fn photo(name: &str) -> Vec<u8> {

@@ -58,6 +58,11 @@ pub struct Config {
     pub max_upload_bytes: usize,
     pub max_download_bytes: u64,
     pub max_pixels: u64,
+    /// Memory the images being compressed at once may need together, and
+    /// so one image at most, in MiB (`compress::memory`).
+    pub max_decode_memory_mb: u64,
+    /// CPU time one image may take to decode and encode.
+    pub max_image_cpu: Duration,
     pub fetch_timeout: Duration,
     pub max_attempts: u32,
     /// Webhook attempts before giving up: `WEBHOOK_MAX_ATTEMPTS`, by default
@@ -96,6 +101,8 @@ impl Default for Config {
             max_upload_bytes: 4 * 1024 * 1024,
             max_download_bytes: 25 * 1024 * 1024,
             max_pixels: 100_000_000,
+            max_decode_memory_mb: DEFAULT_MAX_DECODE_MEMORY_MB,
+            max_image_cpu: Duration::from_secs(DEFAULT_MAX_IMAGE_CPU_SECS),
             fetch_timeout: Duration::from_secs(30),
             max_attempts: 3,
             webhook_max_attempts: DEFAULT_WEBHOOK_RETRY_SCHEDULE.len() as u32 + 1,
@@ -110,6 +117,45 @@ impl Default for Config {
             metrics_namespace: "imgproc".into(),
         }
     }
+}
+
+/// Decode memory when not on Lambda: room for the largest image the default
+/// pixel cap admits (100 MP as 4:4:4 JPEG or RGBA PNG needs 600–900 MiB),
+/// on any machine that runs the service at all.
+pub const DEFAULT_MAX_DECODE_MEMORY_MB: u64 = 1024;
+
+/// CPU seconds an image may take: the largest photographs allowed (100 MP)
+/// take 2–5 s on one core, so only a file made to stall the decoder (say, a
+/// progressive JPEG of many huge scans) comes near, and it fails well
+/// within the process function's 60 s.
+pub const DEFAULT_MAX_IMAGE_CPU_SECS: u64 = 20;
+
+/// The part of a Lambda function's memory left to the runtime, the binary,
+/// the batch's downloaded bodies (up to ten of `MAX_DOWNLOAD_BYTES`) and
+/// their outputs: two fifths. At 1,769 MB that is 708 MB beside a
+/// 1,061 MiB decode budget.
+const LAMBDA_DECODE_SHARE: (u64, u64) = (3, 5);
+
+/// What a Lambda function must keep for everything but decoding.
+const LAMBDA_RESERVED_MB: u64 = 128;
+
+/// `MAX_DECODE_MEMORY_MB`, by default three fifths of the Lambda function's
+/// memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, set by Lambda) or
+/// `DEFAULT_MAX_DECODE_MEMORY_MB` elsewhere. On Lambda it may not leave
+/// the function less than `LAMBDA_RESERVED_MB`: decoding would then be
+/// killed by the function's limit instead of refused.
+fn decode_memory(get: &impl Fn(&str) -> Option<String>) -> Result<u64, ConfigError> {
+    let lambda = get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        .map(|_| number(get, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0u64, 128, 10_240))
+        .transpose()?;
+    let (default, max) = match lambda {
+        Some(mb) => (
+            mb * LAMBDA_DECODE_SHARE.0 / LAMBDA_DECODE_SHARE.1,
+            mb - LAMBDA_RESERVED_MB,
+        ),
+        None => (DEFAULT_MAX_DECODE_MEMORY_MB, 1 << 20),
+    };
+    number(get, "MAX_DECODE_MEMORY_MB", default, 16, max)
 }
 
 impl Config {
@@ -162,6 +208,14 @@ impl Config {
                 1 << 32,
             )?,
             max_pixels: number(&get, "MAX_PIXELS", d.max_pixels, 1, 1 << 32)?,
+            max_decode_memory_mb: decode_memory(&get)?,
+            max_image_cpu: Duration::from_secs(number(
+                &get,
+                "MAX_IMAGE_CPU_SECS",
+                DEFAULT_MAX_IMAGE_CPU_SECS,
+                1,
+                900,
+            )?),
             fetch_timeout: Duration::from_secs(number(&get, "FETCH_TIMEOUT_SECS", 30, 1, 900)?),
             max_attempts: number(&get, "MAX_ATTEMPTS", d.max_attempts, 1, 100)?,
             webhook_max_attempts: number(
@@ -200,6 +254,10 @@ impl Config {
         self.output_base_url
             .clone()
             .or_else(|| self.public_url.as_ref().map(|p| format!("{p}files/")))
+    }
+
+    pub fn max_decode_bytes(&self) -> u64 {
+        self.max_decode_memory_mb << 20
     }
 
     pub fn csv_limits(&self) -> CsvLimits {
@@ -418,6 +476,8 @@ mod tests {
         assert_eq!(c.max_upload_bytes, 4 << 20);
         assert_eq!(c.max_download_bytes, 25 << 20);
         assert_eq!(c.max_pixels, 100_000_000);
+        assert_eq!(c.max_decode_memory_mb, 1024);
+        assert_eq!(c.max_image_cpu, Duration::from_secs(20));
         assert_eq!(c.fetch_timeout, Duration::from_secs(30));
         assert_eq!((c.max_attempts, c.webhook_max_attempts), (3, 11));
         let span: Duration = c.webhook_retry_schedule.iter().sum();
@@ -452,6 +512,9 @@ mod tests {
             ("WEBHOOK_RETRY_SCHEDULE", "s"),
             ("WEBHOOK_RETRY_SCHEDULE", "99999999999999999999s"),
             ("WEBHOOK_MAX_ATTEMPTS", "0"),
+            ("MAX_DECODE_MEMORY_MB", "8"),
+            ("MAX_IMAGE_CPU_SECS", "0"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
         ] {
             let err = from(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);
@@ -541,6 +604,29 @@ mod tests {
         let c = from(&[("WEBHOOK_MAX_ATTEMPTS", "2")]).unwrap();
         assert_eq!(c.webhook_max_attempts, 2);
         assert_eq!(c.webhook_retry_delay(1), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn decode_memory_follows_the_lambda_function_size() {
+        let c = from(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769")]).unwrap();
+        assert_eq!(c.max_decode_memory_mb, 1061);
+        assert_eq!(c.max_decode_bytes(), 1061 << 20);
+        let c = from(&[
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769"),
+            ("MAX_DECODE_MEMORY_MB", "1500"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_decode_memory_mb, 1500);
+        // A budget the function cannot hold is refused, not killed later.
+        let err = from(&[
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769"),
+            ("MAX_DECODE_MEMORY_MB", "1700"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "MAX_DECODE_MEMORY_MB");
+        assert!(err.to_string().contains("1641"), "{err}");
+        let c = from(&[("MAX_DECODE_MEMORY_MB", "4096")]).unwrap();
+        assert_eq!(c.max_decode_memory_mb, 4096);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use imgproc::compress::{Compressed, Settings, available_cores, compress};
+use imgproc::compress::{Compressed, DecodeMemory, Settings, available_cores, compress_within};
+use imgproc::config::{DEFAULT_MAX_DECODE_MEMORY_MB, DEFAULT_MAX_IMAGE_CPU_SECS};
 use serde_json::json;
 
 #[derive(Args)]
@@ -33,6 +34,15 @@ pub struct CompressArgs {
     /// Largest image accepted, in pixels.
     #[arg(long, default_value_t = 100_000_000)]
     max_pixels: u64,
+    /// Memory the images being compressed at once may need together, in
+    /// MiB (one needing more than half of it runs alone).
+    #[arg(long, default_value_t = DEFAULT_MAX_DECODE_MEMORY_MB,
+          value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
+    max_decode_memory_mb: u64,
+    /// CPU seconds one image may take to decode and encode.
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_CPU_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=900))]
+    max_image_cpu_secs: u64,
     /// Compress everything this many times and report the fastest pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     passes: u32,
@@ -53,6 +63,8 @@ pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings {
         quality: args.quality,
         max_pixels: args.max_pixels,
+        max_decode_bytes: args.max_decode_memory_mb << 20,
+        max_cpu_time: Duration::from_secs(args.max_image_cpu_secs),
     };
     let threads = args.threads.unwrap_or_else(available_cores).max(1);
     let inputs = args
@@ -164,6 +176,7 @@ fn one_pass(
     threads: usize,
 ) -> (Duration, Vec<Outcome>) {
     let next = AtomicUsize::new(0);
+    let memory = DecodeMemory::new(settings.max_decode_bytes);
     let outcomes = Mutex::new(Vec::with_capacity(inputs.len()));
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -171,7 +184,8 @@ fn one_pass(
             scope.spawn(|| {
                 while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let t0 = Instant::now();
-                    let result = compress(&inputs[index], settings).map_err(|e| e.to_string());
+                    let result = compress_within(&inputs[index], settings, &memory)
+                        .map_err(|e| e.to_string());
                     let outcome = Outcome {
                         index,
                         elapsed: t0.elapsed(),

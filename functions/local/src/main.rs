@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "imgproc-local",
-    version,
+    version = version(),
     about = "Bulk image compression from a CSV of products, on one machine"
 )]
 struct Cli {
@@ -31,6 +31,19 @@ enum Command {
     Process(process_cmd::ProcessArgs),
     /// Compress local image files with the service's engine.
     Compress(compress_cmd::CompressArgs),
+}
+
+/// The version, and whether the image engine has its SIMD code: a build
+/// without it works but is several times slower.
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            imgproc::compress::build_info()
+        )
+    })
 }
 
 fn init_tracing(json: bool, default_level: &str) {

@@ -287,6 +287,8 @@ fn cases() -> Vec<Case> {
 const SETTINGS: Settings = Settings {
     quality: 50,
     max_pixels: 100_000_000,
+    max_decode_bytes: 1 << 30,
+    max_cpu_time: std::time::Duration::from_secs(60),
 };
 
 fn outcome(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), &'static str> {
@@ -408,28 +410,38 @@ const GNU_TIME: &str = "/usr/bin/time";
 
 /// Runs `imgproc-local compress` on one file; whether it succeeded and its peak RSS.
 fn cli_peak(file: &Path, out: &Path, max_pixels: u64) -> (bool, u64) {
+    cli_peak_with(
+        &[file],
+        out,
+        &["--threads", "1", "--max-pixels", &max_pixels.to_string()],
+    )
+}
+
+/// Runs `imgproc-local compress` with `args` on `files`; whether every file
+/// converted and the process's peak RSS.
+fn cli_peak_with(files: &[&Path], out: &Path, args: &[&str]) -> (bool, u64) {
+    let (ok, peak, _) = cli_run(files, out, args);
+    (ok, peak)
+}
+
+/// `cli_peak_with`, with what the command printed.
+fn cli_run(files: &[&Path], out: &Path, args: &[&str]) -> (bool, u64, String) {
     assert!(
         Path::new(GNU_TIME).exists(),
         "{GNU_TIME} is missing: apt-get install time"
     );
     let report = out.with_extension("maxrss");
-    let status = Command::new(GNU_TIME)
+    let output = Command::new(GNU_TIME)
         .args(["-f", "%M", "-o"])
         .arg(&report)
         .arg(env!("CARGO_BIN_EXE_imgproc-local"))
-        .args([
-            "compress",
-            "--threads",
-            "1",
-            "--max-pixels",
-            &max_pixels.to_string(),
-            "--out",
-        ])
+        .arg("compress")
+        .args(args)
+        .arg("--out")
         .arg(out)
-        .arg(file)
-        .stdout(Stdio::null())
+        .args(files)
         .stderr(Stdio::null())
-        .status()
+        .output()
         .expect("GNU time runs");
     let report = std::fs::read_to_string(&report).expect("GNU time's report");
     // The last line: earlier ones may say how the command exited.
@@ -438,7 +450,279 @@ fn cli_peak(file: &Path, out: &Path, max_pixels: u64) -> (bool, u64) {
         .last()
         .and_then(|l| l.trim().parse().ok())
         .expect("maximum RSS in KiB");
-    (status.success(), kib * 1024)
+    (
+        output.status.success(),
+        kib * 1024,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// A textured `width`×`height` RGB picture: gradients and noise, so that
+/// every block has coefficients to code.
+fn textured_rgb(width: u32, height: u32) -> Vec<u8> {
+    let mut state = 0x2545_F491u32;
+    let mut data = Vec::with_capacity(width as usize * height as usize * 3);
+    for y in 0..height {
+        for x in 0..width {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let noise = (state % 48) as u8;
+            data.extend_from_slice(&[
+                ((x * 255 / width) as u8).saturating_add(noise),
+                ((y * 255 / height) as u8).saturating_add(noise / 2),
+                (((x + y) % 256) as u8).wrapping_add(noise),
+            ]);
+        }
+    }
+    data
+}
+
+/// An APP1 segment with EXIF orientation 6 (turn 90° clockwise).
+fn exif_orientation_6() -> Vec<u8> {
+    let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+    exif.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0]);
+    exif.extend_from_slice(&[0, 0, 0, 0]);
+    exif
+}
+
+/// The same picture in every layout the engine prices differently.
+fn layouts(width: u32, height: u32) -> Vec<(String, Vec<u8>)> {
+    use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+    let rgb = textured_rgb(width, height);
+    let jpeg =
+        |data: &[u8], color: ColorType, sampling: SamplingFactor, progressive: bool, exif: bool| {
+            let mut out = Vec::new();
+            let mut enc = Encoder::new(&mut out, 90);
+            enc.set_sampling_factor(sampling);
+            enc.set_progressive(progressive);
+            if exif {
+                enc.add_app_segment(1, exif_orientation_6()).expect("EXIF");
+            }
+            enc.encode(data, width as u16, height as u16, color)
+                .expect("JPEG");
+            out
+        };
+    let grey: Vec<u8> = rgb.chunks_exact(3).map(|p| p[1]).collect();
+    let cmyk: Vec<u8> = rgb
+        .chunks_exact(3)
+        .flat_map(|p| [p[0], p[1], p[2], 200])
+        .collect();
+    let rgba: Vec<u8> = rgb
+        .chunks_exact(3)
+        .enumerate()
+        .flat_map(|(i, p)| [p[0], p[1], p[2], (i % 256) as u8])
+        .collect();
+    let mut webp = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+        .encode(&rgba, width, height, image::ExtendedColorType::Rgba8)
+        .expect("WebP");
+    let mut gif = Vec::new();
+    {
+        let palette: Vec<u8> = (0..=255u8).flat_map(|i| [i, 255 - i, i / 2]).collect();
+        let mut encoder =
+            gif::Encoder::new(&mut gif, width as u16, height as u16, &palette).expect("GIF");
+        let indices: Vec<u8> = rgb.chunks_exact(3).map(|p| p[0]).collect();
+        let frame = gif::Frame {
+            width: width as u16,
+            height: height as u16,
+            buffer: std::borrow::Cow::Owned(indices),
+            ..gif::Frame::default()
+        };
+        encoder.write_frame(&frame).expect("GIF frame");
+    }
+    vec![
+        (
+            "4:2:0".into(),
+            jpeg(&rgb, ColorType::Rgb, SamplingFactor::R_4_2_0, false, false),
+        ),
+        (
+            "4:2:0 progressive".into(),
+            jpeg(&rgb, ColorType::Rgb, SamplingFactor::R_4_2_0, true, false),
+        ),
+        (
+            "4:2:0 turned".into(),
+            jpeg(&rgb, ColorType::Rgb, SamplingFactor::R_4_2_0, false, true),
+        ),
+        (
+            "4:2:2".into(),
+            jpeg(&rgb, ColorType::Rgb, SamplingFactor::R_4_2_2, false, false),
+        ),
+        (
+            "4:4:4 progressive".into(),
+            jpeg(&rgb, ColorType::Rgb, SamplingFactor::R_4_4_4, true, false),
+        ),
+        (
+            "4:4:4 turned".into(),
+            jpeg(&rgb, ColorType::Rgb, SamplingFactor::R_4_4_4, false, true),
+        ),
+        (
+            "grey".into(),
+            jpeg(
+                &grey,
+                ColorType::Luma,
+                SamplingFactor::R_4_4_4,
+                false,
+                false,
+            ),
+        ),
+        (
+            "CMYK".into(),
+            jpeg(
+                &cmyk,
+                ColorType::Cmyk,
+                SamplingFactor::R_4_4_4,
+                false,
+                false,
+            ),
+        ),
+        (
+            "RGBA PNG".into(),
+            png_of(
+                width,
+                height,
+                png::ColorType::Rgba,
+                png::BitDepth::Eight,
+                None,
+                &rgba,
+            ),
+        ),
+        ("WebP lossless".into(), webp),
+        ("GIF".into(), gif),
+    ]
+}
+
+#[test]
+fn the_decode_memory_priced_from_the_header_bounds_the_peak() {
+    // 3001×2001: partial MCUs at the edges, and a turn that cannot be done
+    // on whole blocks, which falls back to pixels.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (_, baseline) = cli_peak(&photos_dir().join("coffee.jpg"), &out, 100_000_000);
+    let mut rows = Vec::new();
+    for (name, bytes) in layouts(3001, 2001) {
+        let file = dir.path().join("input");
+        std::fs::write(&file, &bytes).unwrap();
+        // Refused under 16 MiB, the error says what it needs…
+        let (ok, _, printed) = cli_run(&[&file], &out, &["--max-decode-memory-mb", "16"]);
+        assert!(!ok, "{name}: refused under 16 MiB");
+        let need_mib: u64 = printed
+            .split("needs ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no need in {printed:?}"));
+        // …and with exactly that budget it converts, within it.
+        let budget = need_mib.to_string();
+        let (ok, peak, printed) = cli_run(&[&file], &out, &["--max-decode-memory-mb", &budget]);
+        assert!(ok, "{name}: {printed}");
+        rows.push(format!(
+            "{name:<18} {:>5} KiB  needs {need_mib:>4} MiB, peak {:>4} MiB above the baseline",
+            bytes.len() / 1024,
+            peak.saturating_sub(baseline) / MIB
+        ));
+        assert!(
+            peak <= baseline + need_mib * MIB,
+            "{name}: peak {} MiB, baseline {} MiB, priced {need_mib} MiB",
+            peak / MIB,
+            baseline / MIB
+        );
+    }
+    eprintln!(
+        "3001×2001 (6 MP), baseline {} MiB:\n  {}",
+        baseline / MIB,
+        rows.join("\n  ")
+    );
+}
+
+/// A decode-memory bomb within the pixel cap: 10,000×10,000 16-bit RGBA,
+/// one half-transparent colour, about 1 MB on disk and 800 MB as decoded
+/// 16-bit samples. Streamed row by row, never held whole.
+fn rgba16_bomb() -> Vec<u8> {
+    const SIDE: u32 = 10_000;
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, SIDE, SIDE);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Sixteen);
+        encoder.set_compression(png::Compression::Balanced);
+        let mut writer = encoder.write_header().expect("PNG header");
+        let mut stream = writer.stream_writer().expect("PNG stream");
+        let pixel = [0x12, 0x34, 0x56, 0x78, 0x9A, 0xBC, 0x80, 0x00];
+        let row: Vec<u8> = pixel
+            .iter()
+            .copied()
+            .cycle()
+            .take(8 * SIDE as usize)
+            .collect();
+        for _ in 0..SIDE {
+            stream.write_all(&row).expect("PNG row");
+        }
+        stream.finish().expect("PNG end");
+    }
+    out
+}
+
+#[test]
+fn a_decode_memory_bomb_is_refused_or_admitted_alone() {
+    let bomb = rgba16_bomb();
+    assert!(bomb.len() < 2 << 20, "{} bytes on disk", bomb.len());
+
+    // Priced from its header and refused before decoding under a small budget…
+    let small = Settings {
+        max_decode_bytes: 256 * MIB,
+        ..SETTINGS
+    };
+    let started = Instant::now();
+    let err = compress(&bomb, &small).expect_err("refused under 256 MiB");
+    assert_eq!(err.code().as_str(), "too_many_pixels", "{err}");
+    assert!(err.to_string().contains("MiB"), "{err}");
+    eprintln!("refused in {:?}: {err}", started.elapsed());
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (first, second) = (dir.path().join("bomb-1.png"), dir.path().join("bomb-2.png"));
+    std::fs::write(&first, &bomb).unwrap();
+    std::fs::write(&second, &bomb).unwrap();
+    let (_, baseline) = cli_peak(&photos_dir().join("coffee.jpg"), &out, 100_000_000);
+    let (ok, refused) = cli_peak_with(&[&first], &out, &["--max-decode-memory-mb", "256"]);
+    assert!(!ok, "refused under 256 MiB");
+    assert!(
+        refused < baseline + 16 * MIB,
+        "refused before decoding: {} MiB",
+        refused / MIB
+    );
+
+    // …and admitted under a budget that fits it, within that budget. Two of
+    // them on two threads each need more than half of it, so they run one
+    // after the other: both in flight at once would hold about twice the
+    // memory of one, well over the budget.
+    const BUDGET_MIB: u64 = 700;
+    let budget = BUDGET_MIB.to_string();
+    let (ok, alone) = cli_peak_with(&[&first], &out, &["--max-decode-memory-mb", &budget]);
+    assert!(ok, "admitted under {BUDGET_MIB} MiB");
+    assert!(alone < BUDGET_MIB * MIB, "peak {} MiB", alone / MIB);
+    let (ok, two) = cli_peak_with(
+        &[&first, &second],
+        &out,
+        &["--threads", "2", "--max-decode-memory-mb", &budget],
+    );
+    assert!(ok, "both converted");
+    assert!(two < BUDGET_MIB * MIB, "peak {} MiB for two", two / MIB);
+    let jpeg = std::fs::read(out.join("bomb-1.jpg")).unwrap();
+    let header =
+        image::ImageReader::with_format(std::io::Cursor::new(&jpeg), image::ImageFormat::Jpeg);
+    assert_eq!(header.into_dimensions().unwrap(), (10_000, 10_000));
+    eprintln!(
+        "10,000² RGBA16 PNG ({} KiB): refused under 256 MiB with a peak of {} MiB; \
+         under {BUDGET_MIB} MiB converted with a peak of {} MiB alone and {} MiB for two \
+         on two threads (baseline {} MiB)",
+        bomb.len() / 1024,
+        refused / MIB,
+        alone / MIB,
+        two / MIB,
+        baseline / MIB
+    );
 }
 
 #[test]

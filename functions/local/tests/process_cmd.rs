@@ -119,3 +119,22 @@ fn compress_converts_local_files() {
         );
     }
 }
+
+#[test]
+fn version_says_whether_the_engine_has_simd() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["--version"], dir.path());
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("imgproc-local {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    // A build needs nasm on x86-64 unless IMGPROC_ALLOW_NO_SIMD=1 lets it go
+    // without; either way the line says which it is.
+    let allowed_without = option_env!("IMGPROC_ALLOW_NO_SIMD") == Some("1");
+    assert!(
+        text.contains("SIMD on") || (allowed_without && text.contains("SIMD off")),
+        "{text}"
+    );
+}

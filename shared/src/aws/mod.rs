@@ -191,6 +191,8 @@ pub fn app_with_metrics(
         Settings {
             quality: config.jpeg_quality,
             max_pixels: config.max_pixels,
+            max_decode_bytes: config.max_decode_bytes(),
+            max_cpu_time: config.max_image_cpu,
         },
         available_cores(),
     );

@@ -45,13 +45,14 @@ pub struct Counts {
 
 /// Counts the symbols of one sequential scan over `components` (all of
 /// them interleaved when there are several). `row(ci, r)` gives block row
-/// `r` of component `ci`, at least `width_in_blocks` long. An error names
-/// a coefficient too large for baseline JPEG, as libjpeg would refuse it.
+/// `r` of component `ci`, at least `width_in_blocks` long, or the error
+/// that stops the count. An error names a coefficient too large for
+/// baseline JPEG, as libjpeg would refuse it.
 pub fn count_scan<'a>(
     components: &[Component],
     image_width: usize,
     image_height: usize,
-    mut row: impl FnMut(usize, usize) -> &'a [[i16; 64]],
+    mut row: impl FnMut(usize, usize) -> Result<&'a [[i16; 64]], String>,
 ) -> Result<Counts, String> {
     let mut counts = Counts {
         dc: [[0; 257]; 4],
@@ -68,7 +69,11 @@ pub fn count_scan<'a>(
     if let [c] = components {
         // One component: one block per MCU, real blocks only, row by row.
         for r in 0..c.height_in_blocks {
-            for block in &row(0, r)[..c.width_in_blocks] {
+            let blocks = row(0, r)?;
+            let blocks = blocks
+                .get(..c.width_in_blocks)
+                .ok_or("a block row is short")?;
+            for block in blocks {
                 count_block(block, &mut predictions[0], &mut counts, c)?;
             }
         }
@@ -84,7 +89,16 @@ pub fn count_scan<'a>(
         for (ci, c) in components.iter().enumerate() {
             for (y, slot) in rows[ci].iter_mut().enumerate() {
                 let r = mcu_row * c.v_samp + y;
-                *slot = (r < c.height_in_blocks).then(|| row(ci, r));
+                *slot = if r < c.height_in_blocks {
+                    let blocks = row(ci, r)?;
+                    Some(
+                        blocks
+                            .get(..c.width_in_blocks)
+                            .ok_or("a block row is short")?,
+                    )
+                } else {
+                    None
+                };
             }
         }
         for mcu_col in 0..mcus_per_row {
@@ -184,13 +198,13 @@ mod tests {
         block[ZIGZAG[20]] = -6; // run 18: one ZRL, then run 2, 3 bits
         block[ZIGZAG[63]] = 1024; // run 42: two ZRLs, then run 10, 11 bits: too large
         let rows = [block];
-        assert!(count_scan(&[grey(1, 1)], 8, 8, |_, _| &rows[..]).is_err());
+        assert!(count_scan(&[grey(1, 1)], 8, 8, |_, _| Ok(&rows[..])).is_err());
         let rows = [{
             let mut b = block;
             b[ZIGZAG[63]] = 2;
             b
         }];
-        let counts = count_scan(&[grey(1, 1)], 8, 8, |_, _| &rows[..]).expect("in range");
+        let counts = count_scan(&[grey(1, 1)], 8, 8, |_, _| Ok(&rows[..])).expect("in range");
         assert_eq!(counts.dc[0][3], 1);
         assert_eq!(
             (
@@ -232,7 +246,7 @@ mod tests {
             b[0] = 10 * (i as i16 + 1);
         }
         let counts =
-            count_scan(&[luma, chroma, chroma], 24, 8, |_, _| &blocks[..]).expect("in range");
+            count_scan(&[luma, chroma, chroma], 24, 8, |_, _| Ok(&blocks[..])).expect("in range");
         // Luma: 2 MCUs × 4 blocks; 3 real, 5 padding. Real DCs 10, 20, 30
         // differ by 10 each (4 bits); padding repeats the previous DC.
         assert_eq!(counts.dc[0][4], 3);

@@ -1,35 +1,62 @@
 //! A small safe layer over libjpeg-turbo's API, as built by `mozjpeg-sys`
 //! and used here in its libjpeg-turbo profile (`JCP_FASTEST`: baseline,
-//! Annex K tables, no trellis). It decodes to pixels, encodes pixels, and
-//! reads and writes DCT coefficients, which is what lets a JPEG be
-//! re-compressed without a round trip through pixels.
+//! Annex K tables, no trellis): reading a JPEG's header, decoding it to
+//! pixels, encoding pixels, and the owning types the DCT-domain transcoder
+//! (`transcode.rs`) works on.
 //!
-//! libjpeg reports fatal errors through `error_exit`, which must not
-//! return. Ours unwinds (the library is compiled with `-fexceptions` for
-//! this), and every public entry point catches the unwind and returns an
-//! `Err`; the `Drop` impls release libjpeg's memory either way.
+//! # Why this is sound
+//!
+//! * **Ownership.** libjpeg keeps pointers into four things for as long as
+//!   a codec lives: the codec struct itself, its error manager, its
+//!   destination manager and its progress monitor. Each is allocated once by
+//!   `Box`, turned into a raw pointer at once (`Box::leak`), reached only
+//!   through that pointer, and freed in `Drop` by `Box::from_raw` after
+//!   `jpeg_destroy_*`. No `Box` or `&mut` to them is ever moved or kept
+//!   while libjpeg holds its pointer, so moving the Rust owner invalidates
+//!   nothing, and every pointer handed to libjpeg carries the provenance of
+//!   the whole allocation (the destination manager's callbacks get back a
+//!   pointer to the whole `VecDestination`, not to its first field).
+//! * **Errors.** libjpeg reports a fatal error through `error_exit`, which
+//!   must not return. Ours unwinds: the C library is compiled with
+//!   `-fexceptions` (`mozjpeg-sys`'s `unwinding` feature), the callbacks
+//!   and the library's functions are declared `extern "C-unwind"`, and every
+//!   entry point runs libjpeg inside `guarded`, which turns the unwind back
+//!   into an `Err`. libjpeg's own memory lives in pools that
+//!   `jpeg_destroy_*` frees, so an unwind leaks nothing. Under
+//!   `panic = "abort"` the unwind would abort the process instead, so that
+//!   configuration does not compile.
+//! * **Buffers.** Every buffer libjpeg writes into is sized from libjpeg's
+//!   own figures (`output_width × output_components` per row,
+//!   `JMSG_LENGTH_MAX` for a message); every buffer it reads from outlives
+//!   the codec (`Decompress<'a>` borrows its input).
+//! * **Layouts.** The structs come from `mozjpeg-sys`, whose tests check
+//!   them against the C headers. The one struct that binding gets wrong,
+//!   `jpeg_transform_info`, is never declared in Rust: a C shim built
+//!   against `transupp.h` allocates it (see `transcode.rs`).
 
-use std::cell::UnsafeCell;
-use std::ffi::{c_int, c_long, c_uint, c_ulong};
+#[cfg(panic = "abort")]
+compile_error!(
+    "imgproc's libjpeg layer turns libjpeg's fatal errors into Rust unwinds; \
+     with panic = \"abort\" every corrupt image would abort the process"
+);
+
+use std::ffi::{c_char, c_int, c_long, c_uint};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::ptr;
-use std::time::{Duration, Instant};
+use std::ptr::{self, NonNull};
 
 use mozjpeg_sys::{
-    J_COLOR_SPACE, J_INT_PARAM, JBLOCK, JCOEF, JCP_FASTEST, JCROP_CODE, JDIMENSION, JHUFF_TBL,
-    JWRN_JPEG_EOF, JXFORM_CODE, JXFORM_CODE_JXFORM_NONE, boolean, jpeg_add_quant_table,
-    jpeg_alloc_huff_table, jpeg_c_set_int_param, jpeg_common_struct, jpeg_component_info,
-    jpeg_compress_struct, jpeg_copy_critical_parameters, jpeg_create_compress,
-    jpeg_create_decompress, jpeg_decompress_struct, jpeg_destination_mgr, jpeg_destroy_compress,
-    jpeg_destroy_decompress, jpeg_error_mgr, jpeg_finish_compress, jpeg_finish_decompress,
-    jpeg_mem_src, jpeg_read_coefficients, jpeg_read_header, jpeg_read_scanlines, jpeg_save_markers,
-    jpeg_set_defaults, jpeg_set_quality, jpeg_start_compress, jpeg_start_decompress,
-    jpeg_std_error, jpeg_write_coefficients, jpeg_write_icc_profile, jpeg_write_scanlines,
-    jvirt_barray_ptr,
+    J_COLOR_SPACE, J_INT_PARAM, JCP_FASTEST, JWRN_BOGUS_PROGRESSION, JWRN_EXTRANEOUS_DATA,
+    JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_JPEG_EOF, JWRN_MUST_RESYNC, jpeg_c_set_int_param,
+    jpeg_common_struct, jpeg_compress_struct, jpeg_create_compress, jpeg_create_decompress,
+    jpeg_decompress_struct, jpeg_destination_mgr, jpeg_destroy_compress, jpeg_destroy_decompress,
+    jpeg_error_mgr, jpeg_finish_compress, jpeg_finish_decompress, jpeg_progress_mgr,
+    jpeg_read_header, jpeg_read_scanlines, jpeg_resync_to_restart, jpeg_save_markers,
+    jpeg_set_defaults, jpeg_set_quality, jpeg_source_mgr, jpeg_start_compress,
+    jpeg_start_decompress, jpeg_std_error, jpeg_write_icc_profile, jpeg_write_scanlines,
 };
 
-use super::{chroma, huffman};
+use super::cpu::CpuDeadline;
 
 /// A fatal libjpeg error, carried by the unwind from `error_exit`.
 struct Fatal(String);
@@ -43,49 +70,326 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// `JMSG_LENGTH_MAX` of `jerror.h`: the buffer `format_message` fills.
+const JMSG_LENGTH_MAX: usize = 200;
+
+/// `format_message` as C declares it: the binding's type says `&[u8; 80]`,
+/// shorter than what the function writes and shared where it is written.
+type FormatMessage = unsafe extern "C-unwind" fn(*mut jpeg_common_struct, *mut c_char);
+
+/// The text of the message whose code and parameters are in `cinfo.err`.
+///
+/// # Safety
+/// `cinfo.err` points at an error manager set up by `jpeg_std_error`.
 unsafe fn message(cinfo: &mut jpeg_common_struct) -> String {
-    // JMSG_LENGTH_MAX is 200; the binding's parameter type is shorter.
-    let buffer = UnsafeCell::new([0u8; 200]);
-    // SAFETY: `err` was set up by `new_error_mgr`; `format_message` writes a
-    // NUL-terminated string of at most 200 bytes into the buffer.
+    let mut buffer = [0u8; JMSG_LENGTH_MAX];
+    // SAFETY: the caller guarantees `err`. `format_message` is libjpeg's own
+    // (`jpeg_std_error` installed it): it takes `(j_common_ptr, char *)` and
+    // writes at most `JMSG_LENGTH_MAX` bytes, NUL included (`snprintf`).
+    // Calling it through `FormatMessage` is calling it with its C signature:
+    // thin pointers are ABI-compatible whatever they point to.
     unsafe {
         if let Some(format) = (*cinfo.err).format_message {
-            format(cinfo, &*(buffer.get() as *const [u8; 80]));
+            let format: FormatMessage = std::mem::transmute(format);
+            format(cinfo, buffer.as_mut_ptr().cast());
         }
     }
-    let bytes = buffer.into_inner();
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
+/// libjpeg's fatal-error hook: unwinds to the nearest `guarded`.
+///
+/// # Safety
+/// Called by libjpeg only, with the codec whose error manager this is.
 unsafe extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
+    // SAFETY: libjpeg calls this with a codec set up by `ErrorManager`.
     let text = unsafe { message(cinfo) };
     resume_unwind(Box::new(Fatal(text)))
 }
 
-/// Warnings are silent, except a premature end of data: libjpeg would fill
-/// the rest of the picture with grey, and a broken image must fail instead.
+/// Warnings that mean picture data was lost: libjpeg goes on and fills
+/// what it could not decode with grey or zeros, which must never pass for
+/// a converted image. A premature end of the file or of a scan's data, a
+/// corrupt Huffman code, a lost restart marker, and a progression that
+/// repeats or skips refinements (also how a file of thousands of scans
+/// makes the decoder redo its work) fail the image instead. The rest —
+/// odd JFIF versions or ICC chunks, sequential scans with odd parameters —
+/// leave the picture whole and stay warnings.
+const FATAL_WARNINGS: [c_int; 5] = [
+    JWRN_JPEG_EOF,
+    JWRN_HIT_MARKER,
+    JWRN_HUFF_BAD_CODE,
+    JWRN_MUST_RESYNC,
+    JWRN_BOGUS_PROGRESSION,
+];
+
+/// Bytes the decoder may find unread after a scan's data. libjpeg-turbo's
+/// fast Huffman decoder reads a corrupt code as a zero without a warning,
+/// so corrupt data shows as a decoder out of step with the data: it runs
+/// out early (`JWRN_HIT_MARKER`) or stops with data left over
+/// (`JWRN_EXTRANEOUS_DATA`). A byte or two of padding before the
+/// end-of-image marker is common from some encoders and harmless; more is
+/// corruption. Between header segments, stray bytes are harmless.
+const MAX_PADDING_AFTER_SCAN: c_int = 16;
+
+/// `DSTATE_INHEADER` of `jpegint.h`: reading the header, no scan yet.
+const DSTATE_INHEADER: c_int = 201;
+
+/// libjpeg's warning and trace hook: see `FATAL_WARNINGS`.
+///
+/// # Safety
+/// Called by libjpeg only, with the codec whose error manager this is.
 unsafe extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: c_int) {
-    if level < 0 {
-        // SAFETY: `err` is valid for the life of the struct.
-        let code = unsafe {
-            (*cinfo.err).num_warnings += 1;
-            (*cinfo.err).msg_code
-        };
-        if code == JWRN_JPEG_EOF as c_int {
-            let text = unsafe { message(cinfo) };
-            resume_unwind(Box::new(Fatal(text)))
-        }
+    if level >= 0 {
+        return;
+    }
+    // SAFETY: `err` was set by `ErrorManager::new` and outlives the codec;
+    // for `JWRN_EXTRANEOUS_DATA` libjpeg sets the first integer parameter
+    // to the count of bytes skipped.
+    let (code, skipped) = unsafe {
+        let err = &mut *cinfo.err;
+        err.num_warnings += 1;
+        (err.msg_code, (*err.msg_parm.i())[0])
+    };
+    let after_a_scan = cinfo.is_decompressor != 0 && cinfo.global_state > DSTATE_INHEADER;
+    if FATAL_WARNINGS.contains(&code)
+        || (code == JWRN_EXTRANEOUS_DATA && after_a_scan && skipped > MAX_PADDING_AFTER_SCAN)
+    {
+        // SAFETY: as above.
+        let text = unsafe { message(cinfo) };
+        resume_unwind(Box::new(Fatal(text)))
     }
 }
 
-fn new_error_mgr() -> Box<jpeg_error_mgr> {
-    // SAFETY: an all-zero error manager is what `jpeg_std_error` expects to fill.
-    let mut err: Box<jpeg_error_mgr> = Box::new(unsafe { std::mem::zeroed() });
-    unsafe { jpeg_std_error(&mut err) };
-    err.error_exit = Some(error_exit);
-    err.emit_message = Some(emit_message);
-    err
+/// What one image may cost libjpeg, checked as it works.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Scans a JPEG may have; a decoder redoes work for each, so a file of
+    /// thousands of tiny scans would take minutes.
+    pub max_scans: u32,
+    pub deadline: Option<CpuDeadline>,
+}
+
+impl Limits {
+    /// No deadline, and the engine's scan limit.
+    pub const NONE: Limits = Limits {
+        max_scans: MAX_SCANS,
+        deadline: None,
+    };
+}
+
+/// The most scans a JPEG may have. Encoders write 1 (baseline) to about a
+/// dozen (libjpeg's and mozjpeg's progressive scripts, Photoshop's 3–5
+/// "progressive scans"); nothing real comes near 100.
+pub const MAX_SCANS: u32 = 100;
+
+/// libjpeg's progress monitor, with the image's limits. `mgr` comes first:
+/// libjpeg holds a pointer to the whole, made by `Box::leak`.
+#[repr(C)]
+struct Progress {
+    mgr: jpeg_progress_mgr,
+    limits: Limits,
+    calls: u32,
+}
+
+/// The monitor's type as C declares it (`void (*)(j_common_ptr)`); the
+/// binding's says `&mut jpeg_common_struct`, a reference too narrow to
+/// reach the decompressor's fields behind the common ones.
+type ProgressMonitor = unsafe extern "C-unwind" fn(*mut jpeg_common_struct);
+
+/// Called by libjpeg at least once per row of MCUs of every pass and scan,
+/// decoding and encoding: where a scan limit and a deadline can stop it.
+///
+/// # Safety
+/// Called by libjpeg only, with a codec whose `progress` is a `Progress`.
+unsafe extern "C-unwind" fn progress_monitor(cinfo: *mut jpeg_common_struct) {
+    // SAFETY: `progress` was set to a live `Progress` (see `Progress::new`),
+    // which nothing else references while libjpeg runs. `cinfo` is the
+    // pointer libjpeg was given to the whole codec struct, so for a
+    // decompressor it reaches the decompressor's own fields.
+    let (progress, scan) = unsafe {
+        let progress = &mut *(*cinfo).progress.cast::<Progress>();
+        let scan = if (*cinfo).is_decompressor != 0 {
+            (*cinfo.cast::<jpeg_decompress_struct>()).input_scan_number
+        } else {
+            0
+        };
+        (progress, scan)
+    };
+    if i64::from(scan) > i64::from(progress.limits.max_scans) {
+        resume_unwind(Box::new(Fatal(format!(
+            "the JPEG has more than {} scans",
+            progress.limits.max_scans
+        ))))
+    }
+    progress.calls = progress.calls.wrapping_add(1);
+    // The thread's CPU clock is a system call: read it every 16th time.
+    if progress.calls.is_multiple_of(16)
+        && let Some(deadline) = progress.limits.deadline
+        && deadline.passed()
+    {
+        resume_unwind(Box::new(Fatal(deadline.message())))
+    }
+}
+
+impl Progress {
+    fn new(limits: Limits) -> NonNull<Self> {
+        // SAFETY: the binding's hook type and `ProgressMonitor` differ only
+        // in the pointer's type: the same C signature.
+        let monitor = unsafe {
+            std::mem::transmute::<
+                ProgressMonitor,
+                unsafe extern "C-unwind" fn(&mut jpeg_common_struct),
+            >(progress_monitor)
+        };
+        NonNull::from(Box::leak(Box::new(Self {
+            mgr: jpeg_progress_mgr {
+                progress_monitor: Some(monitor),
+                pass_counter: 0,
+                pass_limit: 0,
+                completed_passes: 0,
+                total_passes: 0,
+            },
+            limits,
+            calls: 0,
+        })))
+    }
+}
+
+/// An error manager with our hooks, owned through a raw pointer because
+/// libjpeg keeps one (`cinfo.err`) for the codec's whole life.
+struct ErrorManager(NonNull<jpeg_error_mgr>);
+
+impl ErrorManager {
+    fn new() -> Self {
+        // SAFETY: an all-zero `jpeg_error_mgr` (null hooks, zero counters) is
+        // what `jpeg_std_error` expects to fill; it fills every field.
+        let err = NonNull::from(Box::leak(Box::new(unsafe {
+            std::mem::zeroed::<jpeg_error_mgr>()
+        })));
+        // SAFETY: `err` is a valid, exclusive allocation; no reference to it
+        // outlives this block.
+        unsafe {
+            let e = &mut *err.as_ptr();
+            jpeg_std_error(e);
+            e.error_exit = Some(error_exit);
+            e.emit_message = Some(emit_message);
+        }
+        Self(err)
+    }
+}
+
+impl Drop for ErrorManager {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `Box` in `new`; the codec that pointed at it
+        // has been destroyed (codecs hold their `ErrorManager` in a field
+        // declared after the codec pointer and destroy it in their `Drop`).
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+/// A zeroed codec struct on the heap, owned through a raw pointer.
+///
+/// # Safety
+/// All-zero must be a valid value of `T` (true of libjpeg's codec structs:
+/// null pointers and hooks, zero numbers, and enums whose zero is a variant).
+unsafe fn zeroed_box<T>() -> NonNull<T> {
+    // SAFETY: the caller guarantees all-zero is a valid `T`.
+    NonNull::from(Box::leak(Box::new(unsafe { std::mem::zeroed::<T>() })))
+}
+
+/// libjpeg's source manager over the input in memory, handed out a slice
+/// of at most `SOURCE_CHUNK` bytes at a time. libjpeg-turbo's fast Huffman
+/// decoder, which it uses while 512 bytes per block of an MCU are buffered,
+/// decodes a corrupt code as a zero without a warning; with less buffered
+/// it takes the careful decoder, which warns (and the warning fails the
+/// image). `jpeg_mem_src` would offer the whole input at once.
+#[repr(C)]
+struct SliceSource {
+    mgr: jpeg_source_mgr,
+    rest: *const u8,
+    rest_len: usize,
+}
+
+/// Below the fast decoder's threshold for any MCU (512 bytes a block).
+const SOURCE_CHUNK: usize = 256;
+
+impl SliceSource {
+    fn new(input: &[u8]) -> Self {
+        Self {
+            mgr: jpeg_source_mgr {
+                next_input_byte: ptr::null(),
+                bytes_in_buffer: 0,
+                init_source: Some(Self::init),
+                fill_input_buffer: Some(Self::fill),
+                skip_input_data: Some(Self::skip),
+                resync_to_restart: Some(jpeg_resync_to_restart),
+                term_source: Some(Self::term),
+            },
+            rest: input.as_ptr(),
+            rest_len: input.len(),
+        }
+    }
+
+    /// # Safety
+    /// `cinfo.src` was set by `Decompress::new` to a live `SliceSource`
+    /// that nothing else references during the call.
+    unsafe fn from_cinfo(cinfo: &mut jpeg_decompress_struct) -> &mut Self {
+        // SAFETY: `src` was made from a pointer to the whole `SliceSource`
+        // (`#[repr(C)]`, the manager first).
+        unsafe { &mut *cinfo.src.cast::<Self>() }
+    }
+
+    /// # Safety
+    /// Called by libjpeg only, on a decompressor made by `Decompress::new`.
+    unsafe extern "C-unwind" fn init(_cinfo: &mut jpeg_decompress_struct) {}
+
+    /// # Safety
+    /// As `init`.
+    unsafe extern "C-unwind" fn term(_cinfo: &mut jpeg_decompress_struct) {}
+
+    /// The next chunk of the input. Running out of input is an error:
+    /// libjpeg's own memory source would insert an end-of-image marker,
+    /// warn, and leave the rest of the picture grey.
+    ///
+    /// # Safety
+    /// As `init`.
+    unsafe extern "C-unwind" fn fill(cinfo: &mut jpeg_decompress_struct) -> mozjpeg_sys::boolean {
+        // SAFETY: see `from_cinfo`; `rest` points at `rest_len` bytes of the
+        // input, which outlives the decompressor (`Decompress<'a>`).
+        let this = unsafe { Self::from_cinfo(cinfo) };
+        if this.rest_len == 0 {
+            resume_unwind(Box::new(Fatal("Premature end of JPEG file".into())))
+        }
+        let n = this.rest_len.min(SOURCE_CHUNK);
+        this.mgr.next_input_byte = this.rest;
+        this.mgr.bytes_in_buffer = n;
+        // SAFETY: `n ≤ rest_len`: within the input.
+        this.rest = unsafe { this.rest.add(n) };
+        this.rest_len -= n;
+        1
+    }
+
+    /// # Safety
+    /// As `init`.
+    unsafe extern "C-unwind" fn skip(cinfo: &mut jpeg_decompress_struct, num_bytes: c_long) {
+        let mut left = usize::try_from(num_bytes).unwrap_or(0);
+        // SAFETY: see `from_cinfo`; the buffer's bytes and `rest` are
+        // consecutive parts of the input.
+        unsafe {
+            while left > 0 {
+                if Self::from_cinfo(cinfo).mgr.bytes_in_buffer == 0 {
+                    Self::fill(cinfo);
+                }
+                let this = Self::from_cinfo(cinfo);
+                let step = left.min(this.mgr.bytes_in_buffer);
+                this.mgr.next_input_byte = this.mgr.next_input_byte.add(step);
+                this.mgr.bytes_in_buffer -= step;
+                left -= step;
+            }
+        }
+    }
 }
 
 const APP1: c_int = 0xE1;
@@ -121,17 +425,28 @@ impl Header {
 
 /// A JPEG being read from memory.
 pub struct Decompress<'a> {
-    cinfo: Box<jpeg_decompress_struct>,
-    // Referenced by `cinfo.common.err`; dropped after it.
-    _err: Box<jpeg_error_mgr>,
+    cinfo: NonNull<jpeg_decompress_struct>,
+    // Pointed at by `cinfo.common.progress`.
+    progress: NonNull<Progress>,
+    // Pointed at by `cinfo.common.err`; dropped after the codec is destroyed.
+    _err: ErrorManager,
+    // Pointed at by `cinfo.src`; it points into the input, borrowed for 'a.
+    source: NonNull<SliceSource>,
     _input: PhantomData<&'a [u8]>,
 }
 
 impl Drop for Decompress<'_> {
     fn drop(&mut self) {
-        // SAFETY: safe in every state, including before `jpeg_create_decompress`
-        // finished (libjpeg checks `mem` for null).
-        unsafe { jpeg_destroy_decompress(&mut self.cinfo) };
+        // SAFETY: `cinfo` came from `zeroed_box` and is not referenced
+        // elsewhere. `jpeg_destroy_decompress` is safe in every state,
+        // including before `jpeg_create_decompress` finished (it checks
+        // `mem` for null); afterwards nothing points at the struct.
+        unsafe {
+            jpeg_destroy_decompress(&mut *self.cinfo.as_ptr());
+            drop(Box::from_raw(self.cinfo.as_ptr()));
+            drop(Box::from_raw(self.progress.as_ptr()));
+            drop(Box::from_raw(self.source.as_ptr()));
+        }
     }
 }
 
@@ -145,565 +460,118 @@ pub struct Pixels {
 
 impl<'a> Decompress<'a> {
     /// Reads the header of `input`. libjpeg's own allocations are capped at
-    /// `max_memory` bytes.
-    pub fn new(input: &'a [u8], max_memory: usize) -> Result<(Self, Header), String> {
-        let mut err = new_error_mgr();
-        // SAFETY: zeroed, then created by `jpeg_create_decompress`; `Drop` copes with both.
-        let mut cinfo: Box<jpeg_decompress_struct> = Box::new(unsafe { std::mem::zeroed() });
-        cinfo.common.err = &mut *err;
+    /// `max_memory` bytes, and its work by `limits`.
+    pub fn new(
+        input: &'a [u8],
+        max_memory: usize,
+        limits: Limits,
+    ) -> Result<(Self, Header), String> {
+        let err = ErrorManager::new();
+        let progress = Progress::new(limits);
+        // SAFETY: all-zero is a valid, not yet created, decompress struct.
+        let cinfo = unsafe { zeroed_box::<jpeg_decompress_struct>() };
+        // SAFETY: `cinfo` is valid and exclusive here.
+        unsafe { (*cinfo.as_ptr()).common.err = err.0.as_ptr() };
+        let source = NonNull::from(Box::leak(Box::new(SliceSource::new(input))));
         let mut this = Self {
             cinfo,
+            progress,
+            source,
             _err: err,
             _input: PhantomData,
         };
-        let header = guarded(|| unsafe {
-            let cinfo = &mut *this.cinfo;
-            jpeg_create_decompress(cinfo);
-            (*cinfo.common.mem).max_memory_to_use =
-                max_memory.try_into().unwrap_or(std::ffi::c_long::MAX);
-            jpeg_mem_src(cinfo, input.as_ptr(), input.len() as c_ulong);
-            jpeg_save_markers(cinfo, APP1, 0xFFFF);
-            jpeg_save_markers(cinfo, APP2, 0xFFFF);
-            jpeg_read_header(cinfo, 1);
-            read_header(cinfo)
+        let header = guarded(|| {
+            // SAFETY: the struct is created before any other call; `input`
+            // outlives `this` ('a); markers are saved into libjpeg's pools.
+            unsafe {
+                let progress = this.progress.as_ptr().cast();
+                let source = this.source.as_ptr().cast::<jpeg_source_mgr>();
+                let cinfo = this.raw();
+                jpeg_create_decompress(cinfo);
+                // After creation, which zeroes all but `err`: a pointer to
+                // the whole `Progress`, whose first field is the manager.
+                cinfo.common.progress = progress;
+                (*cinfo.common.mem).max_memory_to_use = to_c_long(max_memory);
+                // A pointer to the whole `SliceSource`, the manager first.
+                cinfo.src = source;
+                jpeg_save_markers(cinfo, APP1, 0xFFFF);
+                jpeg_save_markers(cinfo, APP2, 0xFFFF);
+                jpeg_read_header(cinfo, 1);
+                read_header(cinfo)
+            }
         })?;
         Ok((this, header))
+    }
+
+    /// The codec, for one call into libjpeg.
+    ///
+    /// # Safety
+    /// The reference must not outlive the call it is made for, nor coexist
+    /// with another reference to the struct.
+    pub(super) unsafe fn raw(&mut self) -> &mut jpeg_decompress_struct {
+        // SAFETY: `cinfo` is a live allocation owned by `self`; `&mut self`
+        // and the caller's promise make the reference exclusive.
+        unsafe { &mut *self.cinfo.as_ptr() }
     }
 
     /// Caps libjpeg's own allocations from here on.
     pub fn set_memory_budget(&mut self, bytes: usize) {
         // SAFETY: `mem` was set up by `jpeg_create_decompress` in `new`.
-        unsafe {
-            (*self.cinfo.common.mem).max_memory_to_use =
-                bytes.try_into().unwrap_or(std::ffi::c_long::MAX)
-        };
+        unsafe { (*self.raw().common.mem).max_memory_to_use = to_c_long(bytes) };
     }
 
     /// Decodes to pixels: grey stays grey, CMYK stays CMYK, the rest is RGB.
     pub fn pixels(mut self) -> Result<Pixels, String> {
-        guarded(|| unsafe {
-            let cinfo = &mut *self.cinfo;
-            cinfo.out_color_space = match cinfo.jpeg_color_space {
-                J_COLOR_SPACE::JCS_GRAYSCALE => J_COLOR_SPACE::JCS_GRAYSCALE,
-                J_COLOR_SPACE::JCS_CMYK | J_COLOR_SPACE::JCS_YCCK => J_COLOR_SPACE::JCS_CMYK,
-                _ => J_COLOR_SPACE::JCS_RGB,
-            };
-            jpeg_start_decompress(cinfo);
-            let stride = cinfo.output_width as usize * cinfo.output_components as usize;
-            let height = cinfo.output_height as usize;
-            // Large zeroed allocations come straight from the kernel: no cost
-            // for zeroing pages that the decoder then overwrites.
-            let mut data = vec![0u8; stride * height];
-            let mut rows: Vec<*mut u8> =
-                Vec::with_capacity(cinfo.rec_outbuf_height.max(1) as usize);
-            while (cinfo.output_scanline as usize) < height {
-                let first = cinfo.output_scanline as usize;
-                let count = (cinfo.rec_outbuf_height.max(1) as usize).min(height - first);
-                rows.clear();
-                rows.extend((first..first + count).map(|y| data.as_mut_ptr().add(y * stride)));
-                jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), count as c_uint);
-            }
-            jpeg_finish_decompress(cinfo);
-            Pixels {
-                data,
-                width: cinfo.output_width,
-                height: cinfo.output_height as u32,
-                color_space: cinfo.out_color_space,
+        guarded(|| {
+            // SAFETY: the header has been read (`new`). Each row pointer
+            // handed to `jpeg_read_scanlines` points at `output_width ×
+            // output_components` bytes of `data`, which has a row for every
+            // scanline below `output_height`, and libjpeg writes no more.
+            unsafe {
+                let cinfo = self.raw();
+                cinfo.out_color_space = match cinfo.jpeg_color_space {
+                    J_COLOR_SPACE::JCS_GRAYSCALE => J_COLOR_SPACE::JCS_GRAYSCALE,
+                    J_COLOR_SPACE::JCS_CMYK | J_COLOR_SPACE::JCS_YCCK => J_COLOR_SPACE::JCS_CMYK,
+                    _ => J_COLOR_SPACE::JCS_RGB,
+                };
+                jpeg_start_decompress(cinfo);
+                let stride = cinfo.output_width as usize * cinfo.output_components as usize;
+                let height = cinfo.output_height as usize;
+                // Large zeroed allocations come straight from the kernel: no
+                // cost for zeroing pages that the decoder then overwrites.
+                let mut data = vec![0u8; stride * height];
+                let band = cinfo.rec_outbuf_height.max(1) as usize;
+                let mut rows: Vec<*mut u8> = Vec::with_capacity(band);
+                while (cinfo.output_scanline as usize) < height {
+                    let first = cinfo.output_scanline as usize;
+                    let count = band.min(height - first);
+                    rows.clear();
+                    rows.extend(
+                        data[first * stride..]
+                            .chunks_exact_mut(stride)
+                            .take(count)
+                            .map(<[u8]>::as_mut_ptr),
+                    );
+                    jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), count as c_uint);
+                }
+                jpeg_finish_decompress(cinfo);
+                Pixels {
+                    data,
+                    width: cinfo.output_width,
+                    height: cinfo.output_height,
+                    color_space: cinfo.out_color_space,
+                }
             }
         })
     }
-
-    /// Re-compresses without leaving the DCT domain: every coefficient is
-    /// requantised to libjpeg's tables at `quality` — or kept at the source's
-    /// step where that is already coarser, so nothing is spent on precision
-    /// the source never had — chroma is halved to 4:2:0 as `chroma` says,
-    /// the picture is turned by `transform`, and the result is entropy-coded
-    /// with optimised Huffman tables. `Ok(Err(self))` when `transform` cannot
-    /// be done exactly on whole blocks at this size; the caller then decodes
-    /// to pixels instead. Turning and halving are not combined.
-    pub fn transcode(
-        mut self,
-        quality: u8,
-        chroma: Chroma,
-        transform: JXFORM_CODE,
-        icc: Option<&[u8]>,
-    ) -> Result<Result<(Vec<u8>, Duration), Self>, String> {
-        let turning = transform != JXFORM_CODE_JXFORM_NONE;
-        if turning && chroma != Chroma::Keep {
-            return Ok(Err(self));
-        }
-        // SAFETY: all-zero is "no crop, no trim" for every field.
-        let mut transform_info: TransformInfo = unsafe { std::mem::zeroed() };
-        transform_info.transform = transform;
-        transform_info.perfect = 1;
-        let possible = guarded(|| unsafe {
-            jtransform_request_workspace(&mut *self.cinfo, &mut transform_info) != 0
-        })?;
-        if !possible {
-            return Ok(Err(self));
-        }
-        let mut dst = Compress::new()?;
-        let started = Instant::now();
-        let reading = guarded(|| unsafe {
-            let src = &mut *self.cinfo;
-            let dst_info = &mut *dst.cinfo;
-            let src_arrays = jpeg_read_coefficients(src);
-            jpeg_copy_critical_parameters(src, dst_info);
-            // The target tables at this quality, libjpeg's own way.
-            jpeg_set_quality(dst_info, c_int::from(quality), 1);
-            let target = [
-                (*dst_info.quant_tbl_ptrs[0]).quantval,
-                (*dst_info.quant_tbl_ptrs[1]).quantval,
-            ];
-            if chroma != Chroma::Keep {
-                let luma = &mut *dst_info.comp_info;
-                (luma.h_samp_factor, luma.v_samp_factor) = (2, 2);
-            }
-            let components = src.num_components as usize;
-            let mut slots: Vec<[u16; 64]> = Vec::with_capacity(components);
-            let mut tables = Vec::with_capacity(components);
-            for ci in 0..components {
-                let source = (*(*src.comp_info.add(ci)).quant_table).quantval;
-                let wanted = match (ci, chroma) {
-                    (0, _) | (_, Chroma::Keep) => coarser_of(&source, &target[usize::from(ci > 0)]),
-                    // Halved chroma is new data: the target's steps.
-                    _ => target[1],
-                };
-                let slot = slots.iter().position(|t| *t == wanted).unwrap_or_else(|| {
-                    slots.push(wanted);
-                    slots.len() - 1
-                });
-                let basic: [c_uint; 64] = wanted.map(c_uint::from);
-                jpeg_add_quant_table(dst_info, slot as c_int, basic.as_ptr(), 100, 1);
-                (*dst_info.comp_info.add(ci)).quant_tbl_no = slot as c_int;
-                tables.push((source, wanted));
-            }
-            for ci in 0..components {
-                if ci == 0 || chroma == Chroma::Keep {
-                    let comp = &*src.comp_info.add(ci);
-                    requantise_component(
-                        src,
-                        *src_arrays.add(ci),
-                        comp,
-                        &tables[ci].0,
-                        &tables[ci].1,
-                    );
-                }
-            }
-            // Optimal Huffman tables, from counts gathered here rather than
-            // by libjpeg's slower statistics pass where the layout allows.
-            let own_tables = counts_its_own_symbols(dst_info);
-            dst_info.optimize_coding = boolean::from(!own_tables);
-            let src_common: *mut jpeg_common_struct = &mut src.common;
-            let (owner, final_arrays, _halved_arrays) = if turning {
-                let dst_arrays =
-                    jtransform_adjust_parameters(src, dst_info, src_arrays, &mut transform_info);
-                jpeg_write_coefficients(dst_info, dst_arrays);
-                write_icc(dst_info, icc);
-                jtransform_execute_transform(src, dst_info, src_arrays, &mut transform_info);
-                (src_common, dst_arrays as *const _, None)
-            } else if chroma == Chroma::Keep {
-                jpeg_write_coefficients(dst_info, src_arrays);
-                write_icc(dst_info, icc);
-                (src_common, src_arrays as *const _, None)
-            } else {
-                let halved = HalvedArrays::request(src, dst_info);
-                // Boxed: the array pointers must stay put until the counting.
-                let mut arrays = Box::new(halved.arrays);
-                jpeg_write_coefficients(dst_info, arrays.as_mut_ptr());
-                halved.fill(src, dst_info, src_arrays, chroma, &tables);
-                write_icc(dst_info, icc);
-                let dst_common: *mut jpeg_common_struct = &mut dst_info.common;
-                (dst_common, arrays.as_ptr(), Some(arrays))
-            };
-            if own_tables {
-                install_optimal_tables(dst_info, owner, final_arrays)?;
-            }
-            let reading = started.elapsed();
-            jpeg_finish_compress(dst_info);
-            jpeg_finish_decompress(src);
-            Ok::<_, String>(reading)
-        })??;
-        Ok(Ok((dst.into_bytes(), reading)))
-    }
 }
 
-/// `jpeg_transform_info` as this libjpeg-turbo's `transupp.h` declares it.
-/// The binding's struct lacks the `drop_*` fields, so transupp would write
-/// past its end; the functions are declared here again with this one.
-#[repr(C)]
-struct TransformInfo {
-    transform: JXFORM_CODE,
-    perfect: boolean,
-    trim: boolean,
-    force_grayscale: boolean,
-    crop: boolean,
-    slow_hflip: boolean,
-    crop_width: JDIMENSION,
-    crop_width_set: JCROP_CODE,
-    crop_height: JDIMENSION,
-    crop_height_set: JCROP_CODE,
-    crop_xoffset: JDIMENSION,
-    crop_xoffset_set: JCROP_CODE,
-    crop_yoffset: JDIMENSION,
-    crop_yoffset_set: JCROP_CODE,
-    drop_ptr: *mut jpeg_decompress_struct,
-    drop_coef_arrays: *mut jvirt_barray_ptr,
-    num_components: c_int,
-    workspace_coef_arrays: *mut jvirt_barray_ptr,
-    output_width: JDIMENSION,
-    output_height: JDIMENSION,
-    x_crop_offset: JDIMENSION,
-    y_crop_offset: JDIMENSION,
-    drop_width: JDIMENSION,
-    drop_height: JDIMENSION,
-    imcu_sample_width: c_int,
-    imcu_sample_height: c_int,
+fn to_c_long(n: usize) -> c_long {
+    n.try_into().unwrap_or(c_long::MAX)
 }
 
-#[allow(clashing_extern_declarations)]
-unsafe extern "C-unwind" {
-    fn jtransform_request_workspace(
-        src: *mut jpeg_decompress_struct,
-        info: *mut TransformInfo,
-    ) -> boolean;
-    fn jtransform_adjust_parameters(
-        src: *mut jpeg_decompress_struct,
-        dst: *mut jpeg_compress_struct,
-        src_arrays: *mut jvirt_barray_ptr,
-        info: *mut TransformInfo,
-    ) -> *mut jvirt_barray_ptr;
-    fn jtransform_execute_transform(
-        src: *mut jpeg_decompress_struct,
-        dst: *mut jpeg_compress_struct,
-        src_arrays: *mut jvirt_barray_ptr,
-        info: *mut TransformInfo,
-    );
-}
-
-// libjpeg's Huffman table builder (jchuff.c), exported by the library but
-// not declared by the binding.
-unsafe extern "C-unwind" {
-    fn jpeg_gen_optimal_table(
-        cinfo: *mut jpeg_compress_struct,
-        table: *mut JHUFF_TBL,
-        freq: *mut c_long,
-    );
-}
-
-/// Whether the output is one sequential Huffman-coded scan without restart
-/// markers: the layout `huffman::count_scan` counts symbols for.
-fn counts_its_own_symbols(dst: &jpeg_compress_struct) -> bool {
-    dst.scan_info.is_null()
-        && dst.arith_code == 0
-        && dst.restart_interval == 0
-        && dst.restart_in_rows == 0
-        && (1..=4).contains(&dst.num_components)
-        && !libjpeg_gathers()
-}
-
-#[cfg(not(test))]
-fn libjpeg_gathers() -> bool {
-    false
-}
-
-#[cfg(test)]
-fn libjpeg_gathers() -> bool {
-    LIBJPEG_GATHERS.with(|g| g.get())
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Lets a test have libjpeg gather the symbols itself, to compare.
-    pub(super) static LIBJPEG_GATHERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Optimal Huffman tables for the coefficients in `arrays` (owned by
-/// `owner`'s memory manager), installed in `dst` in place of the standard
-/// ones, once the arrays hold their final values and before
-/// `jpeg_finish_compress` writes them.
-unsafe fn install_optimal_tables(
-    dst: &mut jpeg_compress_struct,
-    owner: *mut jpeg_common_struct,
-    arrays: *const jvirt_barray_ptr,
-) -> Result<(), String> {
-    unsafe {
-        let access = (*(*owner).mem)
-            .access_virt_barray
-            .ok_or("no libjpeg memory manager")?;
-        let components: Vec<huffman::Component> = (0..dst.num_components as usize)
-            .map(|ci| {
-                let c = &*dst.comp_info.add(ci);
-                huffman::Component {
-                    h_samp: c.h_samp_factor as usize,
-                    v_samp: c.v_samp_factor as usize,
-                    width_in_blocks: c.width_in_blocks as usize,
-                    height_in_blocks: c.height_in_blocks as usize,
-                    dc_table: c.dc_tbl_no as usize,
-                    ac_table: c.ac_tbl_no as usize,
-                }
-            })
-            .collect();
-        // SAFETY: the arrays are realised and wholly in memory (libjpeg's
-        // default memory manager keeps no backing store), so a row pointer
-        // stays valid while others are taken; rows below `height_in_blocks`
-        // hold `width_in_blocks` defined blocks.
-        let mut counts = huffman::count_scan(
-            &components,
-            dst.image_width as usize,
-            dst.image_height as usize,
-            |ci, r| {
-                let rows = access(&mut *owner, *arrays.add(ci), r as JDIMENSION, 1, 0);
-                std::slice::from_raw_parts(
-                    *rows as *const [JCOEF; 64],
-                    components[ci].width_in_blocks,
-                )
-            },
-        )?;
-        // Components may share a table; each is built once (the builder
-        // consumes its counts).
-        let mut built = [[false; 4]; 2];
-        for c in &components {
-            for (dc, n) in [(true, c.dc_table), (false, c.ac_table)] {
-                if std::mem::replace(&mut built[usize::from(dc)][n], true) {
-                    continue;
-                }
-                let (table, freq) = if dc {
-                    (&mut dst.dc_huff_tbl_ptrs[n], &mut counts.dc[n])
-                } else {
-                    (&mut dst.ac_huff_tbl_ptrs[n], &mut counts.ac[n])
-                };
-                if table.is_null() {
-                    *table = jpeg_alloc_huff_table(&mut dst.common);
-                }
-                let table = *table;
-                // Builds the table from the counts and marks it unsent.
-                jpeg_gen_optimal_table(dst, table, freq.as_mut_ptr());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// How chroma resolution changes on the way to 4:2:0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chroma {
-    /// Already 4:2:0 (or no chroma at all).
-    Keep,
-    /// 4:2:2: chroma has full height; halve it.
-    HalveHeight,
-    /// 4:4:4: halve both ways.
-    HalveBoth,
-}
-
-unsafe fn write_icc(cinfo: &mut jpeg_compress_struct, icc: Option<&[u8]>) {
-    if let Some(icc) = icc {
-        unsafe { jpeg_write_icc_profile(cinfo, icc.as_ptr(), icc.len() as c_uint) };
-    }
-}
-
-fn round_up(n: JDIMENSION, multiple: JDIMENSION) -> JDIMENSION {
-    n.div_ceil(multiple) * multiple
-}
-
-const JPOOL_IMAGE: c_int = 1;
-
-/// The coefficient arrays of a 4:2:0 output made from a 4:2:2 or 4:4:4
-/// source, all new: luma is copied because the encoder reads it two block
-/// rows at a time, which the source's array (made for one) refuses; chroma
-/// has a half or a quarter of the source's blocks.
-struct HalvedArrays {
-    arrays: [jvirt_barray_ptr; 3],
-    chroma_blocks: (JDIMENSION, JDIMENSION),
-}
-
-impl HalvedArrays {
-    unsafe fn request(src: &jpeg_decompress_struct, dst: &mut jpeg_compress_struct) -> Self {
-        unsafe {
-            let luma = &*src.comp_info;
-            let (wib, hib) = (luma.width_in_blocks, luma.height_in_blocks);
-            let request = (*dst.common.mem)
-                .request_virt_barray
-                .expect("libjpeg memory manager");
-            let luma_array = request(
-                &mut dst.common,
-                JPOOL_IMAGE,
-                1,
-                round_up(wib, 2),
-                round_up(hib, 2),
-                2,
-            );
-            let chroma_blocks = (src.image_width.div_ceil(16), src.image_height.div_ceil(16));
-            let mut chroma = || {
-                request(
-                    &mut dst.common,
-                    JPOOL_IMAGE,
-                    0,
-                    chroma_blocks.0,
-                    chroma_blocks.1,
-                    1,
-                )
-            };
-            Self {
-                arrays: [luma_array, chroma(), chroma()],
-                chroma_blocks,
-            }
-        }
-    }
-
-    /// Called after `jpeg_write_coefficients`, which realises the arrays.
-    unsafe fn fill(
-        &self,
-        src: &mut jpeg_decompress_struct,
-        dst: &mut jpeg_compress_struct,
-        src_arrays: *mut jvirt_barray_ptr,
-        chroma: Chroma,
-        tables: &[([u16; 64], [u16; 64])],
-    ) {
-        unsafe {
-            let read = (*src.common.mem)
-                .access_virt_barray
-                .expect("libjpeg memory manager");
-            let write = (*dst.common.mem)
-                .access_virt_barray
-                .expect("libjpeg memory manager");
-            let luma = &*src.comp_info;
-            for row in 0..luma.height_in_blocks {
-                let from = *read(&mut src.common, *src_arrays, row, 1, 0);
-                let to = *write(&mut dst.common, self.arrays[0], row, 1, 1);
-                ptr::copy_nonoverlapping(from, to, luma.width_in_blocks as usize);
-            }
-            let (out_w, out_h) = self.chroma_blocks;
-            for ci in 1..3 {
-                let comp = &*src.comp_info.add(ci);
-                let (in_w, in_h) = (comp.width_in_blocks as usize, comp.height_in_blocks);
-                let (q_in, q_out) = (&tables[ci].0, &tables[ci].1);
-                let deq = |b: &JBLOCK| chroma::dequantise(b, q_in);
-                for row in 0..out_h {
-                    let top_row = (2 * row).min(in_h - 1);
-                    let bottom_row = (2 * row + 1).min(in_h - 1);
-                    let top = std::slice::from_raw_parts(
-                        *read(&mut src.common, src_arrays.add(ci).read(), top_row, 1, 0),
-                        in_w,
-                    );
-                    let bottom = std::slice::from_raw_parts(
-                        *read(&mut src.common, src_arrays.add(ci).read(), bottom_row, 1, 0),
-                        in_w,
-                    );
-                    let out = std::slice::from_raw_parts_mut(
-                        *write(&mut dst.common, self.arrays[ci], row, 1, 1),
-                        out_w as usize,
-                    );
-                    for (col, block) in out.iter_mut().enumerate() {
-                        let halved = match chroma {
-                            Chroma::HalveHeight => {
-                                let c = col.min(in_w - 1);
-                                chroma::halve_vertically(&deq(&top[c]), &deq(&bottom[c]))
-                            }
-                            _ => {
-                                let (l, r) = ((2 * col).min(in_w - 1), (2 * col + 1).min(in_w - 1));
-                                let upper =
-                                    chroma::halve_horizontally(&deq(&top[l]), &deq(&top[r]));
-                                let lower =
-                                    chroma::halve_horizontally(&deq(&bottom[l]), &deq(&bottom[r]));
-                                chroma::halve_vertically(&upper, &lower)
-                            }
-                        };
-                        *block = chroma::quantise(&halved, q_out);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The output step of each coefficient: the target's, or the source's where
-/// that is coarser.
-pub fn coarser_of(source: &[u16; 64], target: &[u16; 64]) -> [u16; 64] {
-    std::array::from_fn(|k| source[k].max(target[k]))
-}
-
-/// Fixed-point factors `old / new` with 16 fractional bits, rounded down.
-/// `new ≥ old` (see `coarser_of`), so a factor is at most 1; 1 itself is
-/// stored as 65535/65536, which gives the same result for every coefficient
-/// up to 2^15 (see `requantise_block`). The error is under 1/30 of a step,
-/// only ever towards zero.
-fn requantise_factors(old: &[u16; 64], new: &[u16; 64]) -> [u16; 64] {
-    std::array::from_fn(|k| {
-        let (old, new) = (u32::from(old[k]), u32::from(new[k].max(old[k]).max(1)));
-        ((old << 16) / new).min(u32::from(u16::MAX)) as u16
-    })
-}
-
-/// `c' = round(c · old / new)` for every coefficient of the component's
-/// real blocks, with a fixed-point factor per position instead of a
-/// division. An exact half rounds towards zero: both neighbours are equally
-/// far from the source's value, and zero costs fewer bits. (Rounding it
-/// away from zero keeps every ±1 when the step doubles, say from quality 75
-/// to 50, and makes the file a fifth larger for nothing.)
-unsafe fn requantise_component(
-    cinfo: &mut jpeg_decompress_struct,
-    array: jvirt_barray_ptr,
-    comp: &jpeg_component_info,
-    old: &[u16; 64],
-    new: &[u16; 64],
-) {
-    if old == new {
-        return;
-    }
-    let factor = requantise_factors(old, new);
-    let access = unsafe { (*cinfo.common.mem).access_virt_barray };
-    let Some(access) = access else { return };
-    for row in 0..comp.height_in_blocks {
-        // SAFETY: rows below `height_in_blocks` and blocks below
-        // `width_in_blocks` exist in the array libjpeg allocated.
-        unsafe {
-            let rows = access(&mut cinfo.common, array, row, 1, 1);
-            let blocks = std::slice::from_raw_parts_mut(*rows, comp.width_in_blocks as usize);
-            requantise_blocks(blocks, &factor);
-        }
-    }
-}
-
-/// Every coefficient of a JPEG passes through here once, so the loop is
-/// compiled twice: for the baseline CPU and, chosen at run time, for AVX2,
-/// which does 16 coefficients per instruction instead of 8.
-fn requantise_blocks(blocks: &mut [[JCOEF; 64]], factor: &[u16; 64]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has just been checked for AVX2.
-        return unsafe { requantise_blocks_avx2(blocks, factor) };
-    }
-    for block in blocks {
-        requantise_block(block, factor);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn requantise_blocks_avx2(blocks: &mut [[JCOEF; 64]], factor: &[u16; 64]) {
-    for block in blocks {
-        requantise_block(block, factor);
-    }
-}
-
-/// `round(|c| · f / 2^16)` with an exact half rounded down, from the high
-/// and low halves of the 32-bit product: 16-bit lanes throughout, so the
-/// compiler can use the CPU's multiply-high instructions.
-#[inline(always)]
-fn requantise_block(block: &mut [JCOEF; 64], factor: &[u16; 64]) {
-    for (c, &f) in block.iter_mut().zip(factor) {
-        // |c| ≤ 2^11 for 8-bit data; clamp so that no input can overflow.
-        let a = c.unsigned_abs().min(1 << 11);
-        let product = u32::from(a) * u32::from(f);
-        let (high, low) = ((product >> 16) as u16, product as u16);
-        // Adding 2^15 − 1 before the shift carries into the high half
-        // exactly when the low half is above 2^15.
-        let scaled = (high + u16::from(low > 0x8000)) as JCOEF;
-        *c = if *c < 0 { -scaled } else { scaled };
-    }
-}
-
+/// # Safety
+/// `jpeg_read_header` has returned for `cinfo`.
 unsafe fn read_header(cinfo: &mut jpeg_decompress_struct) -> Header {
     let components = cinfo.num_components.max(0) as usize;
     let sampling = (0..components)
@@ -717,21 +585,25 @@ unsafe fn read_header(cinfo: &mut jpeg_decompress_struct) -> Header {
     let mut icc_chunks: Vec<(u8, u8, &[u8])> = Vec::new();
     let mut marker = cinfo.marker_list;
     while !marker.is_null() {
-        // SAFETY: a linked list owned by `cinfo`, alive as long as it is.
-        let m = unsafe { &*marker };
-        let data = if m.data.is_null() {
-            &[][..]
-        } else {
-            unsafe { std::slice::from_raw_parts(m.data, m.data_length as usize) }
+        // SAFETY: a linked list in libjpeg's pools, alive as long as `cinfo`;
+        // each node's `data` holds `data_length` bytes.
+        let (m, data) = unsafe {
+            let m = &*marker;
+            let data = if m.data.is_null() {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(m.data, m.data_length as usize)
+            };
+            (m, data)
         };
-        if c_int::from(m.marker) == APP1 && exif.is_none() {
-            if let Some(rest) = data.strip_prefix(b"Exif\0\0") {
+        if c_int::from(m.marker) == APP1 {
+            if let (None, Some(rest)) = (&exif, data.strip_prefix(b"Exif\0\0")) {
                 exif = Some(rest.to_vec());
             }
-        } else if c_int::from(m.marker) == APP2 {
-            if let Some([seq, count, rest @ ..]) = data.strip_prefix(b"ICC_PROFILE\0") {
-                icc_chunks.push((*seq, *count, rest));
-            }
+        } else if c_int::from(m.marker) == APP2
+            && let Some([seq, count, rest @ ..]) = data.strip_prefix(b"ICC_PROFILE\0")
+        {
+            icc_chunks.push((*seq, *count, rest));
         }
         marker = m.next;
     }
@@ -764,46 +636,85 @@ fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
 }
 
 /// A JPEG being written into memory.
-struct Compress {
-    cinfo: Box<jpeg_compress_struct>,
-    dest: Box<VecDestination>,
-    _err: Box<jpeg_error_mgr>,
+pub(super) struct Compress {
+    cinfo: NonNull<jpeg_compress_struct>,
+    // Pointed at by `cinfo.dest`.
+    dest: NonNull<VecDestination>,
+    // Pointed at by `cinfo.common.progress`.
+    progress: NonNull<Progress>,
+    // Pointed at by `cinfo.common.err`; dropped after the codec is destroyed.
+    _err: ErrorManager,
 }
 
 impl Drop for Compress {
     fn drop(&mut self) {
-        unsafe { jpeg_destroy_compress(&mut self.cinfo) };
+        // SAFETY: both came from `Box` in `new` and are referenced nowhere
+        // else; `jpeg_destroy_compress` is safe in every state and leaves no
+        // pointer to either behind.
+        unsafe {
+            jpeg_destroy_compress(&mut *self.cinfo.as_ptr());
+            drop(Box::from_raw(self.cinfo.as_ptr()));
+            drop(Box::from_raw(self.dest.as_ptr()));
+            drop(Box::from_raw(self.progress.as_ptr()));
+        }
     }
 }
 
 impl Compress {
-    /// A compressor in libjpeg-turbo's profile, writing to a `Vec`.
-    fn new() -> Result<Self, String> {
-        let mut err = new_error_mgr();
-        let mut cinfo: Box<jpeg_compress_struct> = Box::new(unsafe { std::mem::zeroed() });
-        cinfo.common.err = &mut *err;
-        let dest = Box::new(VecDestination::new());
+    /// A compressor in libjpeg-turbo's profile, writing to a `Vec`, its
+    /// work bounded by `limits`.
+    pub(super) fn new(limits: Limits) -> Result<Self, String> {
+        let err = ErrorManager::new();
+        let progress = Progress::new(limits);
+        // SAFETY: all-zero is a valid, not yet created, compress struct.
+        let cinfo = unsafe { zeroed_box::<jpeg_compress_struct>() };
+        let dest = NonNull::from(Box::leak(Box::new(VecDestination::new())));
+        // SAFETY: `cinfo` is valid and exclusive here.
+        unsafe { (*cinfo.as_ptr()).common.err = err.0.as_ptr() };
         let mut this = Self {
             cinfo,
             dest,
+            progress,
             _err: err,
         };
-        guarded(|| unsafe {
-            let cinfo = &mut *this.cinfo;
-            jpeg_create_compress(cinfo);
-            // Must precede `jpeg_set_defaults`: it picks the defaults.
-            jpeg_c_set_int_param(
-                cinfo,
-                J_INT_PARAM::JINT_COMPRESS_PROFILE,
-                JCP_FASTEST as c_int,
-            );
-            cinfo.dest = &mut this.dest.mgr;
+        guarded(|| {
+            // SAFETY: created before any other call. `dest` is a
+            // `#[repr(C)]` struct whose first field is the manager, so the
+            // pointer to the whole is also one to the manager, and the
+            // callbacks can cast it back with its full provenance.
+            unsafe {
+                let dest = this.dest.as_ptr().cast::<jpeg_destination_mgr>();
+                let progress = this.progress.as_ptr().cast();
+                let cinfo = this.raw();
+                jpeg_create_compress(cinfo);
+                // After creation, which zeroes all but `err`.
+                cinfo.common.progress = progress;
+                // Must precede `jpeg_set_defaults`: it picks the defaults.
+                jpeg_c_set_int_param(
+                    cinfo,
+                    J_INT_PARAM::JINT_COMPRESS_PROFILE,
+                    JCP_FASTEST as c_int,
+                );
+                cinfo.dest = dest;
+            }
         })?;
         Ok(this)
     }
 
-    fn into_bytes(mut self) -> Vec<u8> {
-        std::mem::take(&mut self.dest.out)
+    /// The codec, for one call into libjpeg.
+    ///
+    /// # Safety
+    /// As `Decompress::raw`.
+    pub(super) unsafe fn raw(&mut self) -> &mut jpeg_compress_struct {
+        // SAFETY: as `Decompress::raw`.
+        unsafe { &mut *self.cinfo.as_ptr() }
+    }
+
+    /// What libjpeg wrote, once `jpeg_finish_compress` has returned.
+    pub(super) fn into_bytes(self) -> Vec<u8> {
+        // SAFETY: libjpeg is done with the destination (no call is in
+        // progress: `self` is owned here), so this is the only reference.
+        unsafe { std::mem::take(&mut (*self.dest.as_ptr()).out) }
     }
 }
 
@@ -816,6 +727,7 @@ pub fn encode(
     channels: u8,
     quality: u8,
     icc: Option<&[u8]>,
+    limits: Limits,
 ) -> Result<Vec<u8>, String> {
     let stride = width as usize * usize::from(channels);
     if !matches!(channels, 1 | 3) || pixels.len() != stride * height as usize {
@@ -824,48 +736,135 @@ pub fn encode(
             pixels.len()
         ));
     }
-    let mut c = Compress::new()?;
-    guarded(|| unsafe {
-        let cinfo = &mut *c.cinfo;
-        cinfo.image_width = width;
-        cinfo.image_height = height;
-        cinfo.input_components = c_int::from(channels);
-        cinfo.in_color_space = if channels == 1 {
-            J_COLOR_SPACE::JCS_GRAYSCALE
-        } else {
-            J_COLOR_SPACE::JCS_RGB
-        };
-        jpeg_set_defaults(cinfo);
-        jpeg_set_quality(cinfo, c_int::from(quality), 1);
-        cinfo.optimize_coding = 1;
-        if channels == 3 {
-            let comps = std::slice::from_raw_parts_mut(cinfo.comp_info, 3);
-            comps[0].h_samp_factor = 2;
-            comps[0].v_samp_factor = 2;
-            for chroma in &mut comps[1..] {
-                chroma.h_samp_factor = 1;
-                chroma.v_samp_factor = 1;
+    let mut rows = pixels.chunks_exact(stride.max(1));
+    encode_rows(width, height, channels, quality, icc, limits, |out| {
+        out.copy_from_slice(rows.next().ok_or("fewer rows than the height")?);
+        Ok(())
+    })
+}
+
+/// Like `encode`, with the rows asked of `fill` one at a time, top to
+/// bottom, so that the picture need never be held whole: `fill` writes one
+/// row of `width × channels` samples; its error stops the encoding and is
+/// returned.
+pub fn encode_rows(
+    width: u32,
+    height: u32,
+    channels: u8,
+    quality: u8,
+    icc: Option<&[u8]>,
+    limits: Limits,
+    mut fill: impl FnMut(&mut [u8]) -> Result<(), String>,
+) -> Result<Vec<u8>, String> {
+    if !matches!(channels, 1 | 3) || width == 0 || height == 0 {
+        return Err(format!(
+            "cannot encode {width}×{height} pixels of {channels} samples"
+        ));
+    }
+    const BAND: usize = 16;
+    let stride = width as usize * usize::from(channels);
+    let mut band = vec![0u8; stride * BAND.min(height as usize)];
+    let mut c = Compress::new(limits)?;
+    guarded(|| {
+        // SAFETY: `comp_info` has 3 entries after `jpeg_set_defaults` for
+        // RGB input. Each row pointer handed to `jpeg_write_scanlines` points
+        // at `stride` bytes of `band`, as many as libjpeg reads per row.
+        unsafe {
+            let cinfo = c.raw();
+            cinfo.image_width = width;
+            cinfo.image_height = height;
+            cinfo.input_components = c_int::from(channels);
+            cinfo.in_color_space = if channels == 1 {
+                J_COLOR_SPACE::JCS_GRAYSCALE
+            } else {
+                J_COLOR_SPACE::JCS_RGB
+            };
+            jpeg_set_defaults(cinfo);
+            jpeg_set_quality(cinfo, c_int::from(quality), 1);
+            cinfo.optimize_coding = 1;
+            if channels == 3 {
+                let comps = std::slice::from_raw_parts_mut(cinfo.comp_info, 3);
+                (comps[0].h_samp_factor, comps[0].v_samp_factor) = (2, 2);
+                for chroma in &mut comps[1..] {
+                    (chroma.h_samp_factor, chroma.v_samp_factor) = (1, 1);
+                }
             }
+            jpeg_start_compress(cinfo, 1);
+            write_icc(cinfo, icc);
+            let mut rows: Vec<*const u8> = Vec::with_capacity(BAND);
+            while (cinfo.next_scanline as usize) < height as usize {
+                let count = BAND.min(height as usize - cinfo.next_scanline as usize);
+                for row in band.chunks_exact_mut(stride).take(count) {
+                    fill(row)?;
+                }
+                rows.clear();
+                rows.extend(band.chunks_exact(stride).take(count).map(<[u8]>::as_ptr));
+                jpeg_write_scanlines(cinfo, rows.as_ptr(), count as c_uint);
+            }
+            jpeg_finish_compress(cinfo);
+            Ok::<_, String>(())
         }
-        jpeg_start_compress(cinfo, 1);
-        if let Some(icc) = icc {
-            jpeg_write_icc_profile(cinfo, icc.as_ptr(), icc.len() as c_uint);
+    })??;
+    Ok(c.into_bytes())
+}
+
+/// A greyscale JPEG with the given scan script, as a test input: libjpeg
+/// checks the script is a valid progression. (mozjpeg's encoder keeps
+/// per-scan state in arrays of 64: no more scans than that.)
+#[cfg(test)]
+pub(super) fn encode_grey_with_scans(
+    grey: &[u8],
+    width: u32,
+    height: u32,
+    scans: &[mozjpeg_sys::jpeg_scan_info],
+) -> Result<Vec<u8>, String> {
+    if grey.len() != width as usize * height as usize || scans.len() > 64 {
+        return Err("not a greyscale picture of that size, or over 64 scans".into());
+    }
+    let mut c = Compress::new(Limits::NONE)?;
+    guarded(|| {
+        // SAFETY: `scans` outlives the compression; each row pointer points
+        // at `width` bytes of `grey`.
+        unsafe {
+            let cinfo = c.raw();
+            cinfo.image_width = width;
+            cinfo.image_height = height;
+            cinfo.input_components = 1;
+            cinfo.in_color_space = J_COLOR_SPACE::JCS_GRAYSCALE;
+            jpeg_set_defaults(cinfo);
+            jpeg_set_quality(cinfo, 90, 1);
+            cinfo.optimize_coding = 1;
+            cinfo.scan_info = scans.as_ptr();
+            cinfo.num_scans = scans.len() as c_int;
+            jpeg_start_compress(cinfo, 1);
+            for row in grey.chunks_exact(width as usize) {
+                jpeg_write_scanlines(cinfo, &row.as_ptr(), 1);
+            }
+            jpeg_finish_compress(cinfo);
         }
-        let mut rows: Vec<*const u8> = Vec::with_capacity(16);
-        while (cinfo.next_scanline as usize) < height as usize {
-            let first = cinfo.next_scanline as usize;
-            let count = 16.min(height as usize - first);
-            rows.clear();
-            rows.extend((first..first + count).map(|y| pixels.as_ptr().add(y * stride)));
-            jpeg_write_scanlines(cinfo, rows.as_ptr(), count as c_uint);
-        }
-        jpeg_finish_compress(cinfo);
     })?;
     Ok(c.into_bytes())
 }
 
+/// Writes `icc` as APP2 markers.
+///
+/// # Safety
+/// `jpeg_start_compress` or `jpeg_write_coefficients` has been called, and
+/// no scanline or coefficient written yet.
+pub(super) unsafe fn write_icc(cinfo: &mut jpeg_compress_struct, icc: Option<&[u8]>) {
+    if let Some(icc) = icc {
+        // SAFETY: libjpeg reads `icc.len()` bytes, within the slice.
+        unsafe { jpeg_write_icc_profile(cinfo, icc.as_ptr(), icc.len() as c_uint) };
+    }
+}
+
+/// The most the output buffer grows by at a time, hence the most it holds
+/// beyond what libjpeg wrote (see `memory::output_bytes`).
+pub const OUTPUT_GROWTH: usize = 8 << 20;
+
 /// libjpeg's destination manager over a growing `Vec`. `mgr` comes first so
-/// that the pointer libjpeg hands back is also a pointer to the whole.
+/// that the pointer libjpeg holds, made from a pointer to the whole, can be
+/// turned back into one.
 #[repr(C)]
 struct VecDestination {
     mgr: jpeg_destination_mgr,
@@ -893,12 +892,20 @@ impl VecDestination {
         self.mgr.next_output_byte = spare.as_mut_ptr().cast();
     }
 
+    /// # Safety
+    /// `cinfo.dest` was set by `Compress::new` to a live `VecDestination`
+    /// that nothing else references during the call.
     unsafe fn from_cinfo(cinfo: &mut jpeg_compress_struct) -> &mut Self {
-        // SAFETY: `dest` points at the `mgr` field, the first of a `#[repr(C)]` struct.
+        // SAFETY: `dest` was made from a pointer to the whole
+        // `VecDestination` (`#[repr(C)]`, the manager first), so casting it
+        // back is in bounds and carries the whole allocation's provenance.
         unsafe { &mut *cinfo.dest.cast::<Self>() }
     }
 
+    /// # Safety
+    /// Called by libjpeg only, on a compressor made by `Compress::new`.
     unsafe extern "C-unwind" fn init(cinfo: &mut jpeg_compress_struct) {
+        // SAFETY: see `from_cinfo`; libjpeg calls one hook at a time.
         let this = unsafe { Self::from_cinfo(cinfo) };
         this.out.clear();
         this.out.reserve(64 * 1024);
@@ -906,27 +913,58 @@ impl VecDestination {
     }
 
     /// libjpeg filled everything it was given: keep it, offer more.
-    unsafe extern "C-unwind" fn grow(cinfo: &mut jpeg_compress_struct) -> boolean {
+    ///
+    /// # Safety
+    /// As `init`.
+    unsafe extern "C-unwind" fn grow(cinfo: &mut jpeg_compress_struct) -> mozjpeg_sys::boolean {
+        // SAFETY: see `from_cinfo`.
         let this = unsafe { Self::from_cinfo(cinfo) };
         let full = this.out.capacity();
-        // SAFETY: libjpeg wrote every byte of the spare capacity it was given.
+        // SAFETY: libjpeg calls this when it has written every byte of the
+        // spare capacity it was given (`free_in_buffer` reached zero).
         unsafe { this.out.set_len(full) };
-        this.out.reserve(full.max(64 * 1024));
+        // Doubling, but never by more than `OUTPUT_GROWTH`: large buffers
+        // are moved by remapping pages, not copied, so the steps cost little.
+        this.out.reserve_exact(full.clamp(64 * 1024, OUTPUT_GROWTH));
         this.expose_spare();
         1
     }
 
+    /// # Safety
+    /// As `init`.
     unsafe extern "C-unwind" fn term(cinfo: &mut jpeg_compress_struct) {
+        // SAFETY: see `from_cinfo`.
         let this = unsafe { Self::from_cinfo(cinfo) };
-        let written = this.out.capacity() - this.mgr.free_in_buffer;
-        // SAFETY: the first `written` bytes of the buffer were written by libjpeg.
-        unsafe { this.out.set_len(written) };
+        let written = this.out.spare_capacity_mut().len() - this.mgr.free_in_buffer;
+        // SAFETY: libjpeg wrote the first `written` bytes of the spare
+        // capacity it was last given, which started at `len`.
+        unsafe { this.out.set_len(this.out.len() + written) };
     }
+}
+
+/// Whether libjpeg-turbo's SIMD code is in the binary and usable on this
+/// CPU (false when it was built without nasm on x86-64).
+pub fn simd_enabled() -> bool {
+    // libjpeg-turbo's internal SIMD dispatch: the SIMD build answers from
+    // the CPU's features, the build without SIMD (`jsimd_none.c`) always 0.
+    unsafe extern "C" {
+        fn jsimd_can_rgb_ycc() -> c_int;
+    }
+    // SAFETY: takes nothing, reads the CPU's features once, returns 0 or 1.
+    unsafe { jsimd_can_rgb_ycc() != 0 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "calls into libjpeg (C)")]
+    fn simd_is_on_unless_the_build_went_without_nasm() {
+        // shared/build.rs stops a build without nasm on x86 unless told to
+        // go on, and says which it was.
+        assert_eq!(simd_enabled(), env!("IMGPROC_SIMD_EXPECTED") == "1");
+    }
 
     #[test]
     fn icc_chunks_are_reassembled_in_order_or_dropped() {
@@ -941,66 +979,60 @@ mod tests {
     }
 
     #[test]
-    fn requantising_rounds_to_the_nearest_step() {
-        let (mut old, mut new) = ([1u16; 64], [1u16; 64]);
-        (old[0], new[0]) = (3, 10);
-        let factor = requantise_factors(&old, &new);
-        // 7·3 = 21 → 2.1 → 2; −5·3 = −15 → −1.5 → −1 (a half towards zero)
-        let mut block = [0 as JCOEF; 64];
-        block[0] = 7;
-        requantise_block(&mut block, &factor);
-        assert_eq!(block[0], 2);
-        block[0] = -5;
-        requantise_block(&mut block, &factor);
-        assert_eq!(block[0], -1);
-        block[0] = -6;
-        requantise_block(&mut block, &factor);
-        assert_eq!(block[0], -2, "−1.8 → −2");
-        // The same as the exact rounding of the fixed-point product, for every
-        // coefficient and every pair of steps.
-        let mut steps: Vec<(u16, u16)> = (1..=255u16)
-            .flat_map(|o| [(o, o), (o, o + 1), (o, 2 * o), (o, 255)])
-            .collect();
-        steps.extend([(1, 1), (3, 10), (50, 51), (1, 255), (254, 255)]);
-        for (o, n) in steps {
-            let factor = requantise_factors(&[o; 64], &[n.max(o); 64]);
-            let exact = (u32::from(o) << 16) / u32::from(n.max(o));
-            let mut blocks: Vec<[JCOEF; 64]> = (-2048i32..2048)
-                .step_by(64)
-                .map(|b| std::array::from_fn(|k| (b + k as i32) as JCOEF))
-                .collect();
-            let sources = blocks.clone();
-            requantise_blocks(&mut blocks, &factor);
-            for (c, r) in sources.iter().flatten().zip(blocks.iter().flatten()) {
-                let a = u32::from(c.unsigned_abs());
-                let want = ((a * exact + (1 << 15) - 1) >> 16) as JCOEF;
-                assert_eq!(
-                    *r,
-                    if *c < 0 { -want } else { want },
-                    "{c} with steps {o} → {n}"
-                );
-            }
-        }
-        // Equal steps change nothing, at the extremes of the range.
-        let mut block: [JCOEF; 64] = std::array::from_fn(|k| if k % 2 == 0 { 2047 } else { -2048 });
-        let same = block;
-        requantise_block(&mut block, &requantise_factors(&[7; 64], &[7; 64]));
-        assert_eq!(block, same);
-    }
-
-    #[test]
-    fn the_output_step_is_never_finer_than_the_source() {
-        let source: [u16; 64] = std::array::from_fn(|k| k as u16 + 1);
-        let target = [32u16; 64];
-        let out = coarser_of(&source, &target);
-        assert!(out.iter().zip(&source).all(|(o, s)| o >= s));
-        assert_eq!(out[0], 32);
-        assert_eq!(out[63], 64);
-    }
-
-    #[test]
+    #[cfg_attr(miri, ignore = "calls into libjpeg (C)")]
     fn garbage_is_an_error_not_a_crash() {
-        let err = Decompress::new(b"\xFF\xD8\xFF\xE0 not really a jpeg", 1 << 20).err();
+        let err =
+            Decompress::new(b"\xFF\xD8\xFF\xE0 not really a jpeg", 1 << 20, Limits::NONE).err();
         assert!(err.is_some());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "calls into libjpeg (C)")]
+    fn messages_are_whole_and_errors_come_back_as_values() {
+        // A premature end of data is a warning in libjpeg, an error here;
+        // its text is longer than the 80 bytes the binding's type claims.
+        let rgb: Vec<u8> = (0..64 * 64 * 3).map(|i| (i * 7919 % 251) as u8).collect();
+        let full = encode(&rgb, 64, 64, 3, 90, None, Limits::NONE).expect("encodes");
+        let truncated = &full[..full.len() * 2 / 3];
+        let (decompress, header) =
+            Decompress::new(truncated, 1 << 20, Limits::NONE).expect("header reads");
+        assert_eq!((header.width, header.height), (64, 64));
+        let err = decompress.pixels().err().expect("truncated data fails");
+        assert!(err.contains("Premature end of JPEG file"), "{err}");
+    }
+
+    /// The destination manager's hooks, driven as libjpeg drives them
+    /// (pure Rust, so Miri checks the pointer handling).
+    #[test]
+    fn the_destination_collects_every_byte_written() {
+        let dest = NonNull::from(Box::leak(Box::new(VecDestination::new())));
+        // SAFETY: a zeroed compress struct is valid; only `dest` is used.
+        let mut cinfo = unsafe { std::mem::zeroed::<jpeg_compress_struct>() };
+        cinfo.dest = dest.as_ptr().cast();
+        let mut written = Vec::new();
+        // SAFETY: the hooks are called in libjpeg's order, each writing no
+        // more than `free_in_buffer` bytes at `next_output_byte`.
+        unsafe {
+            VecDestination::init(&mut cinfo);
+            for round in 0..3u8 {
+                let mgr = &mut *cinfo.dest;
+                let n = if round < 2 { mgr.free_in_buffer } else { 1000 };
+                for i in 0..n {
+                    let byte = (i % 251) as u8 ^ round;
+                    *mgr.next_output_byte = byte;
+                    mgr.next_output_byte = mgr.next_output_byte.add(1);
+                    mgr.free_in_buffer -= 1;
+                    written.push(byte);
+                }
+                if round < 2 {
+                    assert_eq!(VecDestination::grow(&mut cinfo), 1);
+                }
+            }
+            VecDestination::term(&mut cinfo);
+            let out = std::mem::take(&mut (*dest.as_ptr()).out);
+            drop(Box::from_raw(dest.as_ptr()));
+            assert_eq!(out.len(), written.len());
+            assert!(out == written, "the bytes come back in order");
+        }
     }
 }

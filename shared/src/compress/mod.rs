@@ -9,11 +9,16 @@
 //! layout allows (`jpeg.rs`); everything else goes through pixels.
 
 mod chroma;
+mod cpu;
 mod huffman;
 mod icc;
 mod jpeg;
 mod libjpeg;
+pub mod memory;
+mod pixels;
+mod png_input;
 mod sniff;
+mod transcode;
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use std::time::Instant;
 
+pub use memory::DecodeMemory;
 pub use sniff::{Sniffed, sniff};
 
 use crate::domain::ErrorCode;
@@ -30,6 +36,12 @@ use crate::domain::ErrorCode;
 pub struct Settings {
     pub quality: u8,
     pub max_pixels: u64,
+    /// Memory one image may need to be decoded and encoded, from its
+    /// header (see `memory`); also the budget that the images compressed
+    /// at once by one `Engine` share.
+    pub max_decode_bytes: u64,
+    /// CPU time one image may take to decode and encode (see `cpu`).
+    pub max_cpu_time: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +77,17 @@ pub enum CompressError {
         pixels: u64,
         limit: u64,
     },
+    #[error(
+        "the {width}×{height} image needs {} MiB to decode; at most {} MiB are allowed",
+        need.div_ceil(1 << 20),
+        limit >> 20
+    )]
+    TooMuchMemory {
+        width: u32,
+        height: u32,
+        need: u64,
+        limit: u64,
+    },
     #[error("the image cannot be decoded: {0}")]
     Decode(String),
 }
@@ -74,14 +97,32 @@ impl CompressError {
         match self {
             Self::NotAnImage => ErrorCode::NotAnImage,
             Self::Unsupported(_) => ErrorCode::UnsupportedFormat,
-            Self::TooManyPixels { .. } => ErrorCode::TooManyPixels,
+            Self::TooManyPixels { .. } | Self::TooMuchMemory { .. } => ErrorCode::TooManyPixels,
             Self::Decode(_) => ErrorCode::DecodeFailed,
         }
     }
 }
 
-/// Compresses one image. CPU-bound: call it off the async runtime.
+/// Compresses one image, alone: its need is checked against
+/// `settings.max_decode_bytes`, shared with nothing. CPU-bound: call it off
+/// the async runtime.
 pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, CompressError> {
+    compress_within(
+        input,
+        settings,
+        &DecodeMemory::new(settings.max_decode_bytes),
+    )
+}
+
+/// Compresses one image once `memory` has room for what its header says it
+/// needs, blocking until then; an image that needs more than the whole
+/// budget fails at once with `TooMuchMemory`. Threads compressing at once
+/// share one `DecodeMemory`.
+pub fn compress_within(
+    input: &[u8],
+    settings: &Settings,
+    memory: &DecodeMemory,
+) -> Result<Compressed, CompressError> {
     let format = match sniff(input) {
         Sniffed::Jpeg => ImageFormat::Jpeg,
         Sniffed::Png => ImageFormat::Png,
@@ -91,45 +132,160 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
         Sniffed::NotAnImage => return Err(CompressError::NotAnImage),
     };
     let started = Instant::now();
-    let (mut image, orientation, icc) = if format == ImageFormat::Jpeg {
-        if !jpeg_is_complete(input) {
-            return Err(CompressError::Decode(
-                "the JPEG data is truncated (no end-of-image marker after the last scan)".into(),
-            ));
-        }
-        match jpeg::read(input, settings)? {
-            jpeg::Read::Transcoded {
-                bytes,
-                width,
-                height,
-                rotated,
-                reading,
-            } => {
-                let timings = StageTimings {
-                    decode: reading,
-                    encode: started.elapsed().saturating_sub(reading),
-                };
-                return Ok(keep_smaller(
-                    input,
-                    Compressed {
+    let limits = libjpeg::Limits {
+        max_scans: libjpeg::MAX_SCANS,
+        deadline: Some(cpu::CpuDeadline::after(settings.max_cpu_time)),
+    };
+    match format {
+        ImageFormat::Jpeg => {
+            if !jpeg_is_complete(input) {
+                return Err(CompressError::Decode(
+                    "the JPEG data is truncated (no end-of-image marker after the last scan)"
+                        .into(),
+                ));
+            }
+            let opened = jpeg::open(input, settings, limits)?;
+            let _lease = admit(
+                memory,
+                settings,
+                opened.dimensions(),
+                opened.need(input.len()),
+            )?;
+            match opened.read(settings, limits)? {
+                jpeg::Read::Transcoded {
+                    bytes,
+                    width,
+                    height,
+                    rotated,
+                    reading,
+                } => {
+                    let timings = StageTimings {
+                        decode: reading,
+                        encode: started.elapsed().saturating_sub(reading),
+                    };
+                    let out = Compressed {
                         bytes,
                         width,
                         height,
                         original_kept: false,
                         timings,
-                    },
-                    rotated,
-                ));
+                    };
+                    Ok(keep_smaller(input, out, rotated))
+                }
+                jpeg::Read::Pixels {
+                    image,
+                    orientation,
+                    icc,
+                } => {
+                    let out = encode_pixels(image, orientation, icc, settings, limits, started)?;
+                    Ok(keep_smaller(
+                        input,
+                        out,
+                        orientation != Orientation::NoTransforms,
+                    ))
+                }
             }
-            jpeg::Read::Pixels {
-                image,
-                orientation,
-                icc,
-            } => (image, orientation, icc),
         }
-    } else {
-        decode_other(input, format, settings.max_pixels)?
-    };
+        ImageFormat::Png => {
+            let opened = png_input::open(input, settings)?;
+            let (width, height) = opened.dimensions();
+            let _lease = admit(memory, settings, (width, height), opened.need(input.len()))?;
+            let (orientation, icc) = (opened.orientation, opened.icc.clone());
+            match opened.read(settings, limits)? {
+                png_input::Read::Encoded { bytes, decoding } => {
+                    let timings = StageTimings {
+                        decode: decoding,
+                        encode: started.elapsed().saturating_sub(decoding),
+                    };
+                    Ok(Compressed {
+                        bytes,
+                        width,
+                        height,
+                        original_kept: false,
+                        timings,
+                    })
+                }
+                png_input::Read::Pixels(image) => {
+                    encode_pixels(image, orientation, icc, settings, limits, started)
+                }
+            }
+        }
+        _ => {
+            let mut reader = ImageReader::with_format(Cursor::new(input), format);
+            let mut image_limits = Limits::default();
+            // Room for the largest allowed image at 16 bits per channel with
+            // alpha, so that no header can make the decoder allocate more.
+            image_limits.max_alloc = Some(settings.max_pixels.saturating_mul(8).max(64 << 20));
+            reader.limits(image_limits);
+            let mut decoder = reader.into_decoder().map_err(decode_error)?;
+            let (width, height) = decoder.dimensions();
+            let pixels = memory::pixels(width, height);
+            if pixels > settings.max_pixels {
+                return Err(CompressError::TooManyPixels {
+                    width,
+                    height,
+                    pixels,
+                    limit: settings.max_pixels,
+                });
+            }
+            let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+            let icc = decoder.icc_profile().ok().flatten();
+            let color = decoder.color_type();
+            let flat = pixels::flat_channels(color.channel_count());
+            // GIF and WebP decoders work on a frame or a canvas of up to 4
+            // bytes a pixel beside their output.
+            let decoded = pixels * (u64::from(color.bytes_per_pixel()) + 4);
+            let need = memory::pixel_path_bytes(
+                width,
+                height,
+                decoded,
+                flat,
+                orientation != Orientation::NoTransforms,
+            ) + memory::output_bytes(width, height, input.len())
+                + memory::FIXED_BYTES;
+            let _lease = admit(memory, settings, (width, height), need)?;
+            let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+            encode_pixels(image, orientation, icc, settings, limits, started)
+        }
+    }
+}
+
+/// Refuses an image whose need exceeds the budget, else waits for its share.
+fn admit<'m>(
+    memory: &'m DecodeMemory,
+    settings: &Settings,
+    (width, height): (u32, u32),
+    need: u64,
+) -> Result<memory::Lease<'m>, CompressError> {
+    let limit = settings.max_decode_bytes.min(memory.capacity_bytes());
+    if need > limit {
+        return Err(CompressError::TooMuchMemory {
+            width,
+            height,
+            need,
+            limit,
+        });
+    }
+    Ok(memory.acquire(need))
+}
+
+/// The pixel path's end: flattened to grey or RGB in place, made upright,
+/// the colour profile kept unless it is plain sRGB, encoded.
+fn encode_pixels(
+    image: DynamicImage,
+    orientation: Orientation,
+    icc: Option<Vec<u8>>,
+    settings: &Settings,
+    limits: libjpeg::Limits,
+    started: Instant,
+) -> Result<Compressed, CompressError> {
+    let (width, height) = (image.width(), image.height());
+    let (data, channels) = pixels::flatten(image);
+    let mut image = match channels {
+        1 => image::GrayImage::from_raw(width, height, data).map(DynamicImage::ImageLuma8),
+        _ => image::RgbImage::from_raw(width, height, data).map(DynamicImage::ImageRgb8),
+    }
+    .ok_or_else(|| CompressError::Decode("decoded data does not match the image size".into()))?;
     image.apply_orientation(orientation);
     let icc = icc.filter(|p| !icc::is_plain_srgb(p));
 
@@ -143,36 +299,28 @@ pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, Compres
             limit: settings.max_pixels,
         });
     }
-    let (data, channels) = flatten(image);
     let decoded = Instant::now();
     let bytes = libjpeg::encode(
-        &data,
+        image.as_bytes(),
         width,
         height,
         channels,
         settings.quality,
         icc.as_deref(),
+        limits,
     )
     .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
     let timings = StageTimings {
         decode: decoded - started,
         encode: decoded.elapsed(),
     };
-    let out = Compressed {
+    Ok(Compressed {
         bytes,
         width,
         height,
         original_kept: false,
         timings,
-    };
-    if format == ImageFormat::Jpeg {
-        return Ok(keep_smaller(
-            input,
-            out,
-            orientation != Orientation::NoTransforms,
-        ));
-    }
-    Ok(out)
+    })
 }
 
 /// The largest side libjpeg writes.
@@ -189,36 +337,6 @@ fn keep_smaller(input: &[u8], out: Compressed, turned: bool) -> Compressed {
         };
     }
     out
-}
-
-/// PNG, GIF (first frame) and WebP through the `image` crate, with the
-/// pixel cap checked on the header before any pixel is decoded.
-fn decode_other(
-    input: &[u8],
-    format: ImageFormat,
-    max_pixels: u64,
-) -> Result<(DynamicImage, Orientation, Option<Vec<u8>>), CompressError> {
-    let mut reader = ImageReader::with_format(Cursor::new(input), format);
-    let mut limits = Limits::default();
-    // Room for the largest allowed image at 16 bits per channel with alpha,
-    // so that no header can make the decoder allocate more.
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(decode_error)?;
-    let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(CompressError::TooManyPixels {
-            width,
-            height,
-            pixels,
-            limit: max_pixels,
-        });
-    }
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let icc = decoder.icc_profile().ok().flatten();
-    let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-    Ok((image, orientation, icc))
 }
 
 fn decode_error(e: image::ImageError) -> CompressError {
@@ -248,43 +366,15 @@ fn jpeg_is_complete(data: &[u8]) -> bool {
     }
 }
 
-/// 8-bit samples ready for the encoder, with their count per pixel: grey
-/// stays grey, alpha is composited onto white, deeper samples are reduced
-/// to 8 bits.
-fn flatten(image: DynamicImage) -> (Vec<u8>, u8) {
-    match image {
-        DynamicImage::ImageLuma8(img) => (img.into_raw(), 1),
-        DynamicImage::ImageRgb8(img) => (img.into_raw(), 3),
-        DynamicImage::ImageLuma16(_) => (image.to_luma8().into_raw(), 1),
-        img if !img.color().has_alpha() => (img.to_rgb8().into_raw(), 3),
-        DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLumaA16(_) => {
-            let la = image.to_luma_alpha8();
-            let data = la.pixels().map(|p| over_white(p.0[0], p.0[1])).collect();
-            (data, 1)
-        }
-        img => {
-            let rgba = img.into_rgba8();
-            let mut data = Vec::with_capacity(rgba.width() as usize * rgba.height() as usize * 3);
-            for p in rgba.pixels() {
-                let [r, g, b, a] = p.0;
-                data.extend_from_slice(&[over_white(r, a), over_white(g, a), over_white(b, a)]);
-            }
-            (data, 3)
-        }
-    }
-}
-
-fn over_white(c: u8, a: u8) -> u8 {
-    let (c, a) = (u32::from(c), u32::from(a));
-    ((c * a + 255 * (255 - a) + 127) / 255) as u8
-}
-
 /// Runs compression on a bounded number of blocking threads, so CPU work
-/// never stalls the async runtime and never oversubscribes the cores.
+/// never stalls the async runtime and never oversubscribes the cores, and
+/// admits images by the memory their decoding needs, so that the images in
+/// flight together never exceed `Settings::max_decode_bytes`.
 #[derive(Clone)]
 pub struct Engine {
     settings: Settings,
     permits: Arc<tokio::sync::Semaphore>,
+    memory: Arc<DecodeMemory>,
 }
 
 impl Engine {
@@ -292,11 +382,17 @@ impl Engine {
         Self {
             settings,
             permits: Arc::new(tokio::sync::Semaphore::new(threads.max(1))),
+            memory: Arc::new(DecodeMemory::new(settings.max_decode_bytes)),
         }
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The decode-memory budget the engine's images share.
+    pub fn memory(&self) -> &DecodeMemory {
+        &self.memory
     }
 
     pub async fn compress(&self, input: bytes::Bytes) -> Result<Compressed, CompressError> {
@@ -305,11 +401,30 @@ impl Engine {
             .acquire()
             .await
             .map_err(|_| CompressError::Decode("engine stopped".into()))?;
-        let settings = self.settings;
-        tokio::task::spawn_blocking(move || compress(&input, &settings))
+        let (settings, memory) = (self.settings, self.memory.clone());
+        tokio::task::spawn_blocking(move || compress_within(&input, &settings, &memory))
             .await
             .unwrap_or_else(|e| Err(CompressError::Decode(format!("the decoder crashed: {e}"))))
     }
+}
+
+/// How the engine was built, for `--version`: whether libjpeg-turbo's
+/// SIMD code is in the binary and usable on this CPU.
+pub fn build_info() -> String {
+    let simd = if libjpeg::simd_enabled() {
+        "on"
+    } else {
+        "off (built without nasm)"
+    };
+    #[cfg(target_arch = "x86_64")]
+    let cpu = if std::arch::is_x86_feature_detected!("avx2") {
+        ", AVX2"
+    } else {
+        ", no AVX2"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let cpu = "";
+    format!("libjpeg-turbo SIMD {simd}{cpu}")
 }
 
 /// Cores available to this process (1 when unknown).
@@ -324,15 +439,15 @@ pub mod stages {
 
     /// Header only: size, layout, markers.
     pub fn jpeg_header(input: &[u8]) -> Result<(u32, u32), CompressError> {
-        let (_, header) =
-            libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
+        let (_, header) = libjpeg::Decompress::new(input, 1 << 30, libjpeg::Limits::NONE)
+            .map_err(CompressError::Decode)?;
         Ok((header.width, header.height))
     }
 
     /// A full decode to pixels (what the pixel path starts from).
     pub fn jpeg_pixels(input: &[u8]) -> Result<Vec<u8>, CompressError> {
-        let (decompress, _) =
-            libjpeg::Decompress::new(input, 1 << 30).map_err(CompressError::Decode)?;
+        let (decompress, _) = libjpeg::Decompress::new(input, 1 << 30, libjpeg::Limits::NONE)
+            .map_err(CompressError::Decode)?;
         Ok(decompress.pixels().map_err(CompressError::Decode)?.data)
     }
 
@@ -343,7 +458,8 @@ pub mod stages {
         height: u32,
         quality: u8,
     ) -> Result<Vec<u8>, CompressError> {
-        libjpeg::encode(rgb, width, height, 3, quality, None).map_err(CompressError::Decode)
+        libjpeg::encode(rgb, width, height, 3, quality, None, libjpeg::Limits::NONE)
+            .map_err(CompressError::Decode)
     }
 }
 

@@ -2,9 +2,11 @@ use super::*;
 use image::{GenericImageView, Rgba, RgbaImage};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
-const SETTINGS: Settings = Settings {
+pub(crate) const SETTINGS: Settings = Settings {
     quality: 50,
     max_pixels: 100_000_000,
+    max_decode_bytes: 1 << 30,
+    max_cpu_time: std::time::Duration::from_secs(60),
 };
 
 fn photo(name: &str) -> Vec<u8> {
@@ -53,7 +55,7 @@ fn encode_separate_scans(rgb: &image::RgbImage, quality: u8) -> Vec<u8> {
     out
 }
 
-fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= u32::from(b);
@@ -305,6 +307,33 @@ fn too_many_pixels_are_refused_before_decoding() {
 }
 
 #[test]
+fn every_format_is_priced_before_decoding() {
+    // No image fits in 1 MiB: each is refused from its header, with the
+    // pixel-cap error code.
+    let tiny = Settings {
+        max_decode_bytes: 1 << 20,
+        ..SETTINGS
+    };
+    for name in [
+        "coffee.jpg",
+        "mountain-meadow-progressive.jpg",
+        "astronaut-portrait-exif6.jpg",
+        "chelsea-cat.png",
+        "paint-brushes.webp",
+        "rocket-launch.gif",
+    ] {
+        let err = compress(&photo(name), &tiny).unwrap_err();
+        assert!(
+            matches!(err, CompressError::TooMuchMemory { need, limit: 1_048_576, .. } if need > 1 << 20),
+            "{name}: {err}"
+        );
+        assert_eq!(err.code(), ErrorCode::TooManyPixels, "{name}");
+        // …and each fits in the default budget.
+        compress(&photo(name), &SETTINGS).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
 fn bodies_that_are_not_images() {
     assert_eq!(
         compress(b"", &SETTINGS).unwrap_err(),
@@ -493,7 +522,8 @@ fn the_engine_decodes_jpeg_like_libjpeg_turbo() {
     // What the pixel path starts from must be libjpeg-turbo's pixels (same
     // IDCT, same upsampling), bit for bit, in every layout.
     for (name, input) in jpeg_inputs() {
-        let (decompress, _) = libjpeg::Decompress::new(&input, 1 << 28).unwrap();
+        let (decompress, _) =
+            libjpeg::Decompress::new(&input, 1 << 28, libjpeg::Limits::NONE).unwrap();
         let pixels = decompress.pixels().unwrap();
         let reference = djpeg(&input);
         assert_eq!(
@@ -539,9 +569,9 @@ fn huffman_tables_from_our_counts_are_libjpegs_own() {
     inputs.push(("301×203 greyscale".into(), out));
 
     let with = |libjpeg_gathers: bool, input: &[u8]| {
-        libjpeg::LIBJPEG_GATHERS.with(|g| g.set(libjpeg_gathers));
+        transcode::LIBJPEG_GATHERS.with(|g| g.set(libjpeg_gathers));
         let out = compress(input, &SETTINGS);
-        libjpeg::LIBJPEG_GATHERS.with(|g| g.set(false));
+        transcode::LIBJPEG_GATHERS.with(|g| g.set(false));
         out
     };
     for (name, input) in inputs {
@@ -558,4 +588,212 @@ fn huffman_tables_from_our_counts_are_libjpegs_own() {
             theirs.bytes.len()
         );
     }
+}
+
+/// Where a JPEG's entropy-coded data starts and ends: after the last
+/// start-of-scan header, up to the end-of-image marker.
+fn last_scan_data(jpeg: &[u8]) -> std::ops::Range<usize> {
+    let sos = jpeg
+        .windows(2)
+        .rposition(|w| w == [0xFF, 0xDA])
+        .expect("a scan");
+    let header = usize::from(u16::from_be_bytes([jpeg[sos + 2], jpeg[sos + 3]]));
+    let eoi = jpeg.len() - 2;
+    assert_eq!(&jpeg[eoi..], &[0xFF, 0xD9]);
+    sos + 2 + header..eoi
+}
+
+fn decode_failure(input: &[u8], settings: &Settings) -> String {
+    match compress(input, settings) {
+        Ok(out) => panic!("converted ({} bytes)", out.bytes.len()),
+        Err(e) => {
+            assert_eq!(e.code(), ErrorCode::DecodeFailed, "{e}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn corrupt_scan_data_fails_instead_of_passing_grey_blocks() {
+    let inputs = [
+        ("baseline 4:2:0 (DCT path)", photo("coffee.jpg")),
+        (
+            "progressive (DCT path)",
+            photo("mountain-meadow-progressive.jpg"),
+        ),
+        ("4:4:4 (halving path)", jpeg_inputs().swap_remove(4).1),
+    ];
+    for (name, input) in inputs {
+        let data = last_scan_data(&input);
+        // A run of 1 bits is never a Huffman code (JPEG reserves the
+        // all-ones code). libjpeg warns "bad Huffman code" where it decodes
+        // slowly; its fast decoder reads a zero, falls out of step and ends
+        // with data left over ("extraneous bytes") or missing.
+        let mut bad_code = input.clone();
+        let middle = data.start + data.len() / 2;
+        for pair in bad_code[middle..middle + 64].chunks_exact_mut(2) {
+            pair.copy_from_slice(&[0xFF, 0x00]);
+        }
+        let err = decode_failure(&bad_code, &SETTINGS);
+        assert!(err.contains("Corrupt JPEG data"), "{name}: {err}");
+        eprintln!("{name}, bad code: {err}");
+
+        // The scan's data cut short, the file still closed by an end-of-image
+        // marker: libjpeg hits the marker mid-scan and fills the rest grey.
+        let mut cut = input[..middle].to_vec();
+        cut.extend_from_slice(&[0xFF, 0xD9]);
+        let err = decode_failure(&cut, &SETTINGS);
+        assert!(
+            err.contains("premature end of data segment"),
+            "{name}: {err}"
+        );
+        // The pixel path reads it with the same rules.
+        assert!(stages::jpeg_pixels(&cut).is_err(), "{name}");
+        assert!(stages::jpeg_pixels(&bad_code).is_err(), "{name}");
+        eprintln!("{name}, cut short: {err}");
+
+        // A byte of padding before the end-of-image marker is harmless.
+        let mut padded = input[..input.len() - 2].to_vec();
+        padded.extend_from_slice(&[0x00, 0xFF, 0xD9]);
+        compress(&padded, &SETTINGS).unwrap_or_else(|e| panic!("{name}, padded: {e}"));
+    }
+}
+
+fn scan(ss: i32, se: i32, ah: i32, al: i32) -> mozjpeg_sys::jpeg_scan_info {
+    mozjpeg_sys::jpeg_scan_info {
+        comps_in_scan: 1,
+        component_index: [0; 4],
+        Ss: ss,
+        Se: se,
+        Ah: ah,
+        Al: al,
+    }
+}
+
+/// A JPEG cut at its scans: the bytes up to the end of the frame header,
+/// then each scan with the tables written before it (from the end of the
+/// previous scan's data to the end of its own).
+fn split_scans(jpeg: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let (mut at, mut chunk_start, mut prefix_end) = (2, 0, 0);
+    let mut scans = Vec::new();
+    while jpeg[at + 1] != 0xD9 {
+        assert_eq!(jpeg[at], 0xFF, "a marker at {at}");
+        let marker = jpeg[at + 1];
+        let end = at + 2 + usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
+        if (0xC0..=0xC2).contains(&marker) {
+            (prefix_end, chunk_start) = (end, end);
+            at = end;
+        } else if marker == 0xDA {
+            // Entropy-coded data runs to the next marker that is neither a
+            // stuffed byte nor a restart marker.
+            let mut data_end = end;
+            while !(jpeg[data_end] == 0xFF
+                && jpeg[data_end + 1] != 0
+                && !(0xD0..=0xD7).contains(&jpeg[data_end + 1]))
+            {
+                data_end += 1;
+            }
+            scans.push(jpeg[chunk_start..data_end].to_vec());
+            (chunk_start, at) = (data_end, data_end);
+        } else {
+            at = end;
+        }
+    }
+    (jpeg[..prefix_end].to_vec(), scans)
+}
+
+/// A valid progressive greyscale JPEG of `count` scans (up to 187): its DC,
+/// then each AC coefficient on its own, first to within 4 steps, then
+/// refined twice. libjpeg's encoder (mozjpeg's) writes at most 64 scans, so
+/// the file is spliced from three encodes of the same picture whose
+/// decoder state agrees where they are joined.
+fn progressive_grey(width: u32, height: u32, count: usize) -> Vec<u8> {
+    let grey = textured_grey(width, height);
+    let encode = |scans: Vec<mozjpeg_sys::jpeg_scan_info>| {
+        assert!(scans.len() <= 64);
+        split_scans(
+            &libjpeg::encode_grey_with_scans(&grey, width, height, &scans).expect("valid scans"),
+        )
+    };
+    let mut first = vec![scan(0, 0, 0, 0)];
+    first.extend((1..=63).map(|k| scan(k, k, 0, 2)));
+    let mut second = vec![scan(0, 0, 0, 0), scan(1, 63, 0, 2)];
+    second.extend((1..=62).map(|k| scan(k, k, 2, 1)));
+    let mut third = vec![scan(0, 0, 0, 0), scan(1, 63, 0, 2), scan(1, 63, 2, 1)];
+    third.extend((1..=61).map(|k| scan(k, k, 1, 0)));
+    let (mut out, scans) = encode(first);
+    let refined = encode(second).1.into_iter().skip(2);
+    let finer = encode(third).1.into_iter().skip(3);
+    let all: Vec<Vec<u8>> = scans.into_iter().chain(refined).chain(finer).collect();
+    assert!(count <= all.len(), "at most {} scans", all.len());
+    for chunk in &all[..count] {
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    out
+}
+
+fn textured_grey(width: u32, height: u32) -> Vec<u8> {
+    (0..width * height)
+        .map(|i| ((i % width) * 3 + (i / width) * 5 + (u64::from(i) * 7919 % 61) as u32) as u8)
+        .collect()
+}
+
+#[test]
+fn a_jpeg_of_too_many_scans_fails_at_once() {
+    let (w, h) = (64, 48);
+    // The splice decodes like one file, as djpeg sees it too.
+    let whole = progressive_grey(w, h, 187);
+    assert_eq!(djpeg(&whole).dimensions(), (w, h));
+
+    let at_limit = progressive_grey(w, h, libjpeg::MAX_SCANS as usize);
+    let out = compress(&at_limit, &SETTINGS).expect("100 scans are allowed");
+    assert_eq!((out.width, out.height), (w, h));
+    let over = progressive_grey(w, h, libjpeg::MAX_SCANS as usize + 1);
+    let err = decode_failure(&over, &SETTINGS);
+    assert!(err.contains("more than 100 scans"), "{err}");
+    assert!(stages::jpeg_pixels(&over).is_err(), "the pixel path too");
+    let err = decode_failure(&whole, &SETTINGS);
+    assert!(err.contains("more than 100 scans"), "{err}");
+
+    // A scan repeated a thousand times (a cheap way to make a file of
+    // thousands of scans): an inconsistent progression, refused at the
+    // first repeat.
+    let first_pass = progressive_grey(w, h, 64);
+    let (prefix, scans) = split_scans(&first_pass);
+    let mut repeated = prefix;
+    for chunk in scans.iter().chain(std::iter::repeat_n(&scans[63], 1000)) {
+        repeated.extend_from_slice(chunk);
+    }
+    repeated.extend_from_slice(&[0xFF, 0xD9]);
+    let started = Instant::now();
+    let err = decode_failure(&repeated, &SETTINGS);
+    assert!(err.contains("Inconsistent progression"), "{err}");
+    eprintln!(
+        "{} bytes, 1,064 scans: {err} in {:?}",
+        repeated.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_image_past_its_cpu_deadline_fails() {
+    // 100 scans of a 1,024² picture: well over a millisecond of decoding.
+    let grey = textured_grey(1024, 1024);
+    let slow = progressive_grey(1024, 1024, 100);
+    let tight = Settings {
+        max_cpu_time: std::time::Duration::from_millis(1),
+        ..SETTINGS
+    };
+    let err = decode_failure(&slow, &tight);
+    assert!(err.contains("took more than 1ms of CPU time"), "{err}");
+    compress(&slow, &SETTINGS).expect("converts with the default limit");
+
+    // A streamed PNG stops too, between rows.
+    let mut png = Vec::new();
+    DynamicImage::ImageLuma8(image::GrayImage::from_raw(1024, 1024, grey).unwrap())
+        .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+        .unwrap();
+    let err = decode_failure(&png, &tight);
+    assert!(err.contains("of CPU time"), "{err}");
 }

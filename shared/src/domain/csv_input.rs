@@ -163,10 +163,7 @@ pub fn parse(bytes: &[u8], limits: &CsvLimits) -> Result<ParsedCsv, Vec<Issue>> 
             Some(Ok(r)) => break (lines.line_of(&r), r),
         }
     };
-    let layout = match Layout::from_header(header_line, &header) {
-        Ok(layout) => layout,
-        Err(header_issues) => return Err(header_issues),
-    };
+    let layout = Layout::from_header(header_line, &header)?;
 
     let mut products = Vec::new();
     let mut seen_serials: HashMap<u64, u64> = HashMap::new();

@@ -123,6 +123,8 @@ impl LocalRuntime {
             Settings {
                 quality: config.jpeg_quality,
                 max_pixels: config.max_pixels,
+                max_decode_bytes: config.max_decode_bytes(),
+                max_cpu_time: config.max_image_cpu,
             },
             options.cpu_threads,
         );

@@ -1,0 +1,642 @@
+//! Re-compression without leaving the DCT domain, on libjpeg's coefficient
+//! API: every coefficient is requantised to the target tables (or kept at
+//! the source's step where that is coarser), 4:2:2 and 4:4:4 chroma is
+//! halved to 4:2:0 (`chroma.rs`), the picture is turned on whole blocks by
+//! libjpeg-turbo's lossless transforms (`transupp.c`), and the result is
+//! entropy-coded with optimal Huffman tables built from symbol counts
+//! gathered here (`huffman.rs`).
+//!
+//! The codecs are `libjpeg::Decompress` and `libjpeg::Compress`, which own
+//! libjpeg's structs; everything here borrows them for one call at a time.
+//! Coefficient arrays live in libjpeg's pools and are reached only through
+//! `access_virt_barray`, one row at a time, within the bounds libjpeg
+//! reports (`width_in_blocks`, `height_in_blocks`).
+
+use std::ffi::{c_int, c_long, c_uint};
+use std::marker::{PhantomData, PhantomPinned};
+use std::ptr::{self, NonNull};
+use std::time::{Duration, Instant};
+
+use mozjpeg_sys::{
+    JBLOCK, JBLOCKARRAY, JCOEF, JDIMENSION, JHUFF_TBL, JXFORM_CODE, JXFORM_CODE_JXFORM_NONE,
+    boolean, jpeg_add_quant_table, jpeg_alloc_huff_table, jpeg_common_struct, jpeg_component_info,
+    jpeg_compress_struct, jpeg_copy_critical_parameters, jpeg_decompress_struct,
+    jpeg_finish_compress, jpeg_finish_decompress, jpeg_read_coefficients, jpeg_set_quality,
+    jpeg_write_coefficients, jvirt_barray_ptr,
+};
+
+use super::libjpeg::{Compress, Decompress, Limits, guarded, write_icc};
+use super::{chroma, huffman};
+
+/// How chroma resolution changes on the way to 4:2:0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chroma {
+    /// Already 4:2:0 (or no chroma at all).
+    Keep,
+    /// 4:2:2: chroma has full height; halve it.
+    HalveHeight,
+    /// 4:4:4: halve both ways.
+    HalveBoth,
+}
+
+/// `jpeg_transform_info` of `transupp.h`, opaque: it is allocated and
+/// initialised by the C shim `transupp_shim.c`, compiled against the very
+/// header libjpeg-turbo's `transupp.c` was, so Rust never states its
+/// layout (the binding's declaration of it lacks the `drop_*` fields, and
+/// `transupp.c` would write past its end).
+#[repr(C)]
+struct TransformInfo {
+    _opaque: [u8; 0],
+    _not_send_sync_or_unpin: PhantomData<(*mut u8, PhantomPinned)>,
+}
+
+// The binding declares these with its short struct; these declarations take
+// the opaque one instead. Same symbols, same C signatures (a pointer is a
+// pointer), hence the allowed clash.
+#[allow(clashing_extern_declarations)]
+unsafe extern "C-unwind" {
+    fn jtransform_request_workspace(
+        src: *mut jpeg_decompress_struct,
+        info: *mut TransformInfo,
+    ) -> boolean;
+    fn jtransform_adjust_parameters(
+        src: *mut jpeg_decompress_struct,
+        dst: *mut jpeg_compress_struct,
+        src_arrays: *mut jvirt_barray_ptr,
+        info: *mut TransformInfo,
+    ) -> *mut jvirt_barray_ptr;
+    fn jtransform_execute_transform(
+        src: *mut jpeg_decompress_struct,
+        dst: *mut jpeg_compress_struct,
+        src_arrays: *mut jvirt_barray_ptr,
+        info: *mut TransformInfo,
+    );
+}
+
+unsafe extern "C" {
+    /// A zeroed `jpeg_transform_info` ("no crop, no trim") for `transform`,
+    /// exact (`perfect`); null when out of memory.
+    fn imgproc_transform_new(transform: JXFORM_CODE) -> *mut TransformInfo;
+    fn imgproc_transform_free(info: *mut TransformInfo);
+}
+
+/// An owned `jpeg_transform_info`.
+struct Transform(NonNull<TransformInfo>);
+
+impl Transform {
+    fn new(transform: JXFORM_CODE) -> Result<Self, String> {
+        // SAFETY: takes a plain integer, returns a fresh allocation or null.
+        let info = unsafe { imgproc_transform_new(transform) };
+        NonNull::new(info)
+            .map(Self)
+            .ok_or_else(|| "out of memory".to_string())
+    }
+}
+
+impl Drop for Transform {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `imgproc_transform_new`, freed once; libjpeg
+        // keeps no pointer to it beyond the calls it was passed to.
+        unsafe { imgproc_transform_free(self.0.as_ptr()) };
+    }
+}
+
+// libjpeg's Huffman table builder (jchuff.c), exported by the library but
+// not declared by the binding: `jpeg_gen_optimal_table(j_compress_ptr,
+// JHUFF_TBL *, long freq[])`, `freq` of 257 entries.
+unsafe extern "C-unwind" {
+    fn jpeg_gen_optimal_table(
+        cinfo: *mut jpeg_compress_struct,
+        table: *mut JHUFF_TBL,
+        freq: *mut c_long,
+    );
+}
+
+/// `JPOOL_IMAGE` of `jpeglib.h`: freed when the codec finishes or is destroyed.
+const JPOOL_IMAGE: c_int = 1;
+
+/// Re-compresses `src` at `quality` without leaving the DCT domain, as the
+/// module says, turned by `transform`. `Ok(Err(src))` when `transform`
+/// cannot be done exactly on whole blocks at this size; the caller then
+/// decodes to pixels instead. Turning and halving are not combined.
+/// On success, also the time spent before writing began.
+pub fn transcode<'a>(
+    mut src: Decompress<'a>,
+    quality: u8,
+    chroma: Chroma,
+    transform: JXFORM_CODE,
+    icc: Option<&[u8]>,
+    limits: Limits,
+) -> Result<Result<(Vec<u8>, Duration), Decompress<'a>>, String> {
+    let turning = transform != JXFORM_CODE_JXFORM_NONE;
+    if turning && chroma != Chroma::Keep {
+        return Ok(Err(src));
+    }
+    let info = Transform::new(transform)?;
+    let possible = guarded(|| {
+        // SAFETY: the header has been read; `info` is a live transform info.
+        unsafe { jtransform_request_workspace(src.raw(), info.0.as_ptr()) != 0 }
+    })?;
+    if !possible {
+        return Ok(Err(src));
+    }
+    let mut dst = Compress::new(limits)?;
+    let started = Instant::now();
+    let reading = guarded(|| {
+        // SAFETY: libjpeg's coefficient API in its documented order (read
+        // coefficients, copy critical parameters, set tables, write
+        // coefficients, finish both). `src` and `dst` are distinct codecs,
+        // each borrowed once for the whole block. Arrays and tables are
+        // libjpeg's, indexed within the component counts libjpeg reports.
+        unsafe {
+            let src = src.raw();
+            let dst = dst.raw();
+            let src_arrays = jpeg_read_coefficients(src);
+            jpeg_copy_critical_parameters(src, dst);
+            // The target tables at this quality, libjpeg's own way.
+            jpeg_set_quality(dst, c_int::from(quality), 1);
+            let target = [
+                (*dst.quant_tbl_ptrs[0]).quantval,
+                (*dst.quant_tbl_ptrs[1]).quantval,
+            ];
+            if chroma != Chroma::Keep {
+                let luma = &mut *dst.comp_info;
+                (luma.h_samp_factor, luma.v_samp_factor) = (2, 2);
+            }
+            let components = src.num_components.clamp(0, 4) as usize;
+            let mut slots: Vec<[u16; 64]> = Vec::with_capacity(components);
+            let mut tables = Vec::with_capacity(components);
+            for ci in 0..components {
+                let source = (*(*src.comp_info.add(ci)).quant_table).quantval;
+                let wanted = match (ci, chroma) {
+                    (0, _) | (_, Chroma::Keep) => coarser_of(&source, &target[usize::from(ci > 0)]),
+                    // Halved chroma is new data: the target's steps.
+                    _ => target[1],
+                };
+                let slot = slots.iter().position(|t| *t == wanted).unwrap_or_else(|| {
+                    slots.push(wanted);
+                    slots.len() - 1
+                });
+                let basic: [c_uint; 64] = wanted.map(c_uint::from);
+                jpeg_add_quant_table(dst, slot as c_int, basic.as_ptr(), 100, 1);
+                (*dst.comp_info.add(ci)).quant_tbl_no = slot as c_int;
+                tables.push((source, wanted));
+            }
+            for (ci, (source, wanted)) in tables.iter().enumerate() {
+                if ci == 0 || chroma == Chroma::Keep {
+                    let comp = &*src.comp_info.add(ci);
+                    requantise_component(src, *src_arrays.add(ci), comp, source, wanted)?;
+                }
+            }
+            // Optimal Huffman tables, from counts gathered here rather than
+            // by libjpeg's slower statistics pass where the layout allows.
+            let own_tables = counts_its_own_symbols(dst);
+            dst.optimize_coding = boolean::from(!own_tables);
+            let written = if turning {
+                let arrays = jtransform_adjust_parameters(src, dst, src_arrays, info.0.as_ptr());
+                jpeg_write_coefficients(dst, arrays);
+                write_icc(dst, icc);
+                jtransform_execute_transform(src, dst, src_arrays, info.0.as_ptr());
+                Written::Source(arrays)
+            } else if chroma == Chroma::Keep {
+                jpeg_write_coefficients(dst, src_arrays);
+                write_icc(dst, icc);
+                Written::Source(src_arrays)
+            } else {
+                let halved = HalvedArrays::request(src, dst)?;
+                jpeg_write_coefficients(dst, halved.arrays);
+                halved.fill(src, dst, src_arrays, chroma, &tables)?;
+                write_icc(dst, icc);
+                Written::Destination(halved.arrays)
+            };
+            if own_tables {
+                install_optimal_tables(src, dst, written)?;
+            }
+            let reading = started.elapsed();
+            jpeg_finish_compress(dst);
+            jpeg_finish_decompress(src);
+            Ok::<_, String>(reading)
+        }
+    })??;
+    Ok(Ok((dst.into_bytes(), reading)))
+}
+
+/// The final coefficient arrays, and whose memory manager holds them.
+#[derive(Clone, Copy)]
+enum Written {
+    Source(*mut jvirt_barray_ptr),
+    Destination(*mut jvirt_barray_ptr),
+}
+
+/// Whether the output is one sequential Huffman-coded scan without restart
+/// markers: the layout `huffman::count_scan` counts symbols for.
+fn counts_its_own_symbols(dst: &jpeg_compress_struct) -> bool {
+    dst.scan_info.is_null()
+        && dst.arith_code == 0
+        && dst.restart_interval == 0
+        && dst.restart_in_rows == 0
+        && (1..=4).contains(&dst.num_components)
+        && !libjpeg_gathers()
+}
+
+#[cfg(not(test))]
+fn libjpeg_gathers() -> bool {
+    false
+}
+
+#[cfg(test)]
+fn libjpeg_gathers() -> bool {
+    LIBJPEG_GATHERS.with(|g| g.get())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Lets a test have libjpeg gather the symbols itself, to compare.
+    pub(super) static LIBJPEG_GATHERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The first block of block row `row` of a realised coefficient array.
+///
+/// # Safety
+/// `array` belongs to `owner`'s memory manager and is realised, and `row`
+/// is below its height. The row holds the array's width in blocks; it may
+/// be read while other rows are taken, and written only through a pointer
+/// taken with `writable` set. (libjpeg's default memory manager keeps every
+/// array wholly in memory — with no backing store, an array that does not
+/// fit is an error — so no row pointer is ever invalidated by another.)
+unsafe fn block_row(
+    owner: &mut jpeg_common_struct,
+    array: jvirt_barray_ptr,
+    row: JDIMENSION,
+    writable: bool,
+) -> Result<*mut JBLOCK, String> {
+    // SAFETY: the caller's promises.
+    unsafe {
+        let access = (*owner.mem)
+            .access_virt_barray
+            .ok_or("no libjpeg memory manager")?;
+        let rows: JBLOCKARRAY = access(owner, array, row, 1, boolean::from(writable));
+        Ok(*rows)
+    }
+}
+
+/// Optimal Huffman tables for the final coefficients, installed in `dst`
+/// in place of the standard ones, once the arrays hold their final values
+/// and before `jpeg_finish_compress` writes them.
+///
+/// # Safety
+/// `written` names realised arrays of `dst`'s components, held by `src`'s
+/// memory manager or by `dst`'s.
+unsafe fn install_optimal_tables(
+    src: &mut jpeg_decompress_struct,
+    dst: &mut jpeg_compress_struct,
+    written: Written,
+) -> Result<(), String> {
+    let components: Vec<huffman::Component> = (0..dst.num_components.clamp(0, 4) as usize)
+        .map(|ci| {
+            // SAFETY: `comp_info` holds `num_components` entries.
+            let c = unsafe { &*dst.comp_info.add(ci) };
+            huffman::Component {
+                h_samp: c.h_samp_factor as usize,
+                v_samp: c.v_samp_factor as usize,
+                width_in_blocks: c.width_in_blocks as usize,
+                height_in_blocks: c.height_in_blocks as usize,
+                dc_table: c.dc_tbl_no as usize,
+                ac_table: c.ac_tbl_no as usize,
+            }
+        })
+        .collect();
+    let (image_width, image_height) = (dst.image_width as usize, dst.image_height as usize);
+    let (owner, arrays) = match written {
+        Written::Source(a) => (&mut src.common, a),
+        Written::Destination(a) => (&mut dst.common, a),
+    };
+    let mut counts = huffman::count_scan(&components, image_width, image_height, |ci, r| {
+        // SAFETY: `count_scan` asks for rows below `height_in_blocks` of
+        // components below `num_components`, each `width_in_blocks` long,
+        // and only reads them, before anything writes the arrays again.
+        unsafe {
+            let first = block_row(owner, *arrays.add(ci), r as JDIMENSION, false)?;
+            Ok(std::slice::from_raw_parts(
+                first,
+                components[ci].width_in_blocks,
+            ))
+        }
+    })?;
+    // Components may share a table; each is built once (the builder
+    // consumes its counts).
+    let mut built = [[false; 4]; 2];
+    for c in &components {
+        for (dc, n) in [(true, c.dc_table), (false, c.ac_table)] {
+            if std::mem::replace(&mut built[usize::from(dc)][n], true) {
+                continue;
+            }
+            let (table, freq) = if dc {
+                (&mut dst.dc_huff_tbl_ptrs[n], &mut counts.dc[n])
+            } else {
+                (&mut dst.ac_huff_tbl_ptrs[n], &mut counts.ac[n])
+            };
+            // SAFETY: the table is allocated in `dst`'s pools when missing;
+            // `freq` has the 257 entries the builder reads and clears.
+            unsafe {
+                if table.is_null() {
+                    *table = jpeg_alloc_huff_table(&mut dst.common);
+                }
+                let table = *table;
+                // Builds the table from the counts and marks it unsent.
+                jpeg_gen_optimal_table(dst, table, freq.as_mut_ptr());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn round_up(n: JDIMENSION, multiple: JDIMENSION) -> JDIMENSION {
+    n.div_ceil(multiple) * multiple
+}
+
+/// The coefficient arrays of a 4:2:0 output made from a 4:2:2 or 4:4:4
+/// source, all new: luma is copied because the encoder reads it two block
+/// rows at a time, which the source's array (made for one) refuses; chroma
+/// has a half or a quarter of the source's blocks.
+struct HalvedArrays {
+    /// Three array pointers in `dst`'s image pool, where libjpeg keeps
+    /// reading them until the compression finishes.
+    arrays: *mut jvirt_barray_ptr,
+    chroma_blocks: (JDIMENSION, JDIMENSION),
+}
+
+impl HalvedArrays {
+    /// # Safety
+    /// `src` has read its coefficients (3 components); `dst` has copied its
+    /// parameters and not yet started writing.
+    unsafe fn request(
+        src: &jpeg_decompress_struct,
+        dst: &mut jpeg_compress_struct,
+    ) -> Result<Self, String> {
+        // SAFETY: as promised; the memory manager's functions allocate in
+        // `dst`'s pools (or unwind on failure).
+        unsafe {
+            let luma = &*src.comp_info;
+            let (wib, hib) = (luma.width_in_blocks, luma.height_in_blocks);
+            let mem = &*dst.common.mem;
+            let (request, alloc) = mem
+                .request_virt_barray
+                .zip(mem.alloc_small)
+                .ok_or("no libjpeg memory manager")?;
+            let arrays = alloc(
+                &mut dst.common,
+                JPOOL_IMAGE,
+                3 * size_of::<jvirt_barray_ptr>(),
+            )
+            .cast::<jvirt_barray_ptr>();
+            let luma_array = request(
+                &mut dst.common,
+                JPOOL_IMAGE,
+                1,
+                round_up(wib, 2),
+                round_up(hib, 2),
+                2,
+            );
+            let chroma_blocks = (src.image_width.div_ceil(16), src.image_height.div_ceil(16));
+            arrays.write(luma_array);
+            for ci in 1..3 {
+                let array = request(
+                    &mut dst.common,
+                    JPOOL_IMAGE,
+                    0,
+                    chroma_blocks.0,
+                    chroma_blocks.1,
+                    1,
+                );
+                arrays.add(ci).write(array);
+            }
+            Ok(Self {
+                arrays,
+                chroma_blocks,
+            })
+        }
+    }
+
+    /// Called after `jpeg_write_coefficients`, which realises the arrays.
+    ///
+    /// # Safety
+    /// As `request`, and `src_arrays` are `src`'s realised coefficient
+    /// arrays; `tables` holds the (source, output) steps of 3 components.
+    unsafe fn fill(
+        &self,
+        src: &mut jpeg_decompress_struct,
+        dst: &mut jpeg_compress_struct,
+        src_arrays: *mut jvirt_barray_ptr,
+        chroma: Chroma,
+        tables: &[([u16; 64], [u16; 64])],
+    ) -> Result<(), String> {
+        // SAFETY: rows and blocks below each array's dimensions, as the
+        // loops bound them; one source row of a component is read at a time
+        // (two for chroma, from the same read-only array) and one output row
+        // written, from different arrays and memory managers.
+        unsafe {
+            let luma = &*src.comp_info;
+            let width = luma.width_in_blocks as usize;
+            for row in 0..luma.height_in_blocks {
+                let from = block_row(&mut src.common, *src_arrays, row, false)?;
+                let to = block_row(&mut dst.common, *self.arrays, row, true)?;
+                ptr::copy_nonoverlapping(from, to, width);
+            }
+            let (out_w, out_h) = self.chroma_blocks;
+            for (ci, (q_in, q_out)) in tables.iter().enumerate().take(3).skip(1) {
+                let comp = &*src.comp_info.add(ci);
+                let (in_w, in_h) = (comp.width_in_blocks as usize, comp.height_in_blocks);
+                if in_w == 0 || in_h == 0 {
+                    return Err("a chroma component has no blocks".into());
+                }
+                let deq = |b: &JBLOCK| chroma::dequantise(b, q_in);
+                let array = *src_arrays.add(ci);
+                for row in 0..out_h {
+                    let top_row = (2 * row).min(in_h - 1);
+                    let bottom_row = (2 * row + 1).min(in_h - 1);
+                    // Read-only, possibly the same row twice.
+                    let top = block_row(&mut src.common, array, top_row, false)?;
+                    let bottom = block_row(&mut src.common, array, bottom_row, false)?;
+                    let (top, bottom) = (
+                        std::slice::from_raw_parts(top, in_w),
+                        std::slice::from_raw_parts(bottom, in_w),
+                    );
+                    let out = block_row(&mut dst.common, *self.arrays.add(ci), row, true)?;
+                    let out = std::slice::from_raw_parts_mut(out, out_w as usize);
+                    for (col, block) in out.iter_mut().enumerate() {
+                        let halved = match chroma {
+                            Chroma::HalveHeight => {
+                                let c = col.min(in_w - 1);
+                                chroma::halve_vertically(&deq(&top[c]), &deq(&bottom[c]))
+                            }
+                            _ => {
+                                let (l, r) = ((2 * col).min(in_w - 1), (2 * col + 1).min(in_w - 1));
+                                let upper =
+                                    chroma::halve_horizontally(&deq(&top[l]), &deq(&top[r]));
+                                let lower =
+                                    chroma::halve_horizontally(&deq(&bottom[l]), &deq(&bottom[r]));
+                                chroma::halve_vertically(&upper, &lower)
+                            }
+                        };
+                        *block = chroma::quantise(&halved, q_out);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The output step of each coefficient: the target's, or the source's where
+/// that is coarser.
+pub fn coarser_of(source: &[u16; 64], target: &[u16; 64]) -> [u16; 64] {
+    std::array::from_fn(|k| source[k].max(target[k]))
+}
+
+/// Fixed-point factors `old / new` with 16 fractional bits, rounded down.
+/// `new ≥ old` (see `coarser_of`), so a factor is at most 1; 1 itself is
+/// stored as 65535/65536, which gives the same result for every coefficient
+/// up to 2^15 (see `requantise_block`). The error is under 1/30 of a step,
+/// only ever towards zero.
+fn requantise_factors(old: &[u16; 64], new: &[u16; 64]) -> [u16; 64] {
+    std::array::from_fn(|k| {
+        let (old, new) = (u32::from(old[k]), u32::from(new[k].max(old[k]).max(1)));
+        ((old << 16) / new).min(u32::from(u16::MAX)) as u16
+    })
+}
+
+/// `c' = round(c · old / new)` for every coefficient of the component's
+/// real blocks, with a fixed-point factor per position instead of a
+/// division. An exact half rounds towards zero: both neighbours are equally
+/// far from the source's value, and zero costs fewer bits. (Rounding it
+/// away from zero keeps every ±1 when the step doubles, say from quality 75
+/// to 50, and makes the file a fifth larger for nothing.)
+///
+/// # Safety
+/// `array` is `cinfo`'s realised coefficient array of component `comp`.
+unsafe fn requantise_component(
+    cinfo: &mut jpeg_decompress_struct,
+    array: jvirt_barray_ptr,
+    comp: &jpeg_component_info,
+    old: &[u16; 64],
+    new: &[u16; 64],
+) -> Result<(), String> {
+    if old == new {
+        return Ok(());
+    }
+    let factor = requantise_factors(old, new);
+    let width = comp.width_in_blocks as usize;
+    for row in 0..comp.height_in_blocks {
+        // SAFETY: rows below `height_in_blocks` of `width_in_blocks` blocks
+        // exist in the array libjpeg allocated for this component; one row
+        // is borrowed at a time.
+        let blocks = unsafe {
+            std::slice::from_raw_parts_mut(block_row(&mut cinfo.common, array, row, true)?, width)
+        };
+        requantise_blocks(blocks, &factor);
+    }
+    Ok(())
+}
+
+/// Every coefficient of a JPEG passes through here once, so the loop is
+/// compiled twice: for the baseline CPU and, chosen at run time, for AVX2,
+/// which does 16 coefficients per instruction instead of 8.
+fn requantise_blocks(blocks: &mut [[JCOEF; 64]], factor: &[u16; 64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has just been checked for AVX2.
+        return unsafe { requantise_blocks_avx2(blocks, factor) };
+    }
+    for block in blocks {
+        requantise_block(block, factor);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn requantise_blocks_avx2(blocks: &mut [[JCOEF; 64]], factor: &[u16; 64]) {
+    for block in blocks {
+        requantise_block(block, factor);
+    }
+}
+
+/// `round(|c| · f / 2^16)` with an exact half rounded down, from the high
+/// and low halves of the 32-bit product: 16-bit lanes throughout, so the
+/// compiler can use the CPU's multiply-high instructions.
+#[inline(always)]
+fn requantise_block(block: &mut [JCOEF; 64], factor: &[u16; 64]) {
+    for (c, &f) in block.iter_mut().zip(factor) {
+        // |c| ≤ 2^11 for 8-bit data; clamp so that no input can overflow.
+        let a = c.unsigned_abs().min(1 << 11);
+        let product = u32::from(a) * u32::from(f);
+        let (high, low) = ((product >> 16) as u16, product as u16);
+        // Adding 2^15 − 1 before the shift carries into the high half
+        // exactly when the low half is above 2^15.
+        let scaled = (high + u16::from(low > 0x8000)) as JCOEF;
+        *c = if *c < 0 { -scaled } else { scaled };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requantising_rounds_to_the_nearest_step() {
+        let (mut old, mut new) = ([1u16; 64], [1u16; 64]);
+        (old[0], new[0]) = (3, 10);
+        let factor = requantise_factors(&old, &new);
+        // 7·3 = 21 → 2.1 → 2; −5·3 = −15 → −1.5 → −1 (a half towards zero)
+        let mut block = [0 as JCOEF; 64];
+        block[0] = 7;
+        requantise_block(&mut block, &factor);
+        assert_eq!(block[0], 2);
+        block[0] = -5;
+        requantise_block(&mut block, &factor);
+        assert_eq!(block[0], -1);
+        block[0] = -6;
+        requantise_block(&mut block, &factor);
+        assert_eq!(block[0], -2, "−1.8 → −2");
+        // The same as the exact rounding of the fixed-point product, for every
+        // coefficient and every pair of steps.
+        let mut steps: Vec<(u16, u16)> = (1..=255u16)
+            .flat_map(|o| [(o, o), (o, o + 1), (o, 2 * o), (o, 255)])
+            .collect();
+        steps.extend([(1, 1), (3, 10), (50, 51), (1, 255), (254, 255)]);
+        for (o, n) in steps {
+            let factor = requantise_factors(&[o; 64], &[n.max(o); 64]);
+            let exact = (u32::from(o) << 16) / u32::from(n.max(o));
+            let mut blocks: Vec<[JCOEF; 64]> = (-2048i32..2048)
+                .step_by(64)
+                .map(|b| std::array::from_fn(|k| (b + k as i32) as JCOEF))
+                .collect();
+            let sources = blocks.clone();
+            requantise_blocks(&mut blocks, &factor);
+            for (c, r) in sources.iter().flatten().zip(blocks.iter().flatten()) {
+                let a = u32::from(c.unsigned_abs());
+                let want = ((a * exact + (1 << 15) - 1) >> 16) as JCOEF;
+                assert_eq!(
+                    *r,
+                    if *c < 0 { -want } else { want },
+                    "{c} with steps {o} → {n}"
+                );
+            }
+        }
+        // Equal steps change nothing, at the extremes of the range.
+        let mut block: [JCOEF; 64] = std::array::from_fn(|k| if k % 2 == 0 { 2047 } else { -2048 });
+        let same = block;
+        requantise_block(&mut block, &requantise_factors(&[7; 64], &[7; 64]));
+        assert_eq!(block, same);
+    }
+
+    #[test]
+    fn the_output_step_is_never_finer_than_the_source() {
+        let source: [u16; 64] = std::array::from_fn(|k| k as u16 + 1);
+        let target = [32u16; 64];
+        let out = coarser_of(&source, &target);
+        assert!(out.iter().zip(&source).all(|(o, s)| o >= s));
+        assert_eq!(out[0], 32);
+        assert_eq!(out[63], 64);
+    }
+}
