@@ -24,18 +24,39 @@ message, which makes a deep queue quadratic:
 `patch_moto_sqs` replaces those five functions with copies that read the
 flag and the retention period directly, stop walking once the batch is
 full, and find a message by its receipt handle through an index, falling
-back to moto's own code whenever the index does not hold the handle. What
-each call returns, raises and changes is unchanged (infra/tests/ compares
-both versions call by call). The copies are of moto 5.2.1 exactly: the
-patch checks the source of the functions it replaces and leaves moto as it
-is, with a warning, if it differs. `MOTO_SQS_PATCH=0` runs moto unchanged
-(to measure the difference).
+back to moto's own code whenever the index does not hold the handle.
+
+moto 5.2.1's DynamoDB `TransactWriteItems` deep-copies every table it
+touches (all items and the whole stream history), once per action, before
+it starts, to roll back on failure: each transaction costs time in
+proportion to the table. `patch_moto_dynamodb` keeps copies of only the
+items the transaction names (and the length of each table's stream), and
+a rollback restores those items and drops the stream records written since.
+One difference: moto's rollback swaps in the copied table, which leaves
+every open shard iterator reading the discarded table's stream (new records
+never reach it); with the patch the table object stays, so they keep
+working, as DynamoDB's do.
+
+moto 5.2.1 turns every DynamoDB and DynamoDB Streams answer into JSON
+through its generic, model-driven serializer, which looks up six kinds of
+alias for each of the ten members of every attribute value: a Query page of
+500 items, or a page of stream records, costs seconds of the one thread.
+`patch_moto_serializer` writes an attribute value that is already in the
+wire form (a dict of the members S, N, BOOL, NULL, M, L...) directly, in the
+same member order; sets, binaries, and anything else take moto's path.
+
+What each call returns, raises and changes is otherwise unchanged
+(infra/tests/ compares both versions call by call). The copies are of moto
+5.2.1 exactly: the patch checks the source of the functions it replaces and
+leaves moto as it is, with a warning, if it differs. `MOTO_PATCH=0` runs
+moto unchanged (to measure the difference).
 
     python3 infra/moto_serial_server.py HOST PORT
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import os
@@ -53,10 +74,30 @@ _REPLACED = {
     "SQSBackend.change_message_visibility": "f0e9df5f66627114c9249020675ff5accee62a9cab5e797442538c13ac593b99",
     "Queue.delete_message": "fa6fd5b9bd2cafb4aaacd79da7fc656e513e1513197c2939ff002f9ebfd4be46",
 }
+_REPLACED_DYNAMODB = {
+    "DynamoDBBackend.transact_write_items": "81db2cb7d94e39c90b3a2077e1f4bb41a449c558ef9b1b1e2910fdaa39978ad4",
+}
 
 
 def _source_digest(fn: Any) -> str:
     return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+
+
+def _unchanged(owners: dict[str, Any], replaced: dict[str, str], what: str) -> bool | None:
+    """True when moto's functions are the ones the copies were made from; None when already patched."""
+    for qualified, digest in replaced.items():
+        owner, name = qualified.split(".")
+        fn = getattr(owners[owner], name)
+        if getattr(fn, "_imgproc_patched", False):
+            return None
+        if _source_digest(fn) != digest:
+            print(
+                f"moto_serial_server: moto's {qualified} is not the one this patch was written for "
+                f"(moto 5.2.1); {what}",
+                file=sys.stderr,
+            )
+            return False
+    return True
 
 
 def patch_moto_sqs() -> bool:
@@ -68,18 +109,9 @@ def patch_moto_sqs() -> bool:
     from moto.sqs import models
 
     owners = {"SQSBackend": models.SQSBackend, "Queue": models.Queue}
-    for qualified, digest in _REPLACED.items():
-        owner, name = qualified.split(".")
-        fn = getattr(owners[owner], name)
-        if getattr(fn, "_imgproc_patched", False):
-            return True
-        if _source_digest(fn) != digest:
-            print(
-                f"moto_serial_server: moto's {qualified} is not the one this patch was written for "
-                "(moto 5.2.1); SQS stays quadratic in queue depth",
-                file=sys.stderr,
-            )
-            return False
+    state = _unchanged(owners, _REPLACED, "SQS stays quadratic in queue depth")
+    if state is not True:
+        return state is None
 
     from moto.core.utils import unix_time, unix_time_millis
     from moto.moto_api._internal import mock_random as random
@@ -306,12 +338,270 @@ def patch_moto_sqs() -> bool:
     return True
 
 
+def patch_moto_dynamodb() -> bool:
+    """Makes a transaction's rollback copy what it writes, not whole tables.
+
+    Returns False (and changes nothing) when moto is not the version the
+    replacement was copied from.
+    """
+    from moto.dynamodb import models
+
+    state = _unchanged({"DynamoDBBackend": models.DynamoDBBackend}, _REPLACED_DYNAMODB, "transactions copy whole tables")
+    if state is not True:
+        return state is None
+
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        ConditionalCheckFailed,
+        MockValidationException,
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    class Snapshot:
+        """What a transaction may change in one table: the items it names, and the stream's length."""
+
+        def __init__(self, table: Any) -> None:
+            self.table = table
+            self.whole: Any = None  # moto's own deep copy, when an action's key cannot be read
+            self.items: dict[tuple[Any, Any], tuple[bool, Any]] = {}
+            shard = table.stream_shard
+            self.stream_length = len(shard.items) if shard is not None else None
+
+        def keep(self, op_type: str, op: dict[str, Any]) -> None:
+            if self.whole is not None:
+                return
+            t = self.table
+            try:
+                source = op["Item"] if op_type == "Put" else op["Key"]
+                hash_value = DynamoType(source[t.hash_key_attr])
+                range_value = DynamoType(source[t.range_key_attr]) if t.range_key_attr is not None else None
+                key = (hash_value, range_value)
+                if key in self.items:
+                    return
+                if range_value is not None:
+                    bucket = t.items.get(hash_value)
+                    had_bucket = bucket is not None
+                    current = bucket.get(range_value) if bucket is not None else None
+                else:
+                    had_bucket = hash_value in t.items
+                    current = t.items.get(hash_value)
+                self.items[key] = (had_bucket, copy.deepcopy(current))
+            except Exception:  # a malformed action: moto's way, which the action will fail in
+                self.whole = copy.deepcopy(t)
+
+        def restore(self, backend: Any, table_name: str) -> None:
+            if self.whole is not None:
+                backend.tables[table_name] = self.whole
+                return
+            t = self.table
+            for (hash_value, range_value), (had_bucket, item) in self.items.items():
+                if range_value is not None:
+                    bucket = t.items.get(hash_value)
+                    if item is None:
+                        if bucket is not None:
+                            bucket.pop(range_value, None)
+                            if not bucket and not had_bucket:
+                                del t.items[hash_value]
+                    else:
+                        t.items[hash_value][range_value] = item
+                elif item is None:
+                    t.items.pop(hash_value, None)
+                else:
+                    t.items[hash_value] = item
+            shard = t.stream_shard
+            if shard is not None and self.stream_length is not None and len(shard.items) >= self.stream_length:
+                del shard.items[self.stream_length :]
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        if len(transact_items) > 100:
+            raise TooManyTransactionsException()
+        # What a rollback needs (moto: a deep copy of each table named).
+        original_table_state: dict[str, Snapshot] = {}
+        for item in transact_items:
+            op_type, op = next(iter(item.items()))
+            table_name = op.get("TableName")
+            if table_name and table_name in self.tables:
+                snapshot = original_table_state.get(table_name)
+                if snapshot is None:
+                    snapshot = original_table_state[table_name] = Snapshot(self.tables[table_name])
+                snapshot.keep(op_type, op)
+
+        def rollback() -> None:
+            for table_name, snapshot in original_table_state.items():
+                snapshot.restore(self, table_name)
+
+        target_items: set[tuple[str, str]] = set()
+
+        def check_unicity(table_name: str, key: dict[str, Any]) -> None:
+            item = (str(table_name), str(dict(sorted(key.items()))))
+            if item in target_items:
+                raise MultipleTransactionsException()
+            target_items.add(item)
+
+        errors: list[tuple[str, str, dict[str, Any]] | tuple[None, None, None]] = []
+        for item in transact_items:
+            original_item: dict[str, Any] | None = None
+            if len(list(item.keys())) > 1:
+                raise TransactWriteSingleOpException
+
+            try:
+                op_type, op = next(iter(item.items()))
+                if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+                    raise ValueError("Unsupported transaction operation")
+
+                table_name = op["TableName"]
+                condition_expression = op.get("ConditionExpression")
+                expression_attribute_names = op.get("ExpressionAttributeNames")
+                expression_attribute_values = op.get("ExpressionAttributeValues")
+                return_values_on_condition_check_failure = op.get("ReturnValuesOnConditionCheckFailure")
+
+                if op_type == "Put":
+                    attrs = op["Item"]
+                    table = self.get_table(table_name)
+                    key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+                    if table.range_key_attr is not None:
+                        key[table.range_key_attr] = attrs[table.range_key_attr]
+                else:
+                    key = op["Key"]
+
+                check_unicity(table_name, key)
+
+                current = self.get_item(table_name, key)
+                if condition_expression is not None:
+                    condition_op = get_filter_expression(
+                        condition_expression,
+                        expression_attribute_names,
+                        expression_attribute_values,
+                    )
+                    if not condition_op.expr(current):
+                        if return_values_on_condition_check_failure == "ALL_OLD" and current:
+                            original_item = current.to_json()["Attributes"]
+                        raise ConditionalCheckFailed(item=original_item)
+
+                if op_type == "Put":
+                    attrs = op["Item"]
+                    self.put_item(
+                        table_name,
+                        attrs,
+                        condition_expression=condition_expression,
+                        expression_attribute_names=expression_attribute_names,
+                        expression_attribute_values=expression_attribute_values,
+                    )
+                elif op_type == "Delete":
+                    self.delete_item(
+                        table_name,
+                        key,
+                        condition_expression=condition_expression,
+                        expression_attribute_names=expression_attribute_names,
+                        expression_attribute_values=expression_attribute_values,
+                    )
+                elif op_type == "Update":
+                    update_expression = op["UpdateExpression"]
+                    self.update_item(
+                        table_name,
+                        key,
+                        update_expression=update_expression,
+                        condition_expression=condition_expression,
+                        expression_attribute_names=expression_attribute_names,
+                        expression_attribute_values=expression_attribute_values,
+                    )
+                errors.append((None, None, None))
+            except (MultipleTransactionsException, MockValidationException):
+                rollback()
+                raise
+            except ConditionalCheckFailed as e:
+                errors.append(("ConditionalCheckFailed", str(e.message), original_item))  # type: ignore
+            except Exception as e:  # noqa: BLE001 - moto reports every other error this way
+                errors.append((type(e).__name__, str(e), original_item))  # type: ignore
+
+        if any(code is not None for code, _, _ in errors):
+            rollback()
+            raise TransactionCanceledException(errors)
+
+    transact_write_items._imgproc_patched = True  # type: ignore[attr-defined]
+    models.DynamoDBBackend.transact_write_items = transact_write_items
+    return True
+
+
+def patch_moto_serializer() -> bool:
+    """Serializes DynamoDB attribute values without the per-member alias search."""
+    from moto.core import serialize
+
+    cls = serialize.JSONSerializer
+    if getattr(cls._serialize_type_structure, "_imgproc_patched", False):
+        return True
+    original = cls._serialize_type_structure
+    services = {"dynamodb", "dynamodbstreams"}
+    # Members whose value the generic path copies as it is (strings, booleans).
+    plain = {"S", "N", "NULL", "BOOL"}
+
+    def attribute_value(self: Any, value: dict[str, Any], shape: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for member_key, member_shape in shape.members.items():
+            member = value.get(member_key)
+            if member is None:
+                continue
+            if member_key in plain:
+                out[member_key] = member
+            elif member_key == "M" and type(member) is dict:
+                av = member_shape.value
+                entries: dict[str, Any] = {}
+                for k, v in member.items():
+                    if k and type(v) is dict and v.keys() <= av.members.keys():
+                        entries[k] = attribute_value(self, v, av)
+                    else:
+                        self._serialize(entries, v, av, k)
+                out["M"] = entries
+            elif member_key == "L" and type(member) is list:
+                av = member_shape.member
+                out["L"] = [self._imgproc_av(v, av) for v in member]
+            else:
+                member_shape.parent = shape
+                self._serialize(out, member, member_shape, member_key)
+        return out
+
+    def serialize_av(self: Any, value: Any, shape: Any) -> Any:
+        """One attribute value as the generic path would write it (a list item or a map value)."""
+        if type(value) is dict and value.keys() <= shape.members.keys():
+            return attribute_value(self, value, shape)
+        wrapper: dict[str, Any] = {}
+        self._serialize(wrapper, value, shape, shape.name)
+        return wrapper.get(shape.name, value)
+
+    def _serialize_type_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
+        if (
+            shape.name == "AttributeValue"
+            and type(value) is dict
+            and value.keys() <= shape.members.keys()
+            and self.operation_model.service_model.service_name in services
+            and not getattr(self._value_picker, "response_transformers", None)
+        ):
+            out = attribute_value(self, value, shape)
+            if key:
+                self._default_serialize(serialized, out, shape, key)
+            else:
+                serialized.update(out)
+            return
+        original(self, serialized, value, shape, key)
+
+    _serialize_type_structure._imgproc_patched = True  # type: ignore[attr-defined]
+    cls._imgproc_av = serialize_av  # type: ignore[attr-defined]
+    cls._serialize_type_structure = _serialize_type_structure  # type: ignore[method-assign]
+    return True
+
+
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
     # moto builds queue URLs and the like from this.
     os.environ.setdefault("MOTO_PORT", str(port))
-    if os.environ.get("MOTO_SQS_PATCH", "1") != "0":
+    if os.environ.get("MOTO_PATCH", "1") != "0":
         patch_moto_sqs()
+        patch_moto_dynamodb()
+        patch_moto_serializer()
     from werkzeug.serving import run_simple
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
