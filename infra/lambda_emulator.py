@@ -509,6 +509,12 @@ class RuntimeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: RuntimeApi
 
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (ConnectionResetError, BrokenPipeError):  # the process was killed or replaced
+            self.close_connection = True
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass
 
@@ -1575,6 +1581,13 @@ class GatewayHandler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         n = int(self.headers.get("Content-Length") or 0)
         if n > HTTP_API_BODY_LIMIT:
+            # Read what was sent (up to a bound) so that the client gets the 413, not a reset.
+            left = n if n <= 8 * HTTP_API_BODY_LIMIT else 0
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
             return None
         return self.rfile.read(n) if n else b""
 
@@ -2007,8 +2020,8 @@ def kv(item: str, flag: str) -> tuple[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--template", default="template.yaml")
-    ap.add_argument("--endpoint", required=True, help="moto's URL, e.g. http://127.0.0.1:5015")
-    ap.add_argument("--bin-dir", required=True, help="directory of the function binaries (cargo's target/debug or target/release)")
+    ap.add_argument("--endpoint", help="moto's URL, e.g. http://127.0.0.1:5015 (required to run)")
+    ap.add_argument("--bin-dir", help="directory of the function binaries, cargo's target/debug or target/release (required to run)")
     ap.add_argument("--stack-name", default="imgproc")
     ap.add_argument("--region", default="us-east-1")
     ap.add_argument("--param", action="append", metavar="NAME=VALUE", help="a template parameter")
@@ -2022,8 +2035,20 @@ def main() -> None:
     ap.add_argument("--async-retry-delay", type=float, default=1.0, help="seconds before the first retry of an asynchronous invocation (Lambda: 60)")
     ap.add_argument("--log-dir", default="lambda-logs")
     ap.add_argument("--ready-file")
+    ap.add_argument("--list-binaries", action="store_true", help="print the template's function binaries, one a line, and exit")
     args = ap.parse_args()
 
+    if args.list_binaries:
+        template = load_template(Path(args.template))
+        for res in (template.get("Resources") or {}).values():
+            if res.get("Type") in ("AWS::Serverless::Function", "AWS::Lambda::Function"):
+                binary = ((res.get("Metadata") or {}).get("BuildProperties") or {}).get("Binary")
+                if binary:
+                    print(binary)
+        return
+
+    if not args.endpoint or not args.bin_dir:
+        ap.error("--endpoint and --bin-dir are required")
     emu = Emulator(args)
     done = threading.Event()
 
