@@ -53,6 +53,20 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
+def get_retrying(url: str, figures: dict[str, Any], timeout: float = 60, tries: int = 10) -> tuple[int, dict[str, str], bytes]:
+    """GET, retried on a gateway 5xx: moto serves one request at a time, and a
+    burst of work (the results CSV of a big request) can keep a read waiting
+    past API Gateway's 29 s. Each retry is counted in the figures."""
+    for attempt in range(tries):
+        status, headers, body = http("GET", url, timeout=timeout)
+        if status not in (500, 502, 503) or attempt == tries - 1:
+            return status, headers, body
+        figures["gateway_5xx_retried"] = figures.get("gateway_5xx_retried", 0) + 1
+        print(f"   GET {url.split('/v1/')[-1]} answered {status}; retrying", flush=True)
+        time.sleep(2.0)
+    raise AssertionError("unreachable")
+
+
 def make_csv(image_base: str, images: int, per_row: int, target_bytes: int | None) -> tuple[bytes, list[list[str]]]:
     """`images` distinct URLs, `per_row` to a product; padded so that the file is about `target_bytes`."""
     rows: list[list[str]] = []
@@ -196,7 +210,7 @@ def main() -> int:
         last_print = 0.0
         doc: dict[str, Any] = {}
         while True:
-            status, _, raw = http("GET", f"{api}/v1/requests/{request_id}?limit=1")
+            status, _, raw = get_retrying(f"{api}/v1/requests/{request_id}?limit=1", figures)
             check(status == 200, f"status answered {status}: {raw[:300]!r}")
             doc = json.loads(raw)
             p = doc["progress"]
@@ -223,7 +237,7 @@ def main() -> int:
         )
 
         # The output CSV: one output URL per input URL, in order.
-        status, _, raw = http("GET", f"{api}/v1/requests/{request_id}/output.csv", timeout=120)
+        status, _, raw = get_retrying(f"{api}/v1/requests/{request_id}/output.csv", figures, timeout=120)
         check(status == 200, f"output.csv answered {status}: {raw[:300]!r}")
         out_rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
         check(out_rows[0][3].strip().lower() == "output image urls", f"output.csv header {out_rows[0]}")

@@ -1205,6 +1205,8 @@ class StreamSource:
         self.on_failure_url = emulator.aws.queue_url_for_arn(dest) if dest else None
         self.filters = compile_filters(props.get("FilterCriteria"))
         self.cursor: dict[str, int] = {}  # shard -> last sequence number handled
+        self._shard_ids: list[str] = []
+        self._shards_read_at = 0.0
         self.enabled = threading.Event()
         if str(props.get("Enabled", "true")).lower() != "false":
             self.enabled.set()
@@ -1225,8 +1227,12 @@ class StreamSource:
         threading.Thread(target=self._run, name=f"stream-{self.label}", daemon=True).start()
 
     def _shards(self) -> list[str]:
-        desc = self.emu.aws.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]
-        return [s["ShardId"] for s in desc.get("Shards", [])]
+        # Shards change rarely (moto keeps one per table): described every few seconds.
+        if time.monotonic() - self._shards_read_at > 5:
+            desc = self.emu.aws.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]
+            self._shard_ids = [s["ShardId"] for s in desc.get("Shards", [])]
+            self._shards_read_at = time.monotonic()
+        return self._shard_ids
 
     def _read(self, shard: str, after: int | None) -> list[dict[str, Any]]:
         """The records after `after` (from TRIM_HORIZON when None), up to ten batches' worth."""
@@ -1254,16 +1260,17 @@ class StreamSource:
             if not self.enabled.wait(0.5):
                 continue
             try:
-                worked = False
+                backlog = False
                 for shard in self._shards():
-                    worked |= self._poll_shard(shard)
-                if not worked:
+                    backlog |= self._poll_shard(shard)
+                if not backlog:
                     self.emu.stopping.wait(0.25)  # Lambda polls a shard four times a second
             except Exception:
                 self.fn.log_line(f"[stream {self.label}] {traceback.format_exc()}")
                 self.emu.stopping.wait(1.0)
 
     def _poll_shard(self, shard: str) -> bool:
+        """Handles the shard's new records; True when more are waiting (a full read)."""
         last = self.cursor.get(shard)
         raw = self._read(shard, last)
         fresh = [r for r in raw if last is None or int(r["dynamodb"]["SequenceNumber"]) > last]
@@ -1284,7 +1291,7 @@ class StreamSource:
             if self.emu.stopping.is_set():
                 return True
         self.cursor[shard] = int(records[-1]["dynamodb"]["SequenceNumber"])
-        return True
+        return len(raw) >= 10 * self.batch_size
 
     def _deliver(self, shard: str, batch: list[dict[str, Any]], attempts: int = 0) -> None:
         """Invokes until the batch succeeds, its retries run out, or it is bisected."""
@@ -1766,7 +1773,8 @@ class Emulator:
     def describe_sources(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for label, s in self.sources.items():
-            out[label] = {"function": s.fn.logical, "enabled": s.enabled.is_set(), **s.stats}
+            source = getattr(s, "queue_arn", None) or getattr(s, "stream_arn", None)
+            out[label] = {"function": s.fn.logical, "source": source, "enabled": s.enabled.is_set(), **s.stats}
         for bucket, s in self.s3_sources.items():
             out[f"s3:{bucket}"] = {"functions": [fn.logical for _, fn, _ in s.routes], **s.stats}
         for logical, api in self.apis.items():

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import INFRA, Emulator, Moto, wait_for
+from emulated_stack import INFRA, Emulator, Moto, wait_for
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "stub_template.yaml"
