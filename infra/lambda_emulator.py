@@ -509,6 +509,12 @@ class RuntimeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: RuntimeApi
 
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (ConnectionResetError, BrokenPipeError):  # the process was killed or replaced
+            self.close_connection = True
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass
 
@@ -1199,6 +1205,8 @@ class StreamSource:
         self.on_failure_url = emulator.aws.queue_url_for_arn(dest) if dest else None
         self.filters = compile_filters(props.get("FilterCriteria"))
         self.cursor: dict[str, int] = {}  # shard -> last sequence number handled
+        self._shard_ids: list[str] = []
+        self._shards_read_at = 0.0
         self.enabled = threading.Event()
         if str(props.get("Enabled", "true")).lower() != "false":
             self.enabled.set()
@@ -1219,8 +1227,12 @@ class StreamSource:
         threading.Thread(target=self._run, name=f"stream-{self.label}", daemon=True).start()
 
     def _shards(self) -> list[str]:
-        desc = self.emu.aws.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]
-        return [s["ShardId"] for s in desc.get("Shards", [])]
+        # Shards change rarely (moto keeps one per table): described every few seconds.
+        if time.monotonic() - self._shards_read_at > 5:
+            desc = self.emu.aws.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]
+            self._shard_ids = [s["ShardId"] for s in desc.get("Shards", [])]
+            self._shards_read_at = time.monotonic()
+        return self._shard_ids
 
     def _read(self, shard: str, after: int | None) -> list[dict[str, Any]]:
         """The records after `after` (from TRIM_HORIZON when None), up to ten batches' worth."""
@@ -1248,16 +1260,17 @@ class StreamSource:
             if not self.enabled.wait(0.5):
                 continue
             try:
-                worked = False
+                backlog = False
                 for shard in self._shards():
-                    worked |= self._poll_shard(shard)
-                if not worked:
+                    backlog |= self._poll_shard(shard)
+                if not backlog:
                     self.emu.stopping.wait(0.25)  # Lambda polls a shard four times a second
             except Exception:
                 self.fn.log_line(f"[stream {self.label}] {traceback.format_exc()}")
                 self.emu.stopping.wait(1.0)
 
     def _poll_shard(self, shard: str) -> bool:
+        """Handles the shard's new records; True when more are waiting (a full read)."""
         last = self.cursor.get(shard)
         raw = self._read(shard, last)
         fresh = [r for r in raw if last is None or int(r["dynamodb"]["SequenceNumber"]) > last]
@@ -1278,7 +1291,7 @@ class StreamSource:
             if self.emu.stopping.is_set():
                 return True
         self.cursor[shard] = int(records[-1]["dynamodb"]["SequenceNumber"])
-        return True
+        return len(raw) >= 10 * self.batch_size
 
     def _deliver(self, shard: str, batch: list[dict[str, Any]], attempts: int = 0) -> None:
         """Invokes until the batch succeeds, its retries run out, or it is bisected."""
@@ -1575,6 +1588,13 @@ class GatewayHandler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         n = int(self.headers.get("Content-Length") or 0)
         if n > HTTP_API_BODY_LIMIT:
+            # Read what was sent (up to a bound) so that the client gets the 413, not a reset.
+            left = n if n <= 8 * HTTP_API_BODY_LIMIT else 0
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
             return None
         return self.rfile.read(n) if n else b""
 
@@ -1753,7 +1773,8 @@ class Emulator:
     def describe_sources(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for label, s in self.sources.items():
-            out[label] = {"function": s.fn.logical, "enabled": s.enabled.is_set(), **s.stats}
+            source = getattr(s, "queue_arn", None) or getattr(s, "stream_arn", None)
+            out[label] = {"function": s.fn.logical, "source": source, "enabled": s.enabled.is_set(), **s.stats}
         for bucket, s in self.s3_sources.items():
             out[f"s3:{bucket}"] = {"functions": [fn.logical for _, fn, _ in s.routes], **s.stats}
         for logical, api in self.apis.items():
@@ -2007,8 +2028,8 @@ def kv(item: str, flag: str) -> tuple[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--template", default="template.yaml")
-    ap.add_argument("--endpoint", required=True, help="moto's URL, e.g. http://127.0.0.1:5015")
-    ap.add_argument("--bin-dir", required=True, help="directory of the function binaries (cargo's target/debug or target/release)")
+    ap.add_argument("--endpoint", help="moto's URL, e.g. http://127.0.0.1:5015 (required to run)")
+    ap.add_argument("--bin-dir", help="directory of the function binaries, cargo's target/debug or target/release (required to run)")
     ap.add_argument("--stack-name", default="imgproc")
     ap.add_argument("--region", default="us-east-1")
     ap.add_argument("--param", action="append", metavar="NAME=VALUE", help="a template parameter")
@@ -2022,8 +2043,20 @@ def main() -> None:
     ap.add_argument("--async-retry-delay", type=float, default=1.0, help="seconds before the first retry of an asynchronous invocation (Lambda: 60)")
     ap.add_argument("--log-dir", default="lambda-logs")
     ap.add_argument("--ready-file")
+    ap.add_argument("--list-binaries", action="store_true", help="print the template's function binaries, one a line, and exit")
     args = ap.parse_args()
 
+    if args.list_binaries:
+        template = load_template(Path(args.template))
+        for res in (template.get("Resources") or {}).values():
+            if res.get("Type") in ("AWS::Serverless::Function", "AWS::Lambda::Function"):
+                binary = ((res.get("Metadata") or {}).get("BuildProperties") or {}).get("Binary")
+                if binary:
+                    print(binary)
+        return
+
+    if not args.endpoint or not args.bin_dir:
+        ap.error("--endpoint and --bin-dir are required")
     emu = Emulator(args)
     done = threading.Event()
 

@@ -1,12 +1,13 @@
-# Sourced by the test scripts: puts moto_server and cfn-lint (PyPI, pinned in
-# requirements-dev.txt) on PATH, installing them into a venv when missing.
-# cargo-lambda is not needed for the tests and is left out.
-if ! command -v moto_server >/dev/null 2>&1 || ! command -v cfn-lint >/dev/null 2>&1; then
+# Sourced by the test scripts: puts moto_server, cfn-lint and pytest (PyPI,
+# pinned in requirements-dev.txt) on PATH, installing them into a venv when
+# missing. cargo-lambda is not needed for the tests and is left out.
+if ! command -v moto_server >/dev/null 2>&1 || ! command -v cfn-lint >/dev/null 2>&1 \
+  || ! python3 -c 'import pytest, pytest_timeout' 2>/dev/null; then
   venv="${IMGPROC_VENV:-$repo/.venv}"
-  if [[ ! -x "$venv/bin/moto_server" || ! -x "$venv/bin/cfn-lint" ]]; then
-    echo "== installing moto and cfn-lint into $venv"
+  if [[ ! -x "$venv/bin/moto_server" || ! -x "$venv/bin/cfn-lint" || ! -x "$venv/bin/pytest" ]]; then
+    echo "== installing moto, cfn-lint and pytest into $venv"
     python3 -m venv "$venv"
-    grep -E '^(moto|cfn-lint)' "$repo/requirements-dev.txt" | sed 's/ *#.*//' | xargs "$venv/bin/pip" install -q
+    grep -E '^(moto|cfn-lint|pytest)' "$repo/requirements-dev.txt" | sed 's/ *#.*//' | xargs "$venv/bin/pip" install -q
   fi
   export PATH="$venv/bin:$PATH"
 fi
