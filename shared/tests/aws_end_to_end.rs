@@ -1949,6 +1949,9 @@ async fn a_hanging_receiver_does_not_delay_another_in_the_same_batch_on_moto() {
     let calls = prompt.calls();
     assert_eq!(calls.len(), 1);
     let waited = calls[0].at - started;
+    eprintln!(
+        "deliver batch of 2: the prompt receiver called after {waited:?}, the batch took {took:?} (webhook timeout 3 s)"
+    );
     assert!(waited < Duration::from_secs(2), "{waited:?}");
     // the hanging one was cut at the webhook timeout,
     assert!(
@@ -2086,4 +2089,49 @@ async fn the_notify_handler_reports_every_record_it_could_not_queue_on_moto() {
     let mut both = vec![first, second];
     both.sort();
     assert_eq!(ids, both);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_messages_in_one_batch_make_one_call_on_moto() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    let photos = photo_server().await;
+    // A receiver that takes a second to answer keeps the first attempt in
+    // flight while its duplicates run: only the claim keeps them out.
+    let hook = WebhookReceiver::slow(Duration::from_secs(1)).await;
+    let id = finished_request(&h, photos, &hook.url()).await;
+    for _ in 0..3 {
+        h.notify(id).await;
+    }
+    let event = h.receive_webhook_batch(3).await;
+    assert_eq!(event.records.len(), 3, "three copies of attempt 1");
+    let response = h.deliver(event).await;
+    assert_eq!(hook.calls().len(), 1, "one call for three copies");
+    assert_eq!(
+        response.batch_item_failures.len(),
+        2,
+        "the copies that found the attempt held come back later"
+    );
+    // When they come back, the attempt is recorded: they end without a call.
+    h.deliver_until_settled(&[id], Duration::from_secs(30))
+        .await;
+    // (moto answers one call at a time, all tests' calls: allow for a queue.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let event = h.receive_webhook_event().await;
+        if event.records.is_empty() {
+            break;
+        }
+        assert!(h.deliver(event).await.batch_item_failures.is_empty());
+        assert!(Instant::now() < deadline);
+    }
+    assert_eq!(hook.calls().len(), 1);
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    let webhook = r.webhook.unwrap();
+    assert_eq!(
+        (webhook.status, webhook.attempts),
+        (WebhookStatus::Delivered, 1)
+    );
 }

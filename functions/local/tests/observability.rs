@@ -50,6 +50,7 @@ async fn json_logs_name_the_request_and_metrics_count_it_exactly() {
         .arg(data.path().join("data"))
         .env("ALLOW_PRIVATE_NETWORKS", "true")
         .env("RETRY_BASE_DELAY_MS", "20")
+        .env("WEBHOOK_RETRY_SCHEDULE", "20ms")
         .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
         .env("API_TOKEN", API_TOKEN)
         .env("IMGPROC_WORKERS", "4")
