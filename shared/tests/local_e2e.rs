@@ -151,6 +151,26 @@ async fn happy_path_compresses_every_photo_and_signs_one_webhook() {
         .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(linked, csv_out, "output_csv_url and output.csv differ");
+    // Built again from the store (were the stored file lost), it is the
+    // same document: its URLs never change.
+    std::fs::remove_file(svc.dir.path().join(format!("objects/results/{id}.csv"))).unwrap();
+    let (code, _, rebuilt) = svc
+        .call(
+            Request::get(format!("/v1/requests/{id}/output.csv"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(rebuilt, csv_out);
+    let (code, _, _) = svc
+        .call(Request::get(csv_path).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::NOT_FOUND,
+        "the link names the stored file"
+    );
     for url in records
         .iter()
         .flat_map(|r| r[3].split(',').map(str::to_owned).collect::<Vec<_>>())

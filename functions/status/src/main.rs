@@ -1,4 +1,4 @@
-//! `status`: `GET /v1/requests/{id}` and `.../output.csv` behind API Gateway — the shared router.
+//! `status`: the `$default` route behind API Gateway (every path and method but `POST /v1/requests`: status, `output.csv`, `/files/*`, `/health`, the web page, the 404 body) — the shared router.
 
 use imgproc::api;
 

@@ -44,14 +44,21 @@ pub fn servable(key: &str) -> bool {
         && !key.chars().any(char::is_control)
 }
 
-/// The file name of a CSV key (`results/{id}.csv` gives `{id}.csv`), when
-/// it is plain enough for a `Content-Disposition` header: result CSVs are
-/// saved, not shown, when a browser follows their link.
-pub fn csv_file_name(key: &str) -> Option<&str> {
+/// The name a browser saves a CSV key under (`results/{id}.csv` gives
+/// `imgproc-{id}.csv`, as the web page names it), when the key is plain
+/// enough for a `Content-Disposition` header: result CSVs are saved, not
+/// shown, when a browser follows their link.
+pub fn csv_file_name(key: &str) -> Option<String> {
     let name = key.rsplit('/').next()?;
     let stem = name.strip_suffix(".csv")?;
     (!stem.is_empty() && stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        .then_some(name)
+        .then(|| format!("imgproc-{stem}.csv"))
+}
+
+/// `attachment; filename="…"` for a CSV key.
+pub(super) fn csv_disposition(key: &str) -> Option<HeaderValue> {
+    csv_file_name(key)
+        .and_then(|name| HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")).ok())
 }
 
 async fn get_file(
@@ -70,12 +77,7 @@ async fn get_file(
         .await
         .map_err(ServiceError::from)?
     {
-        Some(download) => {
-            let disposition = csv_file_name(&key).and_then(|name| {
-                HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")).ok()
-            });
-            Ok(answer(download, disposition))
-        }
+        Some(download) => Ok(answer(download, csv_disposition(&key))),
         None => Err(ApiError::NotFound),
     }
 }
@@ -163,8 +165,8 @@ mod tests {
             assert!(!servable(bad), "{bad:?}");
         }
         assert_eq!(
-            csv_file_name("results/6d1f0c4e-8f7a-4b8e-9a63-2d8f3b1c0e55.csv"),
-            Some("6d1f0c4e-8f7a-4b8e-9a63-2d8f3b1c0e55.csv")
+            csv_file_name("results/6d1f0c4e-8f7a-4b8e-9a63-2d8f3b1c0e55.csv").as_deref(),
+            Some("imgproc-6d1f0c4e-8f7a-4b8e-9a63-2d8f3b1c0e55.csv")
         );
         for other in [
             "processed/a/1/1.jpg",

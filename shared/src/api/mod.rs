@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::domain::results_key;
 use crate::services::{App, status};
 pub use error::ApiError;
 use views::StatusView;
@@ -118,7 +119,7 @@ async fn get_output_csv(
 ) -> Result<Response, ApiError> {
     let id = request_id(path)?;
     let download = status::output_csv(&app, id).await?;
-    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{id}.csv\""))
-        .unwrap_or(HeaderValue::from_static("attachment"));
+    let disposition =
+        files::csv_disposition(&results_key(id)).unwrap_or(HeaderValue::from_static("attachment"));
     Ok(files::answer(download, Some(disposition)))
 }

@@ -554,16 +554,46 @@ impl<'a> Decompress<'a> {
                     );
                     jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), count as c_uint);
                 }
+                // Before finishing, which frees the component records.
+                every_component_has_data(cinfo)?;
                 jpeg_finish_decompress(cinfo);
-                Pixels {
+                Ok(Pixels {
                     data,
                     width: cinfo.output_width,
                     height: cinfo.output_height,
                     color_space: cinfo.out_color_space,
-                }
+                })
+            }
+        })?
+    }
+}
+
+/// The quantisation table of each component, which libjpeg latches when
+/// the component first appears in a scan: a component no scan carried has
+/// none, and its samples would silently come out flat grey. An error then.
+///
+/// # Safety
+/// The decompressor has read its coefficients or its scanlines, and not
+/// yet finished (`jpeg_finish_decompress` frees the component records).
+pub(super) unsafe fn every_component_has_data(
+    cinfo: &jpeg_decompress_struct,
+) -> Result<Vec<[u16; 64]>, String> {
+    (0..cinfo.num_components.clamp(0, 4) as usize)
+        .map(|ci| {
+            // SAFETY: `comp_info` holds `num_components` entries; a latched
+            // table lives in libjpeg's pools as long as the decompressor.
+            let table = unsafe { (*cinfo.comp_info.add(ci)).quant_table };
+            if table.is_null() {
+                Err(format!(
+                    "component {} of the JPEG has no data in any scan",
+                    ci + 1
+                ))
+            } else {
+                // SAFETY: as above.
+                Ok(unsafe { (*table).quantval })
             }
         })
-    }
+        .collect()
 }
 
 fn to_c_long(n: usize) -> c_long {

@@ -797,3 +797,22 @@ fn an_image_past_its_cpu_deadline_fails() {
     let err = decode_failure(&png, &tight);
     assert!(err.contains("of CPU time"), "{err}");
 }
+
+#[test]
+fn a_jpeg_missing_a_component_fails() {
+    // One scan per component, the last (Cr) dropped: libjpeg would decode
+    // it with flat chroma and no warning. (Found by the `compress` fuzz
+    // target as a null quantisation table.)
+    let chelsea = decode(&photo("chelsea-cat.png")).to_rgb8();
+    let input = encode_separate_scans(&chelsea, 90);
+    let (prefix, scans) = split_scans(&input);
+    assert_eq!(scans.len(), 3);
+    let mut missing = prefix;
+    for chunk in &scans[..2] {
+        missing.extend_from_slice(chunk);
+    }
+    missing.extend_from_slice(&[0xFF, 0xD9]);
+    let err = decode_failure(&missing, &SETTINGS);
+    assert!(err.contains("component 3 of the JPEG has no data"), "{err}");
+    assert!(stages::jpeg_pixels(&missing).is_err(), "the pixel path too");
+}

@@ -25,7 +25,7 @@ use mozjpeg_sys::{
     jpeg_write_coefficients, jvirt_barray_ptr,
 };
 
-use super::libjpeg::{Compress, Decompress, Limits, guarded, write_icc};
+use super::libjpeg::{Compress, Decompress, Limits, every_component_has_data, guarded, write_icc};
 use super::{chroma, huffman};
 
 /// How chroma resolution changes on the way to 4:2:0.
@@ -163,11 +163,10 @@ pub fn transcode<'a>(
                 let luma = &mut *dst.comp_info;
                 (luma.h_samp_factor, luma.v_samp_factor) = (2, 2);
             }
-            let components = src.num_components.clamp(0, 4) as usize;
-            let mut slots: Vec<[u16; 64]> = Vec::with_capacity(components);
-            let mut tables = Vec::with_capacity(components);
-            for ci in 0..components {
-                let source = (*(*src.comp_info.add(ci)).quant_table).quantval;
+            let sources = every_component_has_data(src)?;
+            let mut slots: Vec<[u16; 64]> = Vec::with_capacity(sources.len());
+            let mut tables = Vec::with_capacity(sources.len());
+            for (ci, &source) in sources.iter().enumerate() {
                 let wanted = match (ci, chroma) {
                     (0, _) | (_, Chroma::Keep) => coarser_of(&source, &target[usize::from(ci > 0)]),
                     // Halved chroma is new data: the target's steps.

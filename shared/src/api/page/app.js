@@ -366,8 +366,8 @@
       note.hidden = !(s.more && !this.totalsOfAll);
       note.textContent = 'Byte totals cover the products shown; all of them are added up when the request is done.';
 
-      byId('download-csv').disabled = !terminal || !status.output_csv_url;
-      this.outputCsvUrl = status.output_csv_url;
+      byId('download-csv').disabled = !terminal || !s.output_csv_url;
+      this.outputCsvUrl = s.output_csv_url;
       byId('download-hint').textContent = terminal ? 'One row per product, with an Output Image Urls column.' : 'Ready when every image is done.';
 
       for (const product of s.products) this.renderProduct(product);
