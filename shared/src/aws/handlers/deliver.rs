@@ -6,7 +6,7 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures_util::future::join_all;
 
-use super::process::{MessageOutcome, receive_count};
+use super::batch::{Settle, receive_count};
 use crate::aws::SqsWebhookQueue;
 use crate::ports::WebhookJob;
 use crate::services::App;
@@ -16,7 +16,7 @@ pub async fn handle(app: &App, queue: &SqsWebhookQueue, event: SqsEvent) -> SqsB
     let outcomes = join_all(event.records.iter().map(|m| handle_message(app, queue, m))).await;
     let mut response = SqsBatchResponse::default();
     for (message, outcome) in event.records.iter().zip(outcomes) {
-        if outcome == MessageOutcome::Retry {
+        if matches!(outcome, Settle::RetryAfter(_)) {
             match &message.message_id {
                 Some(id) => response.add_failure(id.clone()),
                 None => tracing::error!("a message to retry has no message ID; it will be deleted"),
@@ -29,11 +29,7 @@ pub async fn handle(app: &App, queue: &SqsWebhookQueue, event: SqsEvent) -> SqsB
 /// One message: the attempt it carries. Whatever comes next (the next
 /// attempt, or the rest of a wait longer than SQS's longest delay) is a new
 /// message, sent before this one is deleted.
-pub async fn handle_message(
-    app: &App,
-    queue: &SqsWebhookQueue,
-    message: &SqsMessage,
-) -> MessageOutcome {
+pub async fn handle_message(app: &App, queue: &SqsWebhookQueue, message: &SqsMessage) -> Settle {
     let message_id = message.message_id.as_deref().unwrap_or("");
     let Some(job) = message
         .body
@@ -43,12 +39,13 @@ pub async fn handle_message(
         // Never retried into success: it reaches the dead-letter queue
         // after the redrive limit, where the alarm shows it.
         tracing::error!(message_id, "message is not a webhook job");
-        return MessageOutcome::Retry;
+        return Settle::RetryAfter(std::time::Duration::ZERO);
     };
     let count = receive_count(message);
+    let delay = app.config.backoff(count);
     match notify::run_attempt(app, queue, job).await {
         Ok(Handled::Finished | Handled::Rescheduled | Handled::Waiting) => {
-            return MessageOutcome::Done;
+            return Settle::Done;
         }
         Ok(Handled::NotYet) => {}
         Err(e) => {
@@ -57,12 +54,12 @@ pub async fn handle_message(
         }
     }
     if let Some(receipt) = &message.receipt_handle
-        && let Err(e) = queue.retry_later(receipt, app.config.backoff(count)).await
+        && let Err(e) = queue.retry_later(receipt, delay).await
     {
         // The message still comes back, after the queue's visibility timeout.
         tracing::warn!(message_id, error = %e, "cannot delay the retry");
     }
-    MessageOutcome::Retry
+    Settle::RetryAfter(delay)
 }
 
 #[cfg(test)]
