@@ -1882,6 +1882,19 @@ class Emulator:
                 continue
             props["Queue" if kind == "SQS" else "Stream"] = source_arn
             capacity[fn.logical] += self._wire(fn, logical, kind, props, concurrency)
+        # An HTTP API made by quick create (`Target` on the Api): one route to that function.
+        for logical, res in resources.items():
+            if res.get("Type") != "AWS::ApiGatewayV2::Api":
+                continue
+            props = st.resolve(res.get("Properties") or {})
+            if props.get("Body") or props.get("BodyS3Location"):
+                log(f"{logical}: routes from an OpenAPI body are not emulated")
+            if props.get("Target"):
+                fn = next((f for arn, f in by_arn.items() if arn in str(props["Target"])), None)
+                if fn is None:
+                    log(f"{logical}: Target {props['Target']!r} names no function of the template; not wired")
+                    continue
+                self.apis[logical].routes.append(Route(str(props.get("RouteKey", "$default")), fn, API_INTEGRATION_TIMEOUT_S))
         # Raw HTTP API routes.
         integrations = {k: v for k, v in resources.items() if v.get("Type") == "AWS::ApiGatewayV2::Integration"}
         for logical, res in resources.items():
