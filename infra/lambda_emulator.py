@@ -677,11 +677,9 @@ class Instance:
             proc.wait()
 
     def stop(self) -> None:
-        with self.cond:
-            proc = self.proc
-            self.generation += 1
-            self.alive = False
-            self.cond.notify_all()
+        # The process goes first: answering its pending `next` instead would
+        # make the runtime fail on an answer without an invocation.
+        proc = self.proc
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -691,6 +689,10 @@ class Instance:
                 proc.wait()
             except ProcessLookupError:
                 pass
+        with self.cond:
+            self.generation += 1
+            self.alive = False
+            self.cond.notify_all()
         if self.api is not None:
             self.api.shutdown()
 
@@ -734,7 +736,7 @@ class Instance:
     def next_invocation(self, gen: int) -> Invocation | None:
         with self.cond:
             while True:
-                if gen != self.generation or self.fn.emulator.stopping.is_set():
+                if gen != self.generation:  # the process was replaced or stopped
                     return None
                 if not self.ready:
                     self.ready = True

@@ -399,3 +399,6 @@ def test_shutdown_stops_every_function_process(stack: Stack):
     assert not stack.emu.ready_file.exists()
     for pid in pids:
         wait_for(f"process {pid} to be gone", lambda pid=pid: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), timeout=10)
+    # Stopped, not answered: nothing was handed a `next` answer without an invocation.
+    for log in (stack.emu.workdir / "logs").glob("*.log"):
+        assert "Gone" not in log.read_text() and "instance replaced" not in log.read_text(), log
