@@ -677,11 +677,9 @@ class Instance:
             proc.wait()
 
     def stop(self) -> None:
-        with self.cond:
-            proc = self.proc
-            self.generation += 1
-            self.alive = False
-            self.cond.notify_all()
+        # The process goes first: answering its pending `next` instead would
+        # make the runtime fail on an answer without an invocation.
+        proc = self.proc
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -691,6 +689,10 @@ class Instance:
                 proc.wait()
             except ProcessLookupError:
                 pass
+        with self.cond:
+            self.generation += 1
+            self.alive = False
+            self.cond.notify_all()
         if self.api is not None:
             self.api.shutdown()
 
@@ -734,7 +736,7 @@ class Instance:
     def next_invocation(self, gen: int) -> Invocation | None:
         with self.cond:
             while True:
-                if gen != self.generation or self.fn.emulator.stopping.is_set():
+                if gen != self.generation:  # the process was replaced or stopped
                     return None
                 if not self.ready:
                     self.ready = True
@@ -1882,6 +1884,19 @@ class Emulator:
                 continue
             props["Queue" if kind == "SQS" else "Stream"] = source_arn
             capacity[fn.logical] += self._wire(fn, logical, kind, props, concurrency)
+        # An HTTP API made by quick create (`Target` on the Api): one route to that function.
+        for logical, res in resources.items():
+            if res.get("Type") != "AWS::ApiGatewayV2::Api":
+                continue
+            props = st.resolve(res.get("Properties") or {})
+            if props.get("Body") or props.get("BodyS3Location"):
+                log(f"{logical}: routes from an OpenAPI body are not emulated")
+            if props.get("Target"):
+                fn = next((f for arn, f in by_arn.items() if arn in str(props["Target"])), None)
+                if fn is None:
+                    log(f"{logical}: Target {props['Target']!r} names no function of the template; not wired")
+                    continue
+                self.apis[logical].routes.append(Route(str(props.get("RouteKey", "$default")), fn, API_INTEGRATION_TIMEOUT_S))
         # Raw HTTP API routes.
         integrations = {k: v for k, v in resources.items() if v.get("Type") == "AWS::ApiGatewayV2::Integration"}
         for logical, res in resources.items():

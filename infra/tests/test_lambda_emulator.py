@@ -158,6 +158,9 @@ def test_raw_api_gateway_v2_routes_and_default(stack: Stack):
     event = json.loads(body)
     assert event["routeKey"] == "$default" and event["rawPath"] == "/v1/requests/../etc"
     assert stack.invocations("RawFunction")[-1]["event"]["requestContext"]["routeKey"] == "$default"
+    # An API made by quick create (Target on the Api) routes everything to its function.
+    status, _, body = call("PATCH", f"{stack.info['api']['QuickApi']}/any/path?q=1")
+    assert status == 201 and json.loads(body)["routeKey"] == "$default"
 
 
 def test_binary_bodies_travel_base64_both_ways(stack: Stack):
@@ -396,3 +399,6 @@ def test_shutdown_stops_every_function_process(stack: Stack):
     assert not stack.emu.ready_file.exists()
     for pid in pids:
         wait_for(f"process {pid} to be gone", lambda pid=pid: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), timeout=10)
+    # Stopped, not answered: nothing was handed a `next` answer without an invocation.
+    for log in (stack.emu.workdir / "logs").glob("*.log"):
+        assert "Gone" not in log.read_text() and "instance replaced" not in log.read_text(), log
