@@ -917,6 +917,7 @@ async fn assert_links_last(
     let adapters = Adapters {
         store: h.adapters.store.clone(),
         queue: h.adapters.queue.clone(),
+        fanout: None,
         objects: S3Objects::new(s3, env("BUCKET"), format!("{PUBLIC_URL}files/")),
     };
     let config = Config::from_lookup(|name| match name {

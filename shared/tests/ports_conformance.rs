@@ -379,10 +379,11 @@ async fn terminal_request(b: &Backends, webhook: bool) -> Uuid {
     b.store.create_request(&new).await.unwrap();
     let progress = b
         .store
-        .finish_image(key(new.id, 0, 1), &succeeded(key(new.id, 0, 1)))
+        .finish_image(key(&new, 0, 1), &succeeded(key(&new, 0, 1)))
         .await
         .unwrap()
-        .progress;
+        .all_done
+        .expect("its only image finishes the request");
     assert!(b.store.complete_request(new.id, progress).await.unwrap());
     new.id
 }
