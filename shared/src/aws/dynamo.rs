@@ -351,7 +351,6 @@ impl DynamoStore {
     /// their done items, the others from their counter items.
     async fn live_progress(&self, id: Uuid, item: &Item) -> PortResult<Progress> {
         let total: u32 = get_n(item, "total").ok_or_else(|| corrupt("request", item))?;
-        let queued: u32 = get_n(item, "queued").unwrap_or(0);
         let shards = Shards::of(total);
         let done = self.done_shards(id, false).await?;
         let mut progress = Progress {
@@ -362,9 +361,9 @@ impl DynamoStore {
             progress.succeeded += ok;
             progress.failed += ko;
         }
-        // Only shards with a queued image can have started.
-        let started = queued.div_ceil(shards.size).min(shards.count());
-        let open: Vec<u32> = (0..started).filter(|k| !done.contains_key(k)).collect();
+        let open: Vec<u32> = (0..shards.count())
+            .filter(|k| !done.contains_key(k))
+            .collect();
         // Owned chunks: a closure over borrowed slices is not `Send` enough for the trait's future.
         let chunks: Vec<Vec<u32>> = open.chunks(BATCH_GET).map(<[u32]>::to_vec).collect();
         let counters: Vec<Item> = futures_util::stream::iter(chunks)
@@ -828,6 +827,18 @@ impl JobStore for DynamoStore {
 
     async fn complete_request(&self, id: Uuid, progress: Progress) -> PortResult<bool> {
         if !progress.is_done() {
+            return Ok(false);
+        }
+        // The counts live on the shards' done items, which never change
+        // once written: the claimed counts must be theirs.
+        let shards = Shards::of(progress.total);
+        let done = self.done_shards(id, true).await?;
+        let (succeeded, failed) = done
+            .values()
+            .fold((0, 0), |(a, b), (ok, ko)| (a + ok, b + ko));
+        if done.len() as u32 != shards.count()
+            || (succeeded, failed) != (progress.succeeded, progress.failed)
+        {
             return Ok(false);
         }
         let status = RequestStatus::from_progress(&progress);
