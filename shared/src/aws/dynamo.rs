@@ -597,20 +597,8 @@ impl DynamoStore {
         item.insert("succeeded".into(), n(counts.0));
         item.insert("failed".into(), n(counts.1));
         item.insert("expires_at".into(), self.expires_at(Utc::now()));
-        self.noted(&item);
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if has_code(&e, "ConditionalCheckFailedException") => {}
-            Err(e) => return Err(port_error("DynamoDB PutItem (shard done)", e)),
-        }
+        // Written once: a second writer finds it there, which is as good.
+        self.put_new(item, "DynamoDB PutItem (shard done)").await?;
         let done = self.done_shards(k.request_id, true).await?;
         if done.len() as u32 != shards.count() {
             return Ok(None);
@@ -623,6 +611,24 @@ impl DynamoStore {
             succeeded,
             failed,
         }))
+    }
+
+    /// Puts `item` unless an item with its key exists; false when one did.
+    async fn put_new(&self, item: Item, what: &str) -> PortResult<bool> {
+        self.noted(&item);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if has_code(&e, "ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(port_error(what, e)),
+        }
     }
 
     /// Updates the request item under `condition`; false when it failed.
@@ -711,21 +717,10 @@ impl JobStore for DynamoStore {
         let doc = rows::encode(&new.products);
         let item = self.request_item(new, &doc);
         self.rows.put(&rows_key(new), doc.bytes).await?;
-        self.noted(&item);
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(CreateOutcome::Created),
-            Err(e) if has_code(&e, "ConditionalCheckFailedException") => {
-                self.existing(new.id).await
-            }
-            Err(e) => Err(port_error("DynamoDB PutItem (request)", e)),
+        if self.put_new(item, "DynamoDB PutItem (request)").await? {
+            Ok(CreateOutcome::Created)
+        } else {
+            self.existing(new.id).await
         }
     }
 
