@@ -1400,34 +1400,11 @@ async fn new_queue(h: &Harness, prefix: &str) -> (String, String) {
 async fn receive_from(h: &Harness, queue_url: &str, arn: &str) -> SqsEvent {
     let mut records = Vec::new();
     loop {
-        let out = h
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(60)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
+        let batch = h.receive_records_from(queue_url, arn).await;
+        if batch.is_empty() {
             break;
         }
-        for m in messages {
-            let attributes: serde_json::Map<String, Value> = m
-                .attributes
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.as_str().to_owned(), Value::String(v)))
-                .collect();
-            records.push(json!({
-                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
-                "attributes": attributes, "messageAttributes": {}, "md5OfBody": m.md5_of_body,
-                "eventSource": "aws:sqs", "eventSourceARN": arn, "awsRegion": env("AWS_REGION"),
-            }));
-        }
+        records.extend(batch);
     }
     serde_json::from_value(json!({ "Records": records })).unwrap()
 }
