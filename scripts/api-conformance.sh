@@ -49,7 +49,7 @@ port=3077
 token="conformance-token"
 data="$(mktemp -d)"
 API_TOKEN="$token" MAX_ATTEMPTS=1 FETCH_TIMEOUT_SECS=2 RUST_LOG=warn \
-  "$CARGO_TARGET_DIR/debug/imgproc-local" serve --addr "127.0.0.1:$port" --data-dir "$data" >"$data/serve.log" 2>&1 &
+  "$CARGO_TARGET_DIR/debug/imgproc-local" serve --addr "127.0.0.1:$port" --public-url "http://127.0.0.1:$port" --data-dir "$data" >"$data/serve.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 1 100); do

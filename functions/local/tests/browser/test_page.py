@@ -113,7 +113,12 @@ class PageTest(unittest.TestCase):
             raise AssertionError(f"{exe} is missing: build it with `cargo build -p imgproc-local`")
         cls.log = open(cls.tmp / "serve.log", "wb")
         cls.server = subprocess.Popen(
-            [str(exe), "serve", "--addr", f"127.0.0.1:{port}", "--data-dir", str(cls.tmp / "data"), "--workers", "4"],
+            # The output links must name this server, whatever PUBLIC_URL the
+            # surrounding shell exports (the moto environment sets one).
+            [
+                str(exe), "serve", "--addr", f"127.0.0.1:{port}", "--public-url", cls.base,
+                "--data-dir", str(cls.tmp / "data"), "--workers", "4",
+            ],
             env=env,
             stdout=cls.log,
             stderr=subprocess.STDOUT,
