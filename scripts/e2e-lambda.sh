@@ -40,7 +40,9 @@ echo "== cargo build ($profile): ${bins[*]}"
 build=(cargo build --locked)
 [[ "$profile" == release ]] && build+=(--release)
 for b in "${bins[@]}"; do build+=(-p "$b"); done
-"${build[@]}"
+# scripts/test.sh builds every binary once, with the test suite's
+# features, and says so with IMGPROC_PREBUILT=1.
+[[ "${IMGPROC_PREBUILT:-}" == 1 ]] || "${build[@]}"
 
 moto_pid=""
 emu_pid=""

@@ -22,7 +22,9 @@ mapfile -t bins < <(python3 infra/lambda_emulator.py --list-binaries --template 
 echo "== cargo build: ${bins[*]}"
 build=(cargo build --locked)
 for b in "${bins[@]}"; do build+=(-p "$b"); done
-"${build[@]}"
+# scripts/test.sh builds every binary once, with the test suite's
+# features, and says so with IMGPROC_PREBUILT=1.
+[[ "${IMGPROC_PREBUILT:-}" == 1 ]] || "${build[@]}"
 
 export BLACKBOX_BIN_DIR="$CARGO_TARGET_DIR/debug"
 (($# > 0)) || set -- infra/tests infra/blackbox

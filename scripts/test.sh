@@ -32,6 +32,21 @@ else
   scripts/test-browser.sh
 fi
 
+# The Lambda binaries as template.yaml wires them, each suite on a moto
+# server of its own: the emulator's tests and the black-box suite
+# (infra/blackbox), then one 5,000-image request end to end (the
+# 50,000-image run is `E2E_IMAGES=50000 scripts/e2e-lambda.sh`). One build
+# of every binary with the test suite's features (`--tests` unifies the
+# dev-dependencies' features as `cargo test` does), so nothing is rebuilt.
+if (($# == 0)); then
+  echo "== Lambda binaries on moto"
+  cargo build --locked --workspace --bins --tests --features imgproc-shared/stream-poller
+  IMGPROC_PREBUILT=1 scripts/test-lambda.sh
+  IMGPROC_PREBUILT=1 E2E_IMAGES="${E2E_IMAGES:-5000}" scripts/e2e-lambda.sh
+else
+  echo "== Lambda binaries on moto: skipped (cargo test filters given; run scripts/test-lambda.sh and scripts/e2e-lambda.sh)"
+fi
+
 # API conformance fuzzing: schemathesis against shared/openapi.json and a
 # running imgproc-local serve, in a network namespace of its own (~30 s).
 echo "== scripts/api-conformance.sh"
