@@ -60,10 +60,10 @@ impl HostSlots for MemoryHostSlots {
         let Some(slots) = hosts.get_mut(&slot.host) else {
             return Ok(());
         };
-        if let Some(held) = slots.get_mut(slot.index as usize) {
-            if held.is_some_and(|(owner, _)| owner == slot.owner) {
-                *held = None;
-            }
+        if let Some(held) = slots.get_mut(slot.index as usize)
+            && held.is_some_and(|(owner, _)| owner == slot.owner)
+        {
+            *held = None;
         }
         if slots.iter().all(Option::is_none) {
             hosts.remove(&slot.host);

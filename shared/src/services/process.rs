@@ -222,11 +222,11 @@ async fn download(app: &App, url: &str, limits: FetchLimits) -> Result<Bytes, St
         _ => None,
     };
     let fetched = app.http.fetch(url, limits).await;
-    if let Some(slot) = slot {
-        if let Err(e) = app.hosts.release(&slot).await {
-            tracing::warn!(host = %slot.host, error = %e,
-                "cannot free a download slot; it frees itself when its lease ends");
-        }
+    if let Some(slot) = slot
+        && let Err(e) = app.hosts.release(&slot).await
+    {
+        tracing::warn!(host = %slot.host, error = %e,
+            "cannot free a download slot; it frees itself when its lease ends");
     }
     fetched.map_err(|e| {
         Stop::Failed(Failure {
