@@ -64,5 +64,9 @@ async fn the_per_host_cap_holds_under_fifty_concurrent_jobs_to_one_host() {
         "without the cap {} downloads overlapped",
         photos.max_in_flight()
     );
+    eprintln!(
+        "{IMAGES} images to one host: at most 3 downloads at once with MAX_CONCURRENT_PER_HOST=3, {} without",
+        photos.max_in_flight()
+    );
     unlimited.runtime.shutdown().await;
 }
