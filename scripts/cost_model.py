@@ -118,9 +118,12 @@ DEFAULTS = {
 ARM64_SENSITIVITY = (1.0, 2.0)
 # Request sizes of the "by request size" table.
 REQUEST_SIZES = (10, 100, 500, 1000, 5000, 50000)
-# DynamoDB units per image the design promises on the happy path.
-WRU_BUDGET = 3
-RRU_BUDGET = 1
+# DynamoDB units per image the design promises on the happy path: 3 write
+# units for the request's own items, 2 for the download slot of the
+# per-host cap; 1 read unit for the request's items, half of one for the
+# slot read.
+WRU_BUDGET = 5
+RRU_BUDGET = 1.5
 # The image rate the design must sustain for one request (and its test's bound).
 TARGET_IMAGES_PER_SECOND = 5000
 BUDGET_TEST_IMAGES = 5000
@@ -158,6 +161,7 @@ def code_figures() -> dict:
         "fanout_slice_budget_s": rust_const("shared/src/services/fanout.rs", "SLICE_BUDGET"),
         "deadline_margin_s": rust_const("shared/src/aws/handlers/batch.rs", "DEADLINE_MARGIN"),
         "max_images": config_default("max_images"),
+        "max_concurrent_per_host": config_default("max_concurrent_per_host"),
     }
 
 
@@ -225,6 +229,13 @@ def image_item_bytes(engine: dict, a: dict) -> int:
         "input_bytes": int(engine["mean_input_bytes"]), "output_bytes": int(engine["mean_output_bytes"]),
         "width": 3000, "height": 2000, "original_kept": False,
     })
+
+
+def slot_item_bytes() -> int:
+    """A download slot of the per-host cap (`aws/dynamo/host_slots.rs`)."""
+    return item_bytes({"pk": "HOST#" + "0" * 32, "sk": "SLOT#0000", "owner": UUID,
+                       "lease_until": EPOCH * 1000, "origin": "https://images.example-shop.com",
+                       "expires_at": EPOCH})
 
 
 def counter_item_bytes(size: int) -> int:
@@ -313,6 +324,8 @@ def per_request(n: int, engine: dict, a: dict, code: dict) -> dict:
     img_bytes = image_item_bytes(engine, a)
     done_bytes = done_item_bytes(size)
     counter_bytes = counter_item_bytes(size)
+    slot_bytes = slot_item_bytes()
+    cap = code["max_concurrent_per_host"]
 
     # Request item writes: upload PutItem; fan-out claim per run, cursor per
     # slice, lease release per paused run; terminal UpdateItem; webhook UpdateItems.
@@ -325,6 +338,9 @@ def per_request(n: int, engine: dict, a: dict, code: dict) -> dict:
         # the image that fills a shard: PutItem of its done item.
         "shard done items": count * math.ceil(done_bytes / WRITE_UNIT),
         "request item": req_wru * request_item_writes,
+        # process: conditional PutItem taking a slot of the image's host,
+        # conditional DeleteItem freeing it after the download.
+        "host slot items": 2 * n * math.ceil(slot_bytes / WRITE_UNIT) if cap else 0,
     }
 
     # Reads (all strongly consistent), by call.
@@ -352,6 +368,9 @@ def per_request(n: int, engine: dict, a: dict, code: dict) -> dict:
         # upload GetItem (absent: still a read); fan-out GetItem per slice and
         # one finding the end; a GetItem per results page; notify GetItem.
         "request item": req_rru * (1 + slices + 1 + pages + 1),
+        # process: an eventually consistent Query of the host's slots (half a
+        # unit per 4 KB) before taking one.
+        "host slot queries": n * math.ceil(cap * slot_bytes / READ_UNIT) / 2 if cap else 0,
     }
     return {
         "images": n,
@@ -360,7 +379,8 @@ def per_request(n: int, engine: dict, a: dict, code: dict) -> dict:
         "slices": slices,
         "fanout_runs": runs,
         "bytes": {"request_item": req_bytes, "image_item": img_bytes,
-                  "counter_item": counter_bytes, "done_item": done_bytes},
+                  "counter_item": counter_bytes, "done_item": done_bytes,
+                  "slot_item": slot_bytes},
         "wru": writes,
         "rru": reads,
         "rru_done_queries_sequential": done_query_seq,
@@ -604,7 +624,7 @@ def sections(m: dict) -> dict:
     counts = [
         f"Item sizes as DynamoDB counts them (names + values), computed from the attributes the code writes: "
         f"image result {b['image_item']} B, full shard counter {b['counter_item']} B, shard done {b['done_item']} B, "
-        f"request item {b['request_item']} B (at {n:,} images).",
+        f"request item {b['request_item']} B (at {n:,} images), download slot {b['slot_item']} B.",
         "",
         "| per image, request of " + f"{n:,} images | count |",
         "|---|---:|",
@@ -613,10 +633,13 @@ def sections(m: dict) -> dict:
         f"| … shard counter item (`UpdateItem ADD`) | {w['shard counter items']:.3f} |",
         f"| … shard done items (`PutItem`, one per shard) | {w['shard done items']:.3f} |",
         f"| … request item (upload, fan-out, completion, webhook) | {w['request item']:.3f} |",
-        f"| **DynamoDB read request units** (all strongly consistent) | **{c['dynamodb_rru']:.3f}** |",
+        f"| … host slot item (conditional `PutItem` to take, `DeleteItem` to free; "
+        f"`MAX_CONCURRENT_PER_HOST`={i['code']['max_concurrent_per_host']}) | {w['host slot items']:.3f} |",
+        f"| **DynamoDB read request units** | **{c['dynamodb_rru']:.3f}** |",
         f"| … shard done `Query`s, at most (one per shard) | {rd['shard done queries']:.3f} |",
         f"| … results CSV `Query`s (one per shard and page) | {rd['results CSV queries']:.3f} |",
         f"| … request item `GetItem`s | {rd['request item']:.3f} |",
+        f"| … host slot `Query` (eventually consistent) | {rd['host slot queries']:.3f} |",
         f"| SQS requests | {c['sqs_requests']:.3f} |",
         f"| S3 PUTs | {c['s3_puts']:.3f} |",
         f"| S3 GETs | {c['s3_gets']:.4f} |",

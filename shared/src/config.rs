@@ -78,6 +78,10 @@ pub struct Config {
     /// that found the store unavailable.
     pub retry_base_delay: Duration,
     pub allow_private_networks: bool,
+    /// Downloads that may run against one origin (scheme, host, port) at
+    /// once, across every worker (`MAX_CONCURRENT_PER_HOST`, default 8,
+    /// at most [`MAX_CONCURRENT_PER_HOST_LIMIT`]); 0 lifts the cap.
+    pub max_concurrent_per_host: u32,
     /// CloudWatch namespace of the metrics the Lambda functions publish.
     pub metrics_namespace: String,
 }
@@ -114,6 +118,7 @@ impl Default for Config {
             webhook_queue_url: None,
             retry_base_delay: Duration::from_secs(1),
             allow_private_networks: false,
+            max_concurrent_per_host: 8,
             metrics_namespace: "imgproc".into(),
         }
     }
@@ -239,6 +244,13 @@ impl Config {
                 &get,
                 "ALLOW_PRIVATE_NETWORKS",
                 d.allow_private_networks,
+            )?,
+            max_concurrent_per_host: number(
+                &get,
+                "MAX_CONCURRENT_PER_HOST",
+                d.max_concurrent_per_host,
+                0,
+                MAX_CONCURRENT_PER_HOST_LIMIT,
             )?,
             metrics_namespace: get("METRICS_NAMESPACE")
                 .map(|v| namespace("METRICS_NAMESPACE", v))
@@ -410,6 +422,10 @@ fn namespace(var: &'static str, raw: String) -> Result<String, ConfigError> {
     }
     Ok(raw)
 }
+
+/// The highest per-host cap: every slot of a host is one item of a single
+/// partition on DynamoDB, read at once when a download looks for a free one.
+pub const MAX_CONCURRENT_PER_HOST_LIMIT: u32 = 1000;
 
 /// The most images one row may be configured to hold: a product is never
 /// split across status pages, so its JSON alone must fit the platform's
@@ -627,6 +643,23 @@ mod tests {
         assert!(err.to_string().contains("1641"), "{err}");
         let c = from(&[("MAX_DECODE_MEMORY_MB", "4096")]).unwrap();
         assert_eq!(c.max_decode_memory_mb, 4096);
+    }
+
+    #[test]
+    fn the_per_host_cap_defaults_to_eight_and_is_bounded() {
+        assert_eq!(from(&[]).unwrap().max_concurrent_per_host, 8);
+        let c = from(&[("MAX_CONCURRENT_PER_HOST", "3")]).unwrap();
+        assert_eq!(c.max_concurrent_per_host, 3);
+        assert_eq!(
+            from(&[("MAX_CONCURRENT_PER_HOST", "0")])
+                .unwrap()
+                .max_concurrent_per_host,
+            0
+        );
+        for bad in ["-1", "1001", "eight", "2.5"] {
+            let err = from(&[("MAX_CONCURRENT_PER_HOST", bad)]).unwrap_err();
+            assert_eq!(err.var, "MAX_CONCURRENT_PER_HOST", "{bad}");
+        }
     }
 
     #[test]

@@ -183,6 +183,37 @@ pub trait WebhookScheduler: Send + Sync {
 #[async_trait]
 pub trait JobQueue: Send + Sync {
     async fn send(&self, jobs: &[ImageJob]) -> PortResult<()>;
+
+    /// Queues `job` again, visible after `delay` (on AWS at most 15
+    /// minutes), as a new message whose receive count starts over, in
+    /// place of the delivery being handled: the caller then acknowledges
+    /// that delivery as done.
+    async fn send_later(&self, job: &ImageJob, delay: Duration) -> PortResult<()>;
+}
+
+/// A download slot of one host, held until its lease ends or it is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSlot {
+    /// The origin the slot belongs to (`crate::net::origin_of`).
+    pub host: String,
+    /// Which of the host's slots, `0..cap`.
+    pub index: u32,
+    /// The holder's token: only it releases the slot.
+    pub owner: Uuid,
+}
+
+/// A counting semaphore per host, shared by every worker: at most `cap`
+/// slots of a host are held at once. Each slot is a lease, so a holder
+/// that dies without releasing frees it when the lease ends.
+#[async_trait]
+pub trait HostSlots: Send + Sync {
+    /// Takes one of the `cap` slots of `host` until `lease` from now;
+    /// `None` when every one is held by a lease still running.
+    async fn acquire(&self, host: &str, cap: u32, lease: Duration) -> PortResult<Option<HostSlot>>;
+
+    /// Frees `slot` if its owner still holds it; a slot whose lease ended
+    /// and was taken by another worker is left to that worker.
+    async fn release(&self, slot: &HostSlot) -> PortResult<()>;
 }
 
 /// Where the fan-out of a request is handed to a worker of its own (SQS on

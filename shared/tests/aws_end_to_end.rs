@@ -1139,7 +1139,9 @@ async fn every_duplicate_delivery_on_moto_counts_once_and_loses_nothing() {
     if moto().is_none() {
         return;
     }
-    let h = harness().await;
+    // Room for all 15 deliveries below at once: waiting for a download slot
+    // has its own test.
+    let h = harness_with(&[("MAX_CONCURRENT_PER_HOST", "16")]).await;
     let photos = photo_server().await;
     let (hook, calls) = webhook_receiver().await;
 
@@ -1680,6 +1682,11 @@ async fn five_thousand_images_write_no_item_more_than_one_percent_of_them() {
     let app = app_with_metrics(
         Config::from_lookup(|name| match name {
             "ALLOW_PRIVATE_NETWORKS" => Some("true".into()),
+            // Every image is on one loopback host: this test measures the
+            // request's own items, and the loop below stops at an empty
+            // queue, which jobs waiting for a slot would leave early. The
+            // cap has a test of its own.
+            "MAX_CONCURRENT_PER_HOST" => Some("0".into()),
             _ => None,
         })
         .unwrap(),
@@ -1775,6 +1782,90 @@ async fn five_thousand_images_write_no_item_more_than_one_percent_of_them() {
         f64::from(writes) / IMAGES as f64 <= 2.1,
         "{writes} writes for {IMAGES} images"
     );
+}
+
+/// Fifty images on one host through the router, the fan-out and the process
+/// handler, five batches of ten at a time as concurrent invocations would
+/// run them, with `MAX_CONCURRENT_PER_HOST=3`: the slots are DynamoDB items
+/// shared by every invocation, and the server counts the downloads it is
+/// answering at once. Jobs that find the host busy go back to the queue
+/// as delayed messages; every image still succeeds, downloaded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_per_host_cap_holds_across_invocations_on_moto() {
+    if moto().is_none() {
+        return;
+    }
+    const IMAGES: usize = 50;
+    const CAP: u32 = 3;
+    let h = harness_with(&[("MAX_CONCURRENT_PER_HOST", "3")]).await;
+    let photos = common::ConcurrencyServer::start(Duration::from_millis(150)).await;
+    let router = imgproc::api::router(h.app.clone());
+    let mut csv = String::from("S. No.,Product Name,Input Image Urls\n");
+    for (i, url) in photos.urls(IMAGES).iter().enumerate() {
+        csv.push_str(&format!("{},Photo,{url}\n", i + 1));
+    }
+    let id = submit_csv(&router, csv).await;
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut waited = 0usize;
+    loop {
+        let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+        if r.terminal.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not finished in time: {:?}",
+            r.progress
+        );
+        let batches: Vec<SqsEvent> = join_all((0..5).map(|_| async {
+            let records = h.receive_records().await;
+            serde_json::from_value::<SqsEvent>(json!({ "Records": records })).unwrap()
+        }))
+        .await;
+        let received: usize = batches.iter().map(|b| b.records.len()).sum();
+        if received == 0 {
+            // Every job left is waiting out its delay in the queue.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let before = photos.served() as usize;
+        let failed: Vec<Vec<String>> = join_all(
+            batches
+                .into_iter()
+                .filter(|b| !b.records.is_empty())
+                .map(|b| h.process(b)),
+        )
+        .await;
+        assert!(
+            failed.iter().all(Vec::is_empty),
+            "a job that finds its host busy is no failed message: {failed:?}"
+        );
+        waited += received - (photos.served() as usize - before);
+        assert!(
+            photos.max_in_flight() <= CAP,
+            "{} downloads at once",
+            photos.max_in_flight()
+        );
+    }
+    let r = finished(&h, id).await;
+    assert_eq!(
+        (r.progress.total, r.progress.succeeded, r.progress.failed),
+        (IMAGES as u32, IMAGES as u32, 0)
+    );
+    assert_eq!(r.terminal, Some(RequestStatus::Completed));
+    assert_eq!(
+        photos.max_in_flight(),
+        CAP,
+        "at most {CAP} downloads at once, and the cap was reached"
+    );
+    assert_eq!(
+        photos.served() as usize,
+        IMAGES,
+        "each image downloaded once"
+    );
+    assert!(waited > 0, "some jobs waited for a slot");
+    eprintln!("{IMAGES} images at a cap of {CAP}: {waited} deliveries found the host busy");
 }
 
 /// Uploads one photograph with `webhook_url` through the router and runs

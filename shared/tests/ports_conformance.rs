@@ -11,11 +11,12 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use imgproc::domain::csv_input::ParsedProduct;
 use imgproc::domain::{
-    Compressed, ErrorCode, ImageError, ImageJob, ImageKey, ImageOutcome, ImageStatus, NewRequest,
-    Progress, RequestStatus, WebhookState, WebhookStatus,
+    Compressed, ErrorCode, HostWait, ImageError, ImageJob, ImageKey, ImageOutcome, ImageStatus,
+    NewRequest, Progress, RequestStatus, WebhookState, WebhookStatus,
 };
 use imgproc::ports::{
-    CreateOutcome, Download, FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore, WebhookClaim,
+    CreateOutcome, Download, FanOutClaim, HostSlots, JobQueue, JobSource, JobStore, ObjectStore,
+    WebhookClaim,
 };
 use uuid::Uuid;
 
@@ -28,6 +29,7 @@ pub struct Backends {
     pub queue: Arc<dyn JobQueue>,
     pub source: Arc<dyn JobSource>,
     pub objects: Arc<dyn ObjectStore>,
+    pub hosts: Arc<dyn HostSlots>,
     pub _keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -475,6 +477,7 @@ fn job(id: Uuid, image: u32) -> ImageJob {
         input_url: format!("https://img.example.com/{image}.jpg"),
         ordinal: image - 1,
         total: 10,
+        host_wait: None,
     }
 }
 
@@ -699,6 +702,171 @@ pub async fn the_queue_delivers_acks_and_retries(b: &Backends) {
     );
 }
 
+pub async fn a_job_sent_back_for_later_comes_back_once_counted_afresh(b: &Backends) {
+    let id = Uuid::new_v4();
+    b.queue.send(&[job(id, 1)]).await.unwrap();
+    let lease = Duration::from_secs(60);
+    let first = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
+    assert_eq!(first.len(), 1);
+    // Its second delivery: the first was an attempt.
+    b.source
+        .retry_later(&first[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let second = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].receive_count, 2);
+
+    // Sent back for later in its place, then acknowledged as done.
+    let waiting = ImageJob {
+        host_wait: Some(HostWait {
+            attempts: 1,
+            waits: 1,
+            since_ms: 1_700_000_000_000,
+        }),
+        ..second[0].job.clone()
+    };
+    let sent = Instant::now();
+    b.queue
+        .send_later(&waiting, Duration::from_secs(2))
+        .await
+        .unwrap();
+    b.source.ack(&second[0].receipt).await.unwrap();
+    assert!(
+        b.source.receive(10, lease).await.unwrap().is_empty(),
+        "not before its delay"
+    );
+    let back = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].job, waiting, "it carries what it waited for");
+    assert_eq!(back[0].receive_count, 1, "a new message, counted afresh");
+    assert_eq!(waiting.attempt(back[0].receive_count), 2);
+    b.source.ack(&back[0].receipt).await.unwrap();
+    // Once: the acknowledged delivery does not come back beside it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(b.source.receive(10, lease).await.unwrap().is_empty());
+}
+
+/// A host of its own per test run, so that runs on one table never share slots.
+fn fresh_host() -> String {
+    format!("https://img-{}.example.com", Uuid::new_v4().simple())
+}
+
+pub async fn host_slots_cap_each_host_and_only_their_holder_frees_them(b: &Backends) {
+    let lease = Duration::from_secs(60);
+    let (host, other) = (fresh_host(), fresh_host());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            b.hosts
+                .acquire(&host, 3, lease)
+                .await
+                .unwrap()
+                .expect("a free slot"),
+        );
+    }
+    assert_eq!(
+        held.iter().map(|s| s.index).collect::<BTreeSet<_>>(),
+        BTreeSet::from([0, 1, 2])
+    );
+    assert!(held.iter().all(|s| s.host == host));
+    assert_eq!(
+        b.hosts.acquire(&host, 3, lease).await.unwrap(),
+        None,
+        "the cap holds"
+    );
+    // Another host has slots of its own.
+    let theirs = b
+        .hosts
+        .acquire(&other, 3, lease)
+        .await
+        .unwrap()
+        .expect("another host");
+
+    // Only the holder frees a slot.
+    let forged = imgproc::ports::HostSlot {
+        owner: Uuid::new_v4(),
+        ..held[1].clone()
+    };
+    b.hosts.release(&forged).await.unwrap();
+    assert_eq!(b.hosts.acquire(&host, 3, lease).await.unwrap(), None);
+    b.hosts.release(&held[1]).await.unwrap();
+    b.hosts.release(&held[1]).await.unwrap();
+    let again = b
+        .hosts
+        .acquire(&host, 3, lease)
+        .await
+        .unwrap()
+        .expect("freed");
+    assert_eq!(again.index, held[1].index);
+    assert_ne!(again.owner, held[1].owner);
+    assert_eq!(b.hosts.acquire(&host, 3, lease).await.unwrap(), None);
+    // A higher cap has room; a lower one is full.
+    assert!(b.hosts.acquire(&host, 4, lease).await.unwrap().is_some());
+    assert_eq!(b.hosts.acquire(&host, 2, lease).await.unwrap(), None);
+    b.hosts.release(&theirs).await.unwrap();
+
+    // A holder that never frees its slot loses it when its lease ends, and
+    // its late release leaves the new holder alone.
+    let short = fresh_host();
+    let lapsing = b
+        .hosts
+        .acquire(&short, 1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(b.hosts.acquire(&short, 1, lease).await.unwrap(), None);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let taker = loop {
+        if let Some(s) = b.hosts.acquire(&short, 1, lease).await.unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the lease never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(taker.owner, lapsing.owner);
+    b.hosts.release(&lapsing).await.unwrap();
+    assert_eq!(
+        b.hosts.acquire(&short, 1, lease).await.unwrap(),
+        None,
+        "a late release frees nothing"
+    );
+    b.hosts.release(&taker).await.unwrap();
+    assert!(b.hosts.acquire(&short, 1, lease).await.unwrap().is_some());
+}
+
+pub async fn racing_workers_never_hold_more_slots_than_the_cap(b: &Backends) {
+    let lease = Duration::from_secs(60);
+    let host = fresh_host();
+    let won: Vec<_> = join_all((0..20).map(|_| b.hosts.acquire(&host, 5, lease)))
+        .await
+        .into_iter()
+        .filter_map(|r| r.unwrap())
+        .collect();
+    assert!(
+        (1..=5).contains(&won.len()),
+        "{} of 20 racing workers hold a slot of 5",
+        won.len()
+    );
+    assert_eq!(
+        won.iter().map(|s| s.index).collect::<BTreeSet<_>>().len(),
+        won.len(),
+        "no slot is held twice"
+    );
+    // The rest are taken one by one, up to the cap exactly.
+    let mut total = won.len();
+    while b.hosts.acquire(&host, 5, lease).await.unwrap().is_some() {
+        total += 1;
+        assert!(total <= 5, "more than the cap");
+    }
+    assert_eq!(total, 5);
+}
+
 pub async fn objects_put_get_and_url(b: &Backends) {
     let key = format!("processed/{}/1/1.jpg", Uuid::new_v4());
     let body = Bytes::from_static(b"\xff\xd8\xff\xe0 not really a jpeg");
@@ -790,6 +958,24 @@ macro_rules! conformance {
             }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_job_sent_back_for_later_comes_back_once_counted_afresh() {
+            if let Some(b) = $backends().await {
+                super::a_job_sent_back_for_later_comes_back_once_counted_afresh(&b).await
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn host_slots_cap_each_host_and_only_their_holder_frees_them() {
+            if let Some(b) = $backends().await {
+                super::host_slots_cap_each_host_and_only_their_holder_frees_them(&b).await
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn racing_workers_never_hold_more_slots_than_the_cap() {
+            if let Some(b) = $backends().await {
+                super::racing_workers_never_hold_more_slots_than_the_cap(&b).await
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn objects_put_get_and_url() {
             if let Some(b) = $backends().await {
                 super::objects_put_get_and_url(&b).await
@@ -811,6 +997,7 @@ mod embedded {
             queue: Arc::new(store.clone()),
             source: Arc::new(store),
             objects: Arc::new(objects),
+            hosts: Arc::new(imgproc::local::MemoryHostSlots::new()),
             _keep: Box::new(dir),
         })
     }
@@ -852,6 +1039,7 @@ mod aws {
             RowsBucket::new(clients.s3.clone(), var("BUCKET")),
         );
         Some(Backends {
+            hosts: Arc::new(store.clone()),
             store: Arc::new(store),
             queue: Arc::new(queue.clone()),
             source: Arc::new(queue),

@@ -6,6 +6,7 @@
 //! | shard done          | `REQ#{id}`           | `D#{shard:05}`  | once               |
 //! | shard counter       | `REQ#{id}#S{shard:05}` | `C`           | once per image of the shard |
 //! | image result        | `REQ#{id}#S{shard:05}` | `I#{offset:04}` | once               |
+//! | download slot       | `HOST#{origin hash}` | `SLOT#{k:04}`   | twice per download (`host_slots`) |
 //!
 //! Submitting writes the validated rows to S3 as one document
 //! ([`crate::domain::rows`]) and ONE request item, whatever the size of the
@@ -45,6 +46,7 @@ use crate::ports::{
     WebhookClaim,
 };
 
+mod host_slots;
 mod webhooks;
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);

@@ -205,6 +205,8 @@ pub fn app_with_metrics(
             .clone()
             .map(|f| Arc::new(f) as Arc<dyn crate::ports::FanOutQueue>),
         objects: Arc::new(adapters.objects.clone()),
+        // The slots are items of the jobs table, shared by every invocation.
+        hosts: Arc::new(adapters.store.clone()),
         http,
         engine,
         metrics,

@@ -134,6 +134,20 @@ impl JobQueue for SqsQueue {
             .await;
         results.into_iter().collect()
     }
+
+    async fn send_later(&self, job: &ImageJob, delay: Duration) -> PortResult<()> {
+        let body = serde_json::to_string(job)
+            .map_err(|e| PortError::Permanent(format!("encoding a job: {e}")))?;
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
+            .send()
+            .await
+            .map_err(|e| port_error("SQS SendMessage", e))?;
+        Ok(())
+    }
 }
 
 /// SQS's ceiling for a message delay: 15 minutes.

@@ -348,9 +348,33 @@ pub struct ImageJob {
     /// See [`ImageKey::total`].
     #[serde(default)]
     pub total: u32,
+    /// Set on a job sent back to the queue because its host had no free
+    /// download slot: a new message, whose deliveries count on from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_wait: Option<HostWait>,
+}
+
+/// How long a job has been waiting for a download slot of its host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostWait {
+    /// Deliveries of the job's earlier messages that were attempts (they
+    /// ran, failed transiently or died), so that waiting never uses one up.
+    pub attempts: u32,
+    /// Times the job found every slot taken.
+    pub waits: u32,
+    /// When it first found every slot taken (Unix milliseconds).
+    pub since_ms: i64,
 }
 
 impl ImageJob {
+    /// How many attempts this delivery is, counting those of the job's
+    /// earlier messages: `receive_count` is the queue's count for this one.
+    pub fn attempt(&self, receive_count: u32) -> u32 {
+        self.host_wait
+            .map_or(0, |w| w.attempts)
+            .saturating_add(receive_count)
+    }
+
     pub fn key(&self) -> ImageKey {
         ImageKey {
             request_id: self.request_id,
@@ -532,6 +556,7 @@ mod tests {
             input_url: "https://example.com/a.jpg".into(),
             ordinal: 7,
             total: 9,
+            host_wait: None,
         };
         assert_eq!(
             job.output_key(),

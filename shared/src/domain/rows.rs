@@ -39,6 +39,7 @@ impl Row {
             input_url: url.clone(),
             ordinal: self.first_ordinal + i as u32,
             total,
+            host_wait: None,
         })
     }
 }

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::fs_objects::content_type_of;
 use super::sqlite::DueWebhook;
-use super::{FsObjectStore, SqliteStore};
+use super::{FsObjectStore, MemoryHostSlots, SqliteStore};
 use crate::api::{self, ApiError};
 use crate::compress::{Engine, Settings, available_cores};
 use crate::config::Config;
@@ -78,6 +78,10 @@ impl JobQueue for WakingQueue {
         self.store.send(jobs).await?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    async fn send_later(&self, job: &ImageJob, delay: Duration) -> PortResult<()> {
+        self.store.send_later(job, delay).await
     }
 }
 
@@ -140,6 +144,8 @@ impl LocalRuntime {
             // Locally the submitting process fans out itself (SQLite is fast).
             fanout: None,
             objects: Arc::new(objects.clone()),
+            // One process: the slots of the worker pool are in its memory.
+            hosts: Arc::new(MemoryHostSlots::new()),
             http,
             engine,
             metrics: metrics.clone(),

@@ -245,6 +245,7 @@ impl SqliteStore {
                             input_url: r.get(4)?,
                             ordinal: r.get(5)?,
                             total: r.get(6)?,
+                            host_wait: None,
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -723,6 +724,7 @@ impl JobStore for SqliteStore {
                     input_url: r.get(4)?,
                     ordinal: r.get::<_, u32>(2)? + image - 1,
                     total,
+                    host_wait: None,
                 });
             }
             let Some(last) = jobs.last().map(|j| j.product) else {
@@ -790,6 +792,25 @@ impl JobQueue for SqliteStore {
             let tx = conn.transaction()?;
             enqueue(&tx, &jobs)?;
             tx.commit()
+        })
+        .await
+    }
+
+    /// Replaces the image's row in place: its receive count starts over, so
+    /// the acknowledgement of the delivery being handled (whose receipt
+    /// names the old count) leaves the new one alone.
+    async fn send_later(&self, job: &ImageJob, delay: Duration) -> PortResult<()> {
+        let body = serde_json::to_string(job)
+            .map_err(|e| PortError::Permanent(format!("encoding a job: {e}")))?;
+        let (request_id, product, image) = (job.request_id.to_string(), job.product, job.image);
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO queue (request_id, position, idx, body, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (request_id, position, idx)
+                 DO UPDATE SET body = excluded.body, visible_at = excluded.visible_at, receive_count = 0",
+                params![request_id, product, image, body, now_ms() + delay.as_millis() as i64],
+            )?;
+            Ok(())
         })
         .await
     }

@@ -13,6 +13,19 @@ use std::sync::Arc;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
+/// The origin a download goes to, as the guard sees it: scheme, host and
+/// port, lower-cased, with the scheme's default port left out
+/// (`https://img.example.com`, `http://127.0.0.1:8080`). `None` for what
+/// is not an http(s) URL (it fails before any connection).
+pub fn origin_of(url: &str) -> Option<String> {
+    let url = Url::parse(url).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    url.host_str()?;
+    Some(url.origin().ascii_serialization().to_ascii_lowercase())
+}
+
 /// Why an address is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{host} resolves to {ip}, a {kind} address; requests to private networks are refused")]
@@ -188,6 +201,40 @@ mod tests {
         NetPolicy::default()
             .check_url(&Url::parse(url).unwrap())
             .is_err()
+    }
+
+    #[test]
+    fn the_origin_is_scheme_host_and_port_lower_cased() {
+        let o = |u: &str| origin_of(u);
+        assert_eq!(
+            o("https://IMG.Example.COM/a/b.jpg?x=1").as_deref(),
+            Some("https://img.example.com")
+        );
+        assert_eq!(
+            o("https://img.example.com:443/a.jpg"),
+            o("https://img.example.com/b.jpg")
+        );
+        assert_eq!(
+            o("http://127.0.0.1:8080/a.jpg").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_ne!(
+            o("http://img.example.com/a.jpg"),
+            o("https://img.example.com/a.jpg")
+        );
+        assert_ne!(
+            o("https://img.example.com:8443/a.jpg"),
+            o("https://img.example.com/a.jpg")
+        );
+        assert_eq!(o("http://2130706433/"), o("http://127.0.0.1/"));
+        for not_http in [
+            "ftp://example.com/a.jpg",
+            "file:///etc/passwd",
+            "not a url",
+            "",
+        ] {
+            assert_eq!(o(not_http), None, "{not_http}");
+        }
     }
 
     #[test]

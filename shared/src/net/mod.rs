@@ -4,4 +4,4 @@ pub mod client;
 pub mod guard;
 
 pub use client::{FetchError, FetchLimits, GuardedClient, PostOutcome};
-pub use guard::{NameLookup, NetPolicy};
+pub use guard::{NameLookup, NetPolicy, origin_of};

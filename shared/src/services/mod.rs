@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::domain::csv_input::Issue;
 use crate::metrics::Recorder;
 use crate::net::GuardedClient;
-use crate::ports::{FanOutQueue, JobQueue, JobStore, ObjectStore, PortError};
+use crate::ports::{FanOutQueue, HostSlots, JobQueue, JobStore, ObjectStore, PortError};
 
 /// Everything the services need, built once per process (per cold start
 /// on Lambda) and shared.
@@ -27,6 +27,8 @@ pub struct App {
     /// in the submitting process.
     pub fanout: Option<Arc<dyn FanOutQueue>>,
     pub objects: Arc<dyn ObjectStore>,
+    /// The download slots of each host (`MAX_CONCURRENT_PER_HOST`).
+    pub hosts: Arc<dyn HostSlots>,
     pub http: GuardedClient,
     pub engine: Engine,
     /// Where the services report what happened (EMF on Lambda, Prometheus locally).

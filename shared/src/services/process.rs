@@ -12,8 +12,10 @@ use crate::domain::{
     RequestStatus, results_key,
 };
 use crate::metrics::{Event, ImageTimings};
-use crate::net::FetchLimits;
-use crate::ports::PortError;
+use crate::net::{FetchLimits, origin_of};
+use crate::ports::{HostSlot, PortError};
+
+mod host_wait;
 
 /// What to do with the job's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,11 @@ pub enum JobResult {
 /// without being tried again. Either way no request hangs.
 /// An `Err` means the store itself failed; the message should come back.
 ///
+/// The download waits for one of its host's `MAX_CONCURRENT_PER_HOST`
+/// slots: a job that finds none is queued again for later as a new message
+/// that carries its attempts so far (see [`host_wait`]), so waiting never
+/// uses up an attempt, and this delivery is done.
+///
 /// Everything logged here, by the adapters too, happens inside the
 /// `image` span, which names the request, the product and the image.
 #[tracing::instrument(name = "image", skip_all,
@@ -41,6 +48,9 @@ pub async fn process_job(
     job: &ImageJob,
     receive_count: u32,
 ) -> Result<JobResult, PortError> {
+    // Attempts of the job's earlier messages (before it waited for its
+    // host) count as well.
+    let receive_count = job.attempt(receive_count);
     let key = job.key();
     // Only a repeated delivery can find its image finished: the first
     // delivery of a job reads nothing before doing its work.
@@ -76,7 +86,9 @@ pub async fn process_job(
     let mut timings = ImageTimings::default();
     let outcome = match run(app, job, &mut timings).await {
         Ok(compressed) => ImageOutcome::Succeeded(compressed),
-        Err(failure) if failure.transient && !last_attempt => {
+        Err(Stop::HostBusy(host)) => return host_wait::wait(app, job, &host, receive_count).await,
+        Err(Stop::Store(e)) => return Err(e),
+        Err(Stop::Failed(failure)) if failure.transient && !last_attempt => {
             let delay = app.config.backoff(receive_count);
             tracing::warn!(code = failure.error.code.as_str(), error = %failure.error.message,
                 retry_in_ms = delay.as_millis() as u64, "image failed, will retry");
@@ -87,7 +99,7 @@ pub async fn process_job(
             });
             return Ok(JobResult::RetryAfter(delay));
         }
-        Err(failure) => ImageOutcome::Failed {
+        Err(Stop::Failed(failure)) => ImageOutcome::Failed {
             error: failure.error,
             input_bytes: failure.input_bytes,
         },
@@ -168,23 +180,72 @@ struct Failure {
     input_bytes: Option<u64>,
 }
 
+/// Why a job ended before its outcome.
+enum Stop {
+    Failed(Failure),
+    /// Every download slot of this origin is taken.
+    HostBusy(String),
+    /// The host slots' store failed.
+    Store(PortError),
+}
+
+impl From<Failure> for Stop {
+    fn from(failure: Failure) -> Self {
+        Self::Failed(failure)
+    }
+}
+
+/// How long a download slot is held at most: the fetch is cut at its
+/// timeout, and the margin covers the clocks of the workers disagreeing.
+fn slot_lease(fetch_timeout: Duration) -> Duration {
+    fetch_timeout + Duration::from_secs(15)
+}
+
+/// Downloads `url` within one of its host's slots, freed as soon as the
+/// body is in (compression does not hold it). A slot that cannot be freed,
+/// or whose worker dies first, frees itself when its lease ends.
+async fn download(app: &App, url: &str, limits: FetchLimits) -> Result<Bytes, Stop> {
+    let cap = app.config.max_concurrent_per_host;
+    let slot: Option<HostSlot> = match origin_of(url) {
+        Some(host) if cap > 0 => {
+            match app
+                .hosts
+                .acquire(&host, cap, slot_lease(limits.timeout))
+                .await
+            {
+                Ok(Some(slot)) => Some(slot),
+                Ok(None) => return Err(Stop::HostBusy(host)),
+                Err(e) => return Err(Stop::Store(e)),
+            }
+        }
+        // Unlimited, or not a URL any connection is made to.
+        _ => None,
+    };
+    let fetched = app.http.fetch(url, limits).await;
+    if let Some(slot) = slot
+        && let Err(e) = app.hosts.release(&slot).await
+    {
+        tracing::warn!(host = %slot.host, error = %e,
+            "cannot free a download slot; it frees itself when its lease ends");
+    }
+    fetched.map_err(|e| {
+        Stop::Failed(Failure {
+            transient: e.is_transient(),
+            error: ImageError::new(e.code(), e.to_string()),
+            input_bytes: None,
+        })
+    })
+}
+
 /// Fetches, compresses and stores one image, noting in `timings` how long
 /// each stage it reached took.
-async fn run(app: &App, job: &ImageJob, timings: &mut ImageTimings) -> Result<Compressed, Failure> {
+async fn run(app: &App, job: &ImageJob, timings: &mut ImageTimings) -> Result<Compressed, Stop> {
     let limits = FetchLimits {
         max_bytes: app.config.max_download_bytes,
         timeout: app.config.fetch_timeout,
     };
     let fetch_started = Instant::now();
-    let input = app
-        .http
-        .fetch(&job.input_url, limits)
-        .await
-        .map_err(|e| Failure {
-            transient: e.is_transient(),
-            error: ImageError::new(e.code(), e.to_string()),
-            input_bytes: None,
-        })?;
+    let input = download(app, &job.input_url, limits).await?;
     timings.download = Some(fetch_started.elapsed());
     let input_bytes = input.len() as u64;
     let out = app.engine.compress(input).await.map_err(|e| Failure {

@@ -306,6 +306,98 @@ impl Tripwire {
     }
 }
 
+/// Serves the example photographs slowly at `/photos/{name}` (any query
+/// string), counting the requests it is answering at once: over HTTP/1.1
+/// each is a connection busy with one download, so the highest count seen
+/// is the most downloads the service ran against this host at a time.
+#[derive(Clone)]
+pub struct ConcurrencyServer {
+    pub addr: SocketAddr,
+    counts: Arc<ConcurrencyCounts>,
+}
+
+#[derive(Default)]
+struct ConcurrencyCounts {
+    now: AtomicU32,
+    max: AtomicU32,
+    served: AtomicU32,
+}
+
+/// Counts a request out when its handler ends, also when the client hung up.
+struct InFlight(Arc<ConcurrencyCounts>);
+
+impl InFlight {
+    fn enter(counts: Arc<ConcurrencyCounts>) -> Self {
+        let now = counts.now.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.max.fetch_max(now, Ordering::SeqCst);
+        Self(counts)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ConcurrencyServer {
+    /// Each answer takes `delay` before its body is sent.
+    pub async fn start(delay: Duration) -> Self {
+        let counts: Arc<ConcurrencyCounts> = Arc::default();
+        let router = Router::new()
+            .route(
+                "/photos/{name}",
+                get(
+                    move |State(counts): State<Arc<ConcurrencyCounts>>,
+                          Path(name): Path<String>| async move {
+                        let _in_flight = InFlight::enter(counts.clone());
+                        tokio::time::sleep(delay).await;
+                        let response = photo_response(&name);
+                        counts.served.fetch_add(1, Ordering::SeqCst);
+                        response
+                    },
+                ),
+            )
+            .with_state(counts.clone());
+        Self {
+            addr: spawn(router).await,
+            counts,
+        }
+    }
+
+    /// URL `i` of `n` distinct ones, cycling through the example photographs.
+    pub fn urls(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "http://{}/photos/{}?copy={i}",
+                    self.addr,
+                    PHOTOS[i % PHOTOS.len()]
+                )
+            })
+            .collect()
+    }
+
+    /// The most requests answered at once so far.
+    pub fn max_in_flight(&self) -> u32 {
+        self.counts.max.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.counts.now.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered in full.
+    pub fn served(&self) -> u32 {
+        self.counts.served.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the highest count (between two phases of a test).
+    pub fn reset_max(&self) {
+        self.counts.max.store(self.in_flight(), Ordering::SeqCst);
+    }
+}
+
 /// A CSV with one product per row, each a list of URLs.
 pub fn csv_of(rows: &[(u64, &str, Vec<String>)]) -> String {
     let mut csv = String::from("S. No.,Product Name,Input Image Urls\n");
