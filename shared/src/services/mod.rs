@@ -2,6 +2,7 @@
 //! the Lambda handlers and the local runner all call these.
 
 pub mod fanout;
+pub mod kept_slots;
 pub mod notify;
 pub mod process;
 pub mod status;

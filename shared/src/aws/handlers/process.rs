@@ -2,6 +2,7 @@
 //! invocation's deadline, answered with a partial batch response naming
 //! only the messages that must come back.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -10,6 +11,7 @@ use super::batch::{Settle, receive_count, settle_all};
 use crate::domain::ImageJob;
 use crate::ports::JobSource;
 use crate::services::App;
+use crate::services::kept_slots::KeptSlots;
 use crate::services::process::{JobResult, process_job};
 
 pub async fn handle(
@@ -18,7 +20,23 @@ pub async fn handle(
     event: SqsEvent,
     deadline: Option<Instant>,
 ) -> SqsBatchResponse {
-    settle_all(&event.records, source, deadline, |m| handle_message(app, m)).await
+    // The batch takes one download slot per host and keeps it for all its
+    // downloads of that host: two writes per host per batch, not per image.
+    let kept = Arc::new(KeptSlots::new(app.hosts.clone()));
+    let batch = App {
+        hosts: kept.clone(),
+        ..app.clone()
+    };
+    let response = settle_all(&event.records, source, deadline, |m| {
+        handle_message(&batch, m)
+    })
+    .await;
+    // The instance freezes after answering: the slots go back now, not
+    // when their leases end.
+    if let Err(e) = kept.free_all().await {
+        tracing::warn!(error = %e, "cannot free the batch's download slots; they free themselves when their leases end");
+    }
+    response
 }
 
 pub async fn handle_message(app: &App, message: &SqsMessage) -> Settle {
