@@ -1156,6 +1156,50 @@ async fn clients_keys_are_scoped_and_their_requests_private_on_dynamodb() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drop_that_fails_for_good_gets_a_report() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    // Without the secret no ID can be made: a failure no retry cures.
+    let app = app_with_metrics(
+        Config::from_lookup(|name| (name == "PUBLIC_URL").then(|| PUBLIC_URL.into())).unwrap(),
+        &h.adapters,
+        Arc::new(EmfRecorder::with_sink(NAMESPACE, |_: &str| {})),
+    )
+    .unwrap();
+    let key = format!("incoming/{}.csv", Uuid::new_v4());
+    let csv = "S. No.,Product Name,Input Image Urls\n1,SKU1,https://img.example.com/a.jpg\n";
+    let e_tag = put_drop(&h, &key, csv, None).await;
+    let outcomes = ingest::handle(
+        &app,
+        &h.adapters.objects,
+        s3_event(&env("BUCKET"), &key, &e_tag).await,
+    )
+    .await
+    .expect("a permanent failure is reported, not retried");
+    assert_eq!(
+        outcomes,
+        vec![IngestOutcome::Rejected {
+            report_key: format!("rejected/{key}.json")
+        }]
+    );
+    let report = h
+        .adapters
+        .objects
+        .fetch(&env("BUCKET"), &format!("rejected/{key}.json"), u64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let report = json_of(&report.body);
+    assert_eq!(report["error"]["code"], "internal");
+    assert!(
+        !report.to_string().contains("REQUEST_ID_SECRET"),
+        "internals stay in the log: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bad_drop_gets_a_report_and_nothing_else() {
     if moto().is_none() {
         return;

@@ -1,7 +1,10 @@
 //! `ingest`: a CSV put under `incoming/` is a submission (SPEC §4). The
-//! request ID is derived from the object (bucket, key, version or ETag),
-//! so a repeated S3 event finds the request it already made. An invalid
-//! file gets its problems written to `rejected/{key}.json`, and nothing else.
+//! request ID is an HMAC under `REQUEST_ID_SECRET` of the object (bucket,
+//! key, version or ETag), so a repeated S3 event finds the request it
+//! already made and nobody can compute the ID from the key. Such requests
+//! belong to no API client. A file that is invalid, larger than the
+//! largest valid CSV (refused unread) or fails for good gets its problems
+//! written to `rejected/{key}.json`, and nothing else.
 
 use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
 use bytes::Bytes;
@@ -103,7 +106,7 @@ pub async fn handle_record(
         Ok(Fetched::TooLarge { size }) => {
             let size = size.map_or("more than that".into(), |s| format!("{s} bytes"));
             let message = format!(
-                "the file is larger than {limit} bytes, the largest CSV the service's limits allow ({size}); nothing was read or stored: split it into several files"
+                "the file ({size}) is larger than {limit} bytes, the largest CSV the service's limits allow; nothing was read or stored: split it into several files"
             );
             return reject(objects, &bucket, &key, "payload_too_large", &message, &[])
                 .await
