@@ -30,6 +30,10 @@ PY
 port="${LAMBDA_PORT:-9000}"
 log="$MOTO_STATE_DIR/cargo-lambda-watch.log"
 export RUST_LOG="${RUST_LOG:-info}"
+# The API functions start only with a token or an explicit opt-out, and
+# upload and ingest need the request ID secret.
+export ALLOW_ANONYMOUS="${ALLOW_ANONYMOUS:-true}"
+export REQUEST_ID_SECRET="${REQUEST_ID_SECRET:-local-invoke-request-id-secret-0123456789}"
 setsid cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$port" >"$log" 2>&1 </dev/null &
 watch_pid=$!
 cleanup() {

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::domain::csv_input::CsvLimits;
+use crate::domain::csv_input::{CsvLimits, MAX_PRODUCT_NAME_CHARS, MAX_URL_CHARS};
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {var} {problem}")]
@@ -33,6 +33,24 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// One API client: its id (stored with its requests, scoping its
+/// idempotency keys) and its bearer token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientToken {
+    pub client: String,
+    pub token: Secret,
+}
+
+/// The client id of the legacy single `API_TOKEN`.
+pub const DEFAULT_CLIENT: &str = "default";
+
+/// Shortest token accepted where the API faces the internet (Lambda):
+/// 32 characters of a random token are far beyond guessing.
+pub const MIN_AWS_TOKEN_CHARS: usize = 32;
+
+/// Shortest `REQUEST_ID_SECRET`: request IDs are only as unguessable as it is.
+pub const MIN_REQUEST_ID_SECRET_CHARS: usize = 32;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub table_name: Option<String>,
@@ -49,13 +67,26 @@ pub struct Config {
     /// https, ending with `/`): output URLs are `{public_url}files/{key}`
     /// when `output_base_url` is not set.
     pub public_url: Option<String>,
-    pub api_token: Option<Secret>,
+    /// API clients and their tokens (`API_TOKENS`, and the legacy
+    /// `API_TOKEN` as client `default`): when there is one, every `/v1`
+    /// call needs a token.
+    pub clients: Vec<ClientToken>,
+    /// `ALLOW_ANONYMOUS=true`: a Lambda API may run without any token.
+    pub allow_anonymous: bool,
+    /// The key of the HMAC that turns idempotency keys and S3 drops into
+    /// request IDs (`REQUEST_ID_SECRET`); the local runner makes and keeps
+    /// one in its data folder when unset.
+    pub request_id_secret: Option<Secret>,
     pub webhook_secret: Option<Secret>,
     pub jpeg_quality: u8,
     pub max_rows: usize,
     pub max_images: usize,
     pub max_images_per_row: usize,
     pub max_upload_bytes: usize,
+    /// The largest CSV the S3 drop reads (`MAX_DROP_BYTES`, by default
+    /// [`largest_csv_bytes`] of the CSV limits); larger drops are refused
+    /// from their size alone.
+    pub max_drop_bytes: u64,
     pub max_download_bytes: u64,
     pub max_pixels: u64,
     /// Memory the images being compressed at once may need together, and
@@ -96,13 +127,20 @@ impl Default for Config {
             bucket: None,
             output_base_url: None,
             public_url: None,
-            api_token: None,
+            clients: Vec::new(),
+            allow_anonymous: false,
+            request_id_secret: None,
             webhook_secret: None,
             jpeg_quality: 50,
             max_rows: 10_000,
             max_images: 50_000,
             max_images_per_row: 50,
             max_upload_bytes: 4 * 1024 * 1024,
+            max_drop_bytes: largest_csv_bytes(&CsvLimits {
+                max_rows: 10_000,
+                max_images: 50_000,
+                max_images_per_row: 50,
+            }),
             max_download_bytes: 25 * 1024 * 1024,
             max_pixels: 100_000_000,
             max_decode_memory_mb: DEFAULT_MAX_DECODE_MEMORY_MB,
@@ -180,6 +218,30 @@ impl Config {
             Some(raw) => retry_schedule("WEBHOOK_RETRY_SCHEDULE", &raw)?,
             None => d.webhook_retry_schedule.clone(),
         };
+        let limits = CsvLimits {
+            max_rows: number(&get, "MAX_ROWS", d.max_rows, 1, 1_000_000)?,
+            max_images: number(&get, "MAX_IMAGES", d.max_images, 1, 10_000_000)?,
+            max_images_per_row: number(
+                &get,
+                "MAX_IMAGES_PER_ROW",
+                d.max_images_per_row,
+                1,
+                MAX_IMAGES_PER_ROW_LIMIT,
+            )?,
+        };
+        let largest_csv = largest_csv_bytes(&limits);
+        let request_id_secret = get("REQUEST_ID_SECRET").map(Secret);
+        if request_id_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().chars().count() < MIN_REQUEST_ID_SECRET_CHARS)
+        {
+            return Err(ConfigError {
+                var: "REQUEST_ID_SECRET",
+                problem: format!(
+                    "must be at least {MIN_REQUEST_ID_SECRET_CHARS} characters (e.g. openssl rand -hex 32)"
+                ),
+            });
+        }
         Ok(Self {
             table_name: get("TABLE_NAME"),
             queue_url: get("QUEUE_URL"),
@@ -192,19 +254,16 @@ impl Config {
             public_url: get("PUBLIC_URL")
                 .map(|v| base_url("PUBLIC_URL", &v, &["http", "https"]))
                 .transpose()?,
-            api_token: get("API_TOKEN").map(Secret),
+            clients: clients(get("API_TOKENS").as_deref(), get("API_TOKEN"))?,
+            allow_anonymous: boolean(&get, "ALLOW_ANONYMOUS", d.allow_anonymous)?,
+            request_id_secret,
             webhook_secret: get("WEBHOOK_SECRET").map(Secret),
             jpeg_quality: number(&get, "JPEG_QUALITY", d.jpeg_quality, 1, 100)?,
-            max_rows: number(&get, "MAX_ROWS", d.max_rows, 1, 1_000_000)?,
-            max_images: number(&get, "MAX_IMAGES", d.max_images, 1, 10_000_000)?,
-            max_images_per_row: number(
-                &get,
-                "MAX_IMAGES_PER_ROW",
-                d.max_images_per_row,
-                1,
-                MAX_IMAGES_PER_ROW_LIMIT,
-            )?,
+            max_rows: limits.max_rows,
+            max_images: limits.max_images,
+            max_images_per_row: limits.max_images_per_row,
             max_upload_bytes: number(&get, "MAX_UPLOAD_BYTES", d.max_upload_bytes, 1, 1 << 30)?,
+            max_drop_bytes: number(&get, "MAX_DROP_BYTES", largest_csv, 1, largest_csv)?,
             max_download_bytes: number(
                 &get,
                 "MAX_DOWNLOAD_BYTES",
@@ -266,6 +325,64 @@ impl Config {
         self.output_base_url
             .clone()
             .or_else(|| self.public_url.as_ref().map(|p| format!("{p}files/")))
+    }
+
+    /// For the Lambda functions that serve the API: a deployment without
+    /// any token must say so (`ALLOW_ANONYMOUS=true`), and every token is
+    /// long enough to face the internet.
+    pub fn require_api_auth(&self) -> Result<(), ConfigError> {
+        if self.clients.is_empty() && !self.allow_anonymous {
+            return Err(ConfigError {
+                var: "API_TOKENS",
+                problem: "must be set (client:token entries, or API_TOKEN) for the API to start; set ALLOW_ANONYMOUS=true to run it open on purpose".into(),
+            });
+        }
+        if let Some(short) = self
+            .clients
+            .iter()
+            .find(|c| c.token.expose().chars().count() < MIN_AWS_TOKEN_CHARS)
+        {
+            return Err(ConfigError {
+                var: "API_TOKENS",
+                problem: format!(
+                    "the token of client {:?} must be at least {MIN_AWS_TOKEN_CHARS} characters",
+                    short.client
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// For the Lambda functions that create requests: request IDs need
+    /// the server secret, and a Lambda function has nowhere to keep one
+    /// it would make itself.
+    pub fn require_request_id_secret(&self) -> Result<&Secret, ConfigError> {
+        self.request_id_secret.as_ref().ok_or(ConfigError {
+            var: "REQUEST_ID_SECRET",
+            problem: format!(
+                "must be set (at least {MIN_REQUEST_ID_SECRET_CHARS} random characters) on the functions that create requests"
+            ),
+        })
+    }
+
+    /// The client whose token this is, comparing in constant time against
+    /// every configured token, so neither which token matched nor how
+    /// much of one did shows in the time taken.
+    pub fn client_of_token(&self, given: &str) -> Option<&str> {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        // Digests make the comparison independent of the tokens' lengths.
+        let given = Sha256::digest(given.as_bytes());
+        let mut found = None;
+        for c in &self.clients {
+            let same: bool = given
+                .ct_eq(&Sha256::digest(c.token.expose().as_bytes()))
+                .into();
+            if same {
+                found = Some(c.client.as_str());
+            }
+        }
+        found
     }
 
     pub fn max_decode_bytes(&self) -> u64 {
@@ -427,6 +544,94 @@ fn namespace(var: &'static str, raw: String) -> Result<String, ConfigError> {
 /// partition on DynamoDB, read at once when a download looks for a free one.
 pub const MAX_CONCURRENT_PER_HOST_LIMIT: u32 = 1000;
 
+/// The size of the largest CSV the limits admit, counting each field at
+/// its longest: a serial number of 20 digits, a product name of
+/// `MAX_PRODUCT_NAME_CHARS` four-byte characters quoted, URLs of
+/// `MAX_URL_CHARS` (ASCII, as URLs are sent percent-encoded) with a
+/// separator and a space each, line ends and a header. Padding beyond that
+/// (unknown columns, blank lines) is not needed by any valid file, so the
+/// S3 drop reads no more than this, and its function's memory is sized
+/// from it.
+pub fn largest_csv_bytes(limits: &CsvLimits) -> u64 {
+    const HEADER: u64 = 1024;
+    let row = 20 + 1 + (MAX_PRODUCT_NAME_CHARS as u64 * 4 + 2) + 1 + 2 + 2;
+    let image = MAX_URL_CHARS as u64 + 2;
+    HEADER + limits.max_rows as u64 * row + limits.max_images as u64 * image
+}
+
+/// `API_TOKENS` (`client:token` entries separated by commas or newlines)
+/// and the legacy `API_TOKEN` (client `default`). Problems name the entry,
+/// never a token.
+fn clients(list: Option<&str>, legacy: Option<String>) -> Result<Vec<ClientToken>, ConfigError> {
+    let var = "API_TOKENS";
+    let bad = |problem: String| ConfigError { var, problem };
+    let mut clients: Vec<ClientToken> = Vec::new();
+    let entries = list
+        .unwrap_or("")
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    for (i, entry) in entries.enumerate() {
+        let n = i + 1;
+        let Some((client, token)) = entry.split_once(':') else {
+            return Err(bad(format!(
+                "entry {n} must be client:token (client ids are lower-case letters, digits, - and _)"
+            )));
+        };
+        let (client, token) = (client.trim(), token.trim());
+        if !valid_client_id(client) {
+            return Err(bad(format!(
+                "entry {n}: the client id must be 1 to 64 of a-z, 0-9, - and _, starting with a letter or digit"
+            )));
+        }
+        if token.is_empty() || !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(bad(format!(
+                "entry {n} (client {client:?}): the token must be printable ASCII without spaces"
+            )));
+        }
+        clients.push(ClientToken {
+            client: client.to_owned(),
+            token: Secret::new(token),
+        });
+    }
+    if let Some(token) = legacy {
+        if !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(ConfigError {
+                var: "API_TOKEN",
+                problem: "must be printable ASCII without spaces".into(),
+            });
+        }
+        clients.push(ClientToken {
+            client: DEFAULT_CLIENT.into(),
+            token: Secret(token),
+        });
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let earlier = &clients[..i];
+        if earlier.iter().any(|e| e.client == c.client) {
+            return Err(bad(format!(
+                "client {:?} is listed twice (API_TOKEN is client \"default\")",
+                c.client
+            )));
+        }
+        if earlier.iter().any(|e| e.token == c.token) {
+            return Err(bad(format!(
+                "client {:?} has the same token as another client; every client needs its own",
+                c.client
+            )));
+        }
+    }
+    Ok(clients)
+}
+
+/// `[a-z0-9][a-z0-9_-]{0,63}`
+pub fn valid_client_id(id: &str) -> bool {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    matches!(id.as_bytes().first(), Some(&b) if ok(b))
+        && id.len() <= 64
+        && id.bytes().all(|b| ok(b) || b == b'-' || b == b'_')
+}
+
 /// The most images one row may be configured to hold: a product is never
 /// split across status pages, so its JSON alone must fit the platform's
 /// response limit (`services::status` proves the worst case under it).
@@ -553,7 +758,9 @@ mod tests {
             c.output_base_url.as_deref(),
             Some("https://cdn.example.com/img/")
         );
-        assert_eq!(c.api_token.as_ref().map(Secret::expose), Some("s3cret"));
+        assert_eq!(c.clients.len(), 1);
+        assert_eq!(c.clients[0].client, DEFAULT_CLIENT);
+        assert_eq!(c.clients[0].token.expose(), "s3cret");
         assert!(
             !format!("{c:?}").contains("s3cret"),
             "secrets never reach Debug output"
@@ -643,6 +850,126 @@ mod tests {
         assert!(err.to_string().contains("1641"), "{err}");
         let c = from(&[("MAX_DECODE_MEMORY_MB", "4096")]).unwrap();
         assert_eq!(c.max_decode_memory_mb, 4096);
+    }
+
+    const LONG_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-1";
+    const LONG_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-2";
+
+    #[test]
+    fn client_tokens_are_read_from_commas_newlines_and_the_legacy_token() {
+        let list = format!(" acme:{LONG_A} ,\n globex_2:{LONG_B}\r\n,");
+        let c = from(&[("API_TOKENS", &list), ("API_TOKEN", "legacy-token")]).unwrap();
+        let ids: Vec<&str> = c.clients.iter().map(|c| c.client.as_str()).collect();
+        assert_eq!(ids, ["acme", "globex_2", "default"]);
+        assert_eq!(c.clients[1].token.expose(), LONG_B);
+        assert_eq!(c.client_of_token(LONG_A), Some("acme"));
+        assert_eq!(c.client_of_token("legacy-token"), Some("default"));
+        assert_eq!(c.client_of_token(&LONG_A[1..]), None);
+        assert_eq!(c.client_of_token(""), None);
+        let debug = format!("{c:?}");
+        for token in [LONG_A, LONG_B, "legacy-token"] {
+            assert!(!debug.contains(token), "tokens never reach Debug output");
+        }
+        assert!(from(&[]).unwrap().clients.is_empty());
+    }
+
+    #[test]
+    fn bad_client_lists_are_refused_without_showing_a_token() {
+        for (list, legacy, why) in [
+            ("acme", None, "client:token"),
+            ("Acme:tok", None, "client id"),
+            ("-acme:tok", None, "client id"),
+            (":tok", None, "client id"),
+            ("acme:", None, "printable"),
+            ("acme:has space", None, "printable"),
+            ("acme:tok-1,acme:tok-2", None, "twice"),
+            ("acme:same-tok,globex:same-tok", None, "same token"),
+            ("default:tok-1", Some("tok-2"), "twice"),
+            ("acme:tok-1", Some("tok-1"), "same token"),
+        ] {
+            let mut env = vec![("API_TOKENS", list)];
+            if let Some(t) = legacy {
+                env.push(("API_TOKEN", t));
+            }
+            let err = from(&env).unwrap_err();
+            assert_eq!(err.var, "API_TOKENS", "{list}");
+            assert!(err.problem.contains(why), "{list}: {err}");
+            for secret in ["tok-1", "tok-2", "same-tok"] {
+                assert!(!err.to_string().contains(secret), "{err}");
+            }
+        }
+        let long_id = format!("{}:tok", "a".repeat(65));
+        assert_eq!(
+            from(&[("API_TOKENS", &long_id)]).unwrap_err().var,
+            "API_TOKENS"
+        );
+        assert!(valid_client_id(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn the_lambda_api_needs_long_tokens_or_an_explicit_opt_out() {
+        let err = from(&[]).unwrap().require_api_auth().unwrap_err();
+        assert_eq!(err.var, "API_TOKENS");
+        assert!(err.problem.contains("ALLOW_ANONYMOUS=true"), "{err}");
+        let open = from(&[("ALLOW_ANONYMOUS", "true")]).unwrap();
+        assert!(open.require_api_auth().is_ok());
+        let short = from(&[("API_TOKENS", "acme:short-token")]).unwrap();
+        let err = short.require_api_auth().unwrap_err();
+        assert!(
+            err.problem.contains("\"acme\"") && err.problem.contains("32"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("short-token"));
+        let list = format!("acme:{LONG_A}");
+        assert!(
+            from(&[("API_TOKENS", &list)])
+                .unwrap()
+                .require_api_auth()
+                .is_ok()
+        );
+        assert!(
+            from(&[("API_TOKEN", LONG_B)])
+                .unwrap()
+                .require_api_auth()
+                .is_ok()
+        );
+        assert_eq!(
+            from(&[("ALLOW_ANONYMOUS", "perhaps")]).unwrap_err().var,
+            "ALLOW_ANONYMOUS"
+        );
+    }
+
+    #[test]
+    fn the_request_id_secret_is_long_and_required_where_requests_are_made() {
+        let err = from(&[]).unwrap().require_request_id_secret().unwrap_err();
+        assert_eq!(err.var, "REQUEST_ID_SECRET");
+        let err = from(&[("REQUEST_ID_SECRET", "short")]).unwrap_err();
+        assert_eq!(err.var, "REQUEST_ID_SECRET");
+        assert!(!err.to_string().contains("short\""));
+        let c = from(&[("REQUEST_ID_SECRET", LONG_A)]).unwrap();
+        assert_eq!(c.require_request_id_secret().unwrap().expose(), LONG_A);
+        assert!(!format!("{c:?}").contains(LONG_A));
+    }
+
+    #[test]
+    fn the_drop_limit_follows_from_the_largest_valid_csv() {
+        let c = from(&[]).unwrap();
+        // 10,000 rows of the longest name, 50,000 of the longest URL.
+        assert_eq!(c.max_drop_bytes, largest_csv_bytes(&c.csv_limits()));
+        assert!(
+            (100 << 20..128 << 20).contains(&c.max_drop_bytes),
+            "{}",
+            c.max_drop_bytes
+        );
+        let small = from(&[("MAX_ROWS", "10"), ("MAX_IMAGES", "20")]).unwrap();
+        assert!(small.max_drop_bytes < 100_000, "{}", small.max_drop_bytes);
+        let lowered = from(&[("MAX_DROP_BYTES", "1000000")]).unwrap();
+        assert_eq!(lowered.max_drop_bytes, 1_000_000);
+        let above = (c.max_drop_bytes + 1).to_string();
+        assert_eq!(
+            from(&[("MAX_DROP_BYTES", &above)]).unwrap_err().var,
+            "MAX_DROP_BYTES"
+        );
     }
 
     #[test]

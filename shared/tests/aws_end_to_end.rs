@@ -57,6 +57,7 @@ use uuid::Uuid;
 const SECRET: &str = "webhook-secret-for-tests";
 /// Where the service says clients reach it: output URLs are under `files/`.
 const PUBLIC_URL: &str = "https://imgproc.example.test/";
+const REQUEST_ID_SECRET: &str = "request-id-secret-for-tests-0123456789";
 
 fn moto() -> Option<String> {
     match std::env::var("MOTO_ENDPOINT") {
@@ -177,6 +178,7 @@ async fn harness_with(settings: &[(&str, &str)]) -> Harness {
             "PUBLIC_URL" => Some(PUBLIC_URL.into()),
             "ALLOW_PRIVATE_NETWORKS" => Some("true".into()),
             "WEBHOOK_SECRET" => Some(SECRET.into()),
+            "REQUEST_ID_SECRET" => Some(REQUEST_ID_SECRET.into()),
             "RETRY_BASE_DELAY_MS" => Some("10".into()),
             "FETCH_TIMEOUT_SECS" => Some("10".into()),
             "METRICS_NAMESPACE" => Some(NAMESPACE.into()),
@@ -1065,6 +1067,135 @@ async fn the_same_s3_event_twice_makes_one_request() {
     .unwrap();
     assert!(
         matches!(third.as_slice(), [IngestOutcome::Accepted { request_id: other }] if other != request_id)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_keys_are_scoped_and_their_requests_private_on_dynamodb() {
+    if moto().is_none() {
+        return;
+    }
+    const ACME: &str = "acme-token-0123456789abcdef0123456789";
+    const GLOBEX: &str = "globex-token-0123456789abcdef01234567";
+    let tokens = format!("acme:{ACME},globex:{GLOBEX}");
+    let h = harness_with(&[("API_TOKENS", &tokens)]).await;
+    h.app
+        .config
+        .require_api_auth()
+        .expect("tokens long enough for AWS");
+    let router = imgproc::api::router(h.app.clone());
+    let key = format!("order-{}", Uuid::new_v4());
+    let csv = "S. No.,Product Name,Input Image Urls\n1,SKU1,http://127.0.0.1:9/a.jpg\n";
+    let submit = |token: &str| {
+        Request::post("/v1/requests")
+            .header("content-type", "text/csv")
+            .header("authorization", format!("Bearer {token}"))
+            .header("idempotency-key", key.as_str())
+            .body(Body::from(csv))
+            .unwrap()
+    };
+    let get = |uri: &str, token: &str| {
+        Request::get(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let id_of = |body: &Bytes| -> Uuid {
+        json_of(body)["request_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (status, _, acme) = call(&router, submit(ACME)).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&acme)
+    );
+    let (status, _, globex) = call(&router, submit(GLOBEX)).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "one client's key never blocks another's"
+    );
+    let (acme_id, globex_id) = (id_of(&acme), id_of(&globex));
+    assert_ne!(acme_id, globex_id);
+    let (status, _, again) = call(&router, submit(ACME)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        id_of(&again),
+        acme_id,
+        "the same client and key: the same request"
+    );
+    let stored = h
+        .adapters
+        .store
+        .get_request(acme_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.client_id.as_deref(), Some("acme"));
+
+    for (id, owner, other) in [(acme_id, ACME, GLOBEX), (globex_id, GLOBEX, ACME)] {
+        let (status, _, _) = call(&router, get(&format!("/v1/requests/{id}"), owner)).await;
+        assert_eq!(status, StatusCode::OK);
+        // Not finished: its owner is told so, the other client learns nothing.
+        let csv_uri = format!("/v1/requests/{id}/output.csv");
+        let (status, _, _) = call(&router, get(&csv_uri, owner)).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        for uri in [format!("/v1/requests/{id}"), csv_uri] {
+            let (status, _, body) = call(&router, get(&uri, other)).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "another client's {uri}");
+            let missing = uri.replace(&id.to_string(), &Uuid::new_v4().to_string());
+            let (_, _, missing_body) = call(&router, get(&missing, other)).await;
+            assert_eq!(body, missing_body, "the same answer as for no request");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drop_that_fails_for_good_gets_a_report() {
+    if moto().is_none() {
+        return;
+    }
+    let h = harness().await;
+    // Without the secret no ID can be made: a failure no retry cures.
+    let app = app_with_metrics(
+        Config::from_lookup(|name| (name == "PUBLIC_URL").then(|| PUBLIC_URL.into())).unwrap(),
+        &h.adapters,
+        Arc::new(EmfRecorder::with_sink(NAMESPACE, |_: &str| {})),
+    )
+    .unwrap();
+    let key = format!("incoming/{}.csv", Uuid::new_v4());
+    let csv = "S. No.,Product Name,Input Image Urls\n1,SKU1,https://img.example.com/a.jpg\n";
+    let e_tag = put_drop(&h, &key, csv, None).await;
+    let outcomes = ingest::handle(
+        &app,
+        &h.adapters.objects,
+        s3_event(&env("BUCKET"), &key, &e_tag).await,
+    )
+    .await
+    .expect("a permanent failure is reported, not retried");
+    assert_eq!(
+        outcomes,
+        vec![IngestOutcome::Rejected {
+            report_key: format!("rejected/{key}.json")
+        }]
+    );
+    let report = h
+        .adapters
+        .objects
+        .fetch(&env("BUCKET"), &format!("rejected/{key}.json"), u64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let report = json_of(&report.body);
+    assert_eq!(report["error"]["code"], "internal");
+    assert!(
+        !report.to_string().contains("REQUEST_ID_SECRET"),
+        "internals stay in the log: {report}"
     );
 }
 

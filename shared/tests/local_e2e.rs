@@ -451,6 +451,135 @@ async fn idempotency_key_returns_the_first_answer_and_refuses_a_different_body()
     );
 }
 
+const ACME_TOKEN: &str = "acme-token-0123456789abcdef0123456789";
+const GLOBEX_TOKEN: &str = "globex-token-0123456789abcdef01234567";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_keys_are_scoped_and_their_requests_private() {
+    let srv = ImageServer::start().await;
+    let tokens = format!("acme:{ACME_TOKEN}\nglobex:{GLOBEX_TOKEN}");
+    let svc = Service::start(&[("API_TOKENS", &tokens)]).await;
+    let csv = csv_of(&[(1, "A", vec![srv.photo("coffee.jpg")])]);
+    let post = |token: &str| {
+        Request::post("/v1/requests")
+            .header(header::CONTENT_TYPE, "text/csv")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header("Idempotency-Key", "order-42")
+            .body(Body::from(csv.clone()))
+            .unwrap()
+    };
+    let get = |uri: &str, token: &str| {
+        Request::get(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (code, acme) = svc.json(post(ACME_TOKEN)).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{acme}");
+    let (code, globex) = svc.json(post(GLOBEX_TOKEN)).await;
+    assert_eq!(
+        code,
+        StatusCode::ACCEPTED,
+        "one client's key never blocks another's: {globex}"
+    );
+    let (acme_id, globex_id) = (
+        acme["request_id"].as_str().unwrap().to_owned(),
+        globex["request_id"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(
+        acme_id, globex_id,
+        "the same key of two clients: two requests"
+    );
+    let (code, again) = svc.json(post(ACME_TOKEN)).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    assert_eq!(
+        again, acme,
+        "a client repeating its key gets its first answer"
+    );
+
+    // Finished, so output.csv exists: only its owner reads either route.
+    for (id, token) in [(&acme_id, ACME_TOKEN), (&globex_id, GLOBEX_TOKEN)] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, status) = svc.json(get(&format!("/v1/requests/{id}"), token)).await;
+            assert_eq!(code, StatusCode::OK, "the owner reads its request");
+            if common::is_terminal(&status) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never finished: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (id, owner, other) in [
+        (&acme_id, ACME_TOKEN, GLOBEX_TOKEN),
+        (&globex_id, GLOBEX_TOKEN, ACME_TOKEN),
+    ] {
+        for uri in [
+            format!("/v1/requests/{id}"),
+            format!("/v1/requests/{id}/output.csv"),
+        ] {
+            let (code, _, _) = svc.call(get(&uri, owner)).await;
+            assert_eq!(code, StatusCode::OK, "{uri}");
+            let (code, body) = svc.json(get(&uri, other)).await;
+            assert_eq!(code, StatusCode::NOT_FOUND, "another client's {uri}");
+            assert_eq!(body["error"]["code"], "not_found");
+            assert_schema("Error", &body);
+            // Exactly the answer for a request that does not exist.
+            let missing = uri.replace(id.as_str(), &uuid::Uuid::new_v4().to_string());
+            assert_eq!(svc.json(get(&missing, other)).await, (code, body));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kept_request_id_secret_answers_a_repeat_after_a_restart() {
+    let srv = ImageServer::start().await;
+    let svc = Service::start(&[]).await;
+    let csv = csv_of(&[(1, "A", vec![srv.photo("coffee.jpg")])]);
+    let post = || {
+        Request::post("/v1/requests")
+            .header(header::CONTENT_TYPE, "text/csv")
+            .header("Idempotency-Key", "order-7")
+            .body(Body::from(csv.clone()))
+            .unwrap()
+    };
+    let (code, first) = svc.json(post()).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let id = first["request_id"].as_str().unwrap().to_owned();
+    svc.wait_done(&id).await;
+    let path = svc
+        .dir
+        .path()
+        .join(imgproc::local::runtime::REQUEST_ID_SECRET_FILE);
+    let kept = std::fs::read_to_string(&path).expect("the secret is kept in the data folder");
+    assert_eq!(kept.trim().len(), 64, "32 random bytes, hex");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by its owner only");
+    }
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    assert_eq!(uuid.get_version_num(), 8, "an HMAC, not a name-based UUID");
+
+    let svc = svc.restart().await;
+    let (code, again) = svc.json(post()).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    assert_eq!(
+        again["request_id"], first["request_id"],
+        "the same ID after a restart"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), kept, "made once");
+    assert_eq!(
+        srv.hits("/photos/coffee.jpg"),
+        1,
+        "the repeat created no work"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_pages_products_in_input_order() {
     let srv = ImageServer::start().await;
@@ -982,7 +1111,7 @@ async fn status_pages_are_bounded_by_bytes_as_well_as_products() {
     let id = id.parse().unwrap();
     let mut cursor: Option<String> = None;
     for expected in 1..=60u64 {
-        let page = status::status(app, id, tiny, cursor.as_deref())
+        let page = status::status(app, None, id, tiny, cursor.as_deref())
             .await
             .unwrap();
         assert_eq!(page.products.len(), 1);

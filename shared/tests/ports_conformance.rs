@@ -38,6 +38,7 @@ fn new_request(images_per_product: &[usize], fingerprint: &str) -> NewRequest {
         id: Uuid::new_v4(),
         created_at: Utc::now(),
         fingerprint: fingerprint.into(),
+        client_id: Some("acme".into()),
         webhook_url: Some("https://hooks.example.com/imgproc".into()),
         warnings: vec!["unknown column \"Notes\" ignored".into()],
         products: images_per_product
@@ -120,6 +121,7 @@ pub async fn create_is_all_or_nothing_and_idempotent(b: &Backends) {
     );
     assert_eq!(stored.product_count, 3);
     assert_eq!(stored.fingerprint, "first");
+    assert_eq!(stored.client_id.as_deref(), Some("acme"));
     assert_eq!(stored.warnings, new.warnings);
     assert_eq!(
         stored.webhook,
@@ -150,6 +152,17 @@ pub async fn create_is_all_or_nothing_and_idempotent(b: &Backends) {
     );
     assert!(products[0].images[0].input_url.contains("/first/"));
     assert_eq!(b.store.get_request(Uuid::new_v4()).await.unwrap(), None);
+    // A request without a client reads back without one.
+    let mut anonymous = new_request(&[1], "anonymous");
+    anonymous.client_id = None;
+    b.store.create_request(&anonymous).await.unwrap();
+    let stored = b
+        .store
+        .get_request(anonymous.id)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(stored.client_id, None);
 }
 
 pub async fn products_page_in_input_order(b: &Backends) {

@@ -8,6 +8,7 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 async fn main() -> Result<(), Error> {
     imgproc::aws::init_tracing();
     let (app, adapters) = app_from_env().await?;
+    app.config.require_request_id_secret()?;
     let (app, objects) = (&app, &adapters.objects);
     run(service_fn(move |event: LambdaEvent<S3Event>| async move {
         // A backend failure fails the invocation; S3 retries it, and the

@@ -57,7 +57,8 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     if let Some(q) = args.quality {
         config.jpeg_quality = q;
     }
-    let token = config.api_token.as_ref().map(|t| t.expose().to_owned());
+    // The command is one client of its own in-process server.
+    let token = config.clients.first().map(|c| c.token.expose().to_owned());
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let out = args

@@ -15,10 +15,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::domain::results_key;
@@ -58,10 +56,19 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `Authorization: Bearer <token>` on every `/v1` route when a token is set.
-/// Digests are compared in constant time, so neither content nor length leaks.
-async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    if let Some(token) = &app.config.api_token {
+/// Who is calling a `/v1` route: the client whose token came with the
+/// call, or `None` when the API runs without tokens. Handlers take it
+/// from the request's extensions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller(pub Option<String>);
+
+/// `Authorization: Bearer <token>` on every `/v1` route when tokens are
+/// set; the matching client becomes the call's [`Caller`]. Tokens are
+/// compared in constant time (`Config::client_of_token`) and never logged.
+async fn require_token(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let caller = if app.config.clients.is_empty() {
+        None
+    } else {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -72,13 +79,12 @@ async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next
             })
             .map(str::trim)
             .unwrap_or("");
-        let ok: bool = Sha256::digest(given.as_bytes())
-            .ct_eq(&Sha256::digest(token.expose().as_bytes()))
-            .into();
-        if !ok || given.is_empty() {
-            return ApiError::Unauthorized.into_response();
+        match app.config.client_of_token(given) {
+            Some(client) if !given.is_empty() => Some(client.to_owned()),
+            _ => return ApiError::Unauthorized.into_response(),
         }
-    }
+    };
+    request.extensions_mut().insert(Caller(caller));
     next.run(request).await
 }
 
@@ -96,6 +102,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 
 async fn get_status(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -107,7 +114,7 @@ async fn get_status(
         budget: status::PAGE_BUDGET_BYTES,
         measure: views::product_wire_len,
     };
-    let page = status::status(&app, id, bounds, cursor.as_deref()).await?;
+    let page = status::status(&app, caller.0.as_deref(), id, bounds, cursor.as_deref()).await?;
     Ok(Json(StatusView::new(&page)).into_response())
 }
 
@@ -115,10 +122,11 @@ async fn get_status(
 /// the function), locally its bytes.
 async fn get_output_csv(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = request_id(path)?;
-    let download = status::output_csv(&app, id).await?;
+    let download = status::output_csv(&app, caller.0.as_deref(), id).await?;
     let disposition =
         files::csv_disposition(&results_key(id)).unwrap_or(HeaderValue::from_static("attachment"));
     Ok(files::answer(download, Some(disposition)))

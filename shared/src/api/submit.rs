@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 
-use super::{ApiError, query_param, views};
+use super::{ApiError, Caller, query_param, views};
 use crate::services::App;
 use crate::services::submit::{RequestId, Submission, submit as submit_csv};
 
@@ -62,6 +62,7 @@ async fn read_body(body: Body, limit: usize, reported_limit: usize) -> Result<By
 
 pub(super) async fn submit(
     State(app): State<Arc<App>>,
+    Extension(Caller(client)): Extension<Caller>,
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -114,6 +115,7 @@ pub(super) async fn submit(
             csv: &csv,
             webhook_url,
             id: idempotency_key.map_or(RequestId::Random, RequestId::IdempotencyKey),
+            client,
         },
     )
     .await?;

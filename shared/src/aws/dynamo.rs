@@ -211,6 +211,7 @@ fn request_from_item(item: &Item, progress: Progress) -> PortResult<RequestRecor
         webhook,
         warnings,
         fingerprint: get_s(item, "fingerprint").unwrap_or_default().to_owned(),
+        client_id: get_s(item, "client_id").map(str::to_owned),
     })
 }
 
@@ -679,6 +680,9 @@ impl DynamoStore {
         item.insert("fo_next".into(), n(0));
         item.insert("product_count".into(), n(new.products.len()));
         item.insert("fingerprint".into(), s(&new.fingerprint));
+        if let Some(client) = &new.client_id {
+            item.insert("client_id".into(), s(client));
+        }
         item.insert("rows_key".into(), s(rows_key(new)));
         item.insert("rows_len".into(), n(doc.bytes.len()));
         item.insert("rows_index".into(), s(rows::encode_index(&doc.index)));

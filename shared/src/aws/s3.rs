@@ -10,7 +10,7 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::error::port_error;
 use crate::api::files::csv_file_name;
@@ -43,6 +43,18 @@ pub struct FetchedObject {
     pub version_id: Option<String>,
 }
 
+/// What [`S3Objects::fetch_limited`] found.
+#[derive(Clone, Debug)]
+pub enum Fetched {
+    Found(FetchedObject),
+    Missing,
+    /// Over the limit: `size` when S3 announced it, `None` when the body
+    /// turned out longer than announced.
+    TooLarge {
+        size: Option<u64>,
+    },
+}
+
 impl S3Objects {
     pub fn new(client: Client, bucket: impl Into<String>, base_url: impl Into<String>) -> Self {
         let mut base_url = base_url.into();
@@ -65,13 +77,33 @@ impl S3Objects {
     }
 
     /// Reads `bucket/key` (any bucket: S3 events name their own), refusing
-    /// objects over `max_bytes` before downloading them.
+    /// objects over `max_bytes` (as a permanent error).
     pub async fn fetch(
         &self,
         bucket: &str,
         key: &str,
         max_bytes: u64,
     ) -> PortResult<Option<FetchedObject>> {
+        match self.fetch_limited(bucket, key, max_bytes).await? {
+            Fetched::Found(object) => Ok(Some(object)),
+            Fetched::Missing => Ok(None),
+            Fetched::TooLarge { .. } => Err(PortError::Permanent(format!(
+                "object {key} is larger than {max_bytes} bytes"
+            ))),
+        }
+    }
+
+    /// Reads `bucket/key` into memory, never holding more than
+    /// `max_bytes` of it: an object whose `Content-Length` is larger is
+    /// refused before its body is read, and the body is read chunk by
+    /// chunk into a buffer of the announced size, stopping as soon as it
+    /// would pass the limit.
+    pub async fn fetch_limited(
+        &self,
+        bucket: &str,
+        key: &str,
+        max_bytes: u64,
+    ) -> PortResult<Fetched> {
         let out = match self
             .client
             .get_object()
@@ -82,25 +114,30 @@ impl S3Objects {
         {
             Ok(out) => out,
             Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
-                return Ok(None);
+                return Ok(Fetched::Missing);
             }
             Err(e) => return Err(port_error("S3 GetObject", e)),
         };
-        if out.content_length.is_some_and(|n| n as u64 > max_bytes) {
-            return Err(PortError::Permanent(format!(
-                "object {key} is larger than {max_bytes} bytes"
-            )));
+        let declared = out.content_length.map(|n| n.max(0) as u64);
+        if let Some(size) = declared.filter(|&n| n > max_bytes) {
+            // Dropping the response closes it with the body unread.
+            return Ok(Fetched::TooLarge { size: Some(size) });
         }
         let metadata = out.metadata.clone().unwrap_or_default();
         let (e_tag, version_id) = (out.e_tag.clone(), out.version_id.clone());
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| PortError::Transient(format!("S3 GetObject body: {e}")))?
-            .into_bytes();
-        Ok(Some(FetchedObject {
-            body,
+        let capacity = declared.unwrap_or(0).min(max_bytes);
+        let mut buffer = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+        let mut body = out.body;
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| PortError::Transient(format!("S3 GetObject body: {e}")))?;
+            if (buffer.len() + chunk.len()) as u64 > max_bytes {
+                return Ok(Fetched::TooLarge { size: None });
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(Fetched::Found(FetchedObject {
+            body: buffer.freeze(),
             metadata,
             e_tag,
             version_id,

@@ -494,22 +494,19 @@ fn is_blank(record: &csv::StringRecord) -> bool {
 /// Line numbers from byte offsets. The reader's own line count drifts
 /// after skipped empty lines and with `\r\n` endings, and a record's offset
 /// can point at the line break before it, so breaks there are skipped.
+/// Offsets arrive in order, so the count moves forward with them: no
+/// memory per line (a file of line breaks costs nothing to index).
 struct LineIndex<'t> {
     text: &'t [u8],
-    newlines: Vec<usize>,
+    /// The last offset counted to, and the line breaks before it.
+    counted: std::cell::Cell<(usize, u64)>,
 }
 
 impl<'t> LineIndex<'t> {
     fn new(text: &'t str) -> Self {
-        let text = text.as_bytes();
         Self {
-            text,
-            newlines: text
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| **b == b'\n')
-                .map(|(i, _)| i)
-                .collect(),
+            text: text.as_bytes(),
+            counted: std::cell::Cell::new((0, 0)),
         }
     }
 
@@ -517,7 +514,18 @@ impl<'t> LineIndex<'t> {
         while matches!(self.text.get(byte), Some(b'\n' | b'\r')) {
             byte += 1;
         }
-        1 + self.newlines.partition_point(|&p| p < byte) as u64
+        let byte = byte.min(self.text.len());
+        let (mut from, mut breaks) = self.counted.get();
+        if byte < from {
+            // An offset before the last one: count again from the start.
+            (from, breaks) = (0, 0);
+        }
+        breaks += self.text[from..byte]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        self.counted.set((byte, breaks));
+        1 + breaks
     }
 
     fn line_of(&self, record: &csv::StringRecord) -> u64 {

@@ -237,6 +237,10 @@ pub struct RequestRecord {
     /// SHA-256 of what was submitted (CSV and webhook URL), to tell a repeated
     /// submission under the same `Idempotency-Key` from a different one.
     pub fingerprint: String,
+    /// The API client that made the request, the only one that may read
+    /// it; `None` for requests anyone admitted may read (S3 drops, an API
+    /// without tokens).
+    pub client_id: Option<String>,
 }
 
 impl RequestRecord {
@@ -452,6 +456,8 @@ pub struct NewRequest {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
     pub fingerprint: String,
+    /// See [`RequestRecord::client_id`].
+    pub client_id: Option<String>,
     pub webhook_url: Option<String>,
     pub warnings: Vec<String>,
     pub products: Vec<crate::domain::csv_input::ParsedProduct>,
@@ -527,6 +533,7 @@ mod tests {
             webhook: None,
             warnings: vec![],
             fingerprint: String::new(),
+            client_id: None,
         };
         assert_eq!(r.status(), RequestStatus::Processing);
         r.terminal = Some(RequestStatus::Completed);

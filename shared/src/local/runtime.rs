@@ -22,7 +22,7 @@ use super::sqlite::DueWebhook;
 use super::{FsObjectStore, MemoryHostSlots, SqliteStore};
 use crate::api::{self, ApiError};
 use crate::compress::{Engine, Settings, available_cores};
-use crate::config::Config;
+use crate::config::{Config, MIN_REQUEST_ID_SECRET_CHARS, Secret};
 use crate::domain::ImageJob;
 use crate::metrics::{PrometheusRecorder, prometheus_content_type};
 use crate::net::{GuardedClient, NameLookup, NetPolicy};
@@ -98,13 +98,16 @@ pub struct LocalRuntime {
 }
 
 impl LocalRuntime {
-    pub async fn start(config: Config, options: LocalRuntimeOptions) -> Result<Self, String> {
+    pub async fn start(mut config: Config, options: LocalRuntimeOptions) -> Result<Self, String> {
         std::fs::create_dir_all(&options.data_dir).map_err(|e| {
             format!(
                 "cannot create data folder {}: {e}",
                 options.data_dir.display()
             )
         })?;
+        if config.request_id_secret.is_none() {
+            config.request_id_secret = Some(kept_request_id_secret(&options.data_dir)?);
+        }
         let store = SqliteStore::open(&options.data_dir.join("imgproc.sqlite"))
             .map_err(|e| e.to_string())?;
         let objects_dir = options
@@ -400,6 +403,69 @@ async fn serve_metrics(State(metrics): State<Arc<PrometheusRecorder>>) -> Respon
 /// Serves the files under `root` read-only, with a content type from the
 /// extension (the folder of local images `imgproc-local process --serve`
 /// offers). Paths that would leave `root` are not found.
+/// Where the local runner keeps the request ID secret it made.
+pub const REQUEST_ID_SECRET_FILE: &str = "request-id-secret";
+
+/// The request ID secret kept in `data_dir`, made (32 random bytes, hex)
+/// the first time: a restart must give a repeated idempotency key the
+/// same ID as before. The file is readable by its owner only.
+pub fn kept_request_id_secret(data_dir: &std::path::Path) -> Result<Secret, String> {
+    use std::io::Write;
+    let path = data_dir.join(REQUEST_ID_SECRET_FILE);
+    let read = |path: &std::path::Path| -> Result<Secret, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let secret = text.trim();
+        if secret.len() < MIN_REQUEST_ID_SECRET_CHARS {
+            return Err(format!(
+                "{} holds no request ID secret of at least {MIN_REQUEST_ID_SECRET_CHARS} characters; remove it to make a new one (IDs of repeated keys then change) or set REQUEST_ID_SECRET",
+                path.display()
+            ));
+        }
+        Ok(Secret::new(secret))
+    };
+    if path.exists() {
+        return read(&path);
+    }
+    let bytes = random_bytes()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut file) => {
+            file.write_all(hex::encode(bytes).as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            read(&path)
+        }
+        // Another process made it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+    }
+}
+
+/// 32 bytes from the operating system's random source.
+#[cfg(unix)]
+fn random_bytes() -> Result<[u8; 32], String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("no randomness for the request ID secret: {e}"))?;
+    Ok(bytes)
+}
+
+/// 32 bytes from the operating system's random source, by way of two
+/// random UUIDs (244 random bits: each fixes 6 bits of version and variant).
+#[cfg(not(unix))]
+fn random_bytes() -> Result<[u8; 32], String> {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    Ok(bytes)
+}
+
 pub fn file_router(root: PathBuf) -> Router {
     Router::new()
         .route("/{*path}", get(serve_file))

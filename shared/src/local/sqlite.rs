@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS requests (
     webhook_attempts INTEGER NOT NULL DEFAULT 0,
     warnings         TEXT NOT NULL,
     fingerprint      TEXT NOT NULL,
+    client_id        TEXT,
     -- The outbox: set by the terminal transition, cleared once notified.
     notify_due       INTEGER NOT NULL DEFAULT 0,
     -- The fan-out: images queued, the next product to queue, and its lease.
@@ -94,6 +95,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("requests", "fo_owner", "TEXT"),
     ("requests", "fo_lease", "INTEGER NOT NULL DEFAULT 0"),
     ("products", "first_ordinal", "INTEGER NOT NULL DEFAULT 0"),
+    ("requests", "client_id", "TEXT"),
 ];
 
 /// Products a fan-out slice covers at most, and images (a product with
@@ -348,7 +350,8 @@ fn enqueue(tx: &rusqlite::Transaction<'_>, jobs: &[ImageJob]) -> rusqlite::Resul
 
 const REQUEST_COLUMNS: &str =
     "id, terminal, created_at, updated_at, completed_at, total, succeeded, failed,
-    product_count, webhook_url, webhook_status, webhook_attempts, warnings, fingerprint, queued";
+    product_count, webhook_url, webhook_status, webhook_attempts, warnings, fingerprint, queued,
+    client_id";
 
 fn request_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
     let webhook = match r.get::<_, Option<String>>(9)? {
@@ -387,6 +390,7 @@ fn request_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
         webhook,
         warnings: serde_json::from_str(&warnings).unwrap_or_default(),
         fingerprint: r.get(13)?,
+        client_id: r.get(15)?,
     })
 }
 
@@ -434,8 +438,8 @@ impl JobStore for SqliteStore {
             let now = ts(new.created_at);
             let inserted = tx.execute(
                 "INSERT INTO requests (id, created_at, updated_at, total, product_count, webhook_url,
-                                       webhook_status, warnings, fingerprint)
-                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
+                                       webhook_status, warnings, fingerprint, client_id)
+                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(id) DO NOTHING",
                 params![
                     new.id.to_string(),
                     now,
@@ -445,6 +449,7 @@ impl JobStore for SqliteStore {
                     new.webhook_url.as_ref().map(|_| WebhookStatus::Pending.as_str()),
                     serde_json::to_string(&new.warnings).unwrap_or_else(|_| "[]".into()),
                     new.fingerprint,
+                    new.client_id,
                 ],
             )?;
             if inserted == 0 {

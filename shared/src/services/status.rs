@@ -86,11 +86,21 @@ fn decode_cursor(id: Uuid, cursor: &str) -> Result<u32, ServiceError> {
     position.parse().map_err(|_| invalid())
 }
 
-async fn load(app: &App, id: Uuid) -> Result<RequestRecord, ServiceError> {
-    app.store
+/// The request, when `caller` may read it: a request made by a client is
+/// that client's alone; one made without a client (the S3 drop, an open
+/// API, or before clients existed) is readable by any caller the API
+/// admits. Another client's request is "not found", exactly as a missing
+/// one, so its existence does not show.
+async fn load(app: &App, caller: Option<&str>, id: Uuid) -> Result<RequestRecord, ServiceError> {
+    let request = app
+        .store
         .get_request(id)
         .await?
-        .ok_or(ServiceError::NotFound)
+        .ok_or(ServiceError::NotFound)?;
+    match request.client_id.as_deref() {
+        Some(owner) if Some(owner) != caller => Err(ServiceError::NotFound),
+        _ => Ok(request),
+    }
 }
 
 async fn output_urls(
@@ -109,11 +119,12 @@ async fn output_urls(
 
 pub async fn status(
     app: &App,
+    caller: Option<&str>,
     id: Uuid,
     bounds: PageBounds,
     cursor: Option<&str>,
 ) -> Result<StatusPage, ServiceError> {
-    let request = load(app, id).await?;
+    let request = load(app, caller, id).await?;
     let mut after = cursor.map(|c| decode_cursor(id, c)).transpose()?;
     if after.is_some_and(|a| a >= request.product_count) {
         return Err(ServiceError::InvalidRequest(
@@ -166,8 +177,12 @@ pub async fn status(
 /// document `output_csv_url` names): a redirect to it where the store
 /// offers one, so that a CSV of any size never passes through the
 /// function, else its bytes.
-pub async fn output_csv(app: &App, id: Uuid) -> Result<Download, ServiceError> {
-    let request = load(app, id).await?;
+pub async fn output_csv(
+    app: &App,
+    caller: Option<&str>,
+    id: Uuid,
+) -> Result<Download, ServiceError> {
+    let request = load(app, caller, id).await?;
     if request.terminal.is_none() {
         return Err(ServiceError::NotReady);
     }

@@ -1,19 +1,17 @@
 //! Submitting a CSV: validate everything, store the request, queue its images.
 
 use chrono::Utc;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{App, ServiceError, fanout};
+use crate::config::Secret;
 use crate::domain::csv_input::{self, check_url};
 use crate::domain::{NewRequest, RequestRecord};
 use crate::metrics::Event;
-use crate::ports::CreateOutcome;
-
-/// Request IDs derived from a name (an `Idempotency-Key`, an S3 object) live
-/// in this namespace, so the same name always gives the same ID.
-const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1e_4f0c_9a7d_4c3e_8f21_6d0a_b7c4_e913);
+use crate::ports::{CreateOutcome, PortError};
 
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -21,6 +19,9 @@ pub struct Submission<'a> {
     pub csv: &'a [u8],
     pub webhook_url: Option<String>,
     pub id: RequestId,
+    /// The API client submitting (`None` for the S3 drop and an API
+    /// without tokens): it scopes the idempotency key and owns the request.
+    pub client: Option<String>,
 }
 
 /// Where the new request's ID comes from.
@@ -33,16 +34,39 @@ pub enum RequestId {
 }
 
 impl RequestId {
-    fn resolve(&self) -> Uuid {
-        match self {
-            Self::Random => Uuid::new_v4(),
-            Self::IdempotencyKey(key) => {
-                Uuid::new_v5(&ID_NAMESPACE, format!("idempotency-key:{key}").as_bytes())
-            }
-            Self::Derived(name) => {
-                Uuid::new_v5(&ID_NAMESPACE, format!("derived:{name}").as_bytes())
-            }
+    /// A random UUID, or for a key or a name an HMAC-SHA256 under the
+    /// server's `secret` of the kind, the client and the key, as a UUID
+    /// (version 8): the same client repeating a key gets the same ID, two
+    /// clients never share one, and without the secret nobody can compute
+    /// an ID from a key.
+    pub fn resolve(
+        &self,
+        secret: Option<&Secret>,
+        client: Option<&str>,
+    ) -> Result<Uuid, ServiceError> {
+        let (kind, name) = match self {
+            Self::Random => return Ok(Uuid::new_v4()),
+            Self::IdempotencyKey(key) => (b"idempotency-key", key),
+            Self::Derived(name) => (b"derived:s3-drop", name),
+        };
+        let secret = secret.ok_or_else(|| {
+            ServiceError::Backend(PortError::Permanent(
+                "REQUEST_ID_SECRET is not set: request IDs cannot be derived".into(),
+            ))
+        })?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+            .map_err(|e| ServiceError::Backend(PortError::Permanent(format!("HMAC key: {e}"))))?;
+        // Length-prefixed fields, so no two (kind, client, key) triples
+        // feed the MAC the same bytes.
+        for field in [&kind[..], client.unwrap_or("").as_bytes(), name.as_bytes()] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field);
         }
+        mac.update(&[u8::from(client.is_some())]);
+        let digest = mac.finalize().into_bytes();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Ok(uuid::Builder::from_custom_bytes(bytes).into_uuid())
     }
 }
 
@@ -107,10 +131,14 @@ pub async fn submit(app: &App, sub: Submission<'_>) -> Result<Accepted, ServiceE
     }
     let parsed =
         csv_input::parse(sub.csv, &app.config.csv_limits()).map_err(ServiceError::InvalidCsv)?;
+    let id = sub
+        .id
+        .resolve(app.config.request_id_secret.as_ref(), sub.client.as_deref())?;
     let new = NewRequest {
-        id: sub.id.resolve(),
+        id,
         created_at: Utc::now(),
         fingerprint: fingerprint(sub.csv, sub.webhook_url.as_deref()),
+        client_id: sub.client,
         webhook_url: sub.webhook_url,
         warnings: parsed.warnings,
         products: parsed.products,
@@ -162,13 +190,58 @@ async fn store_and_queue(app: &App, new: NewRequest) -> Result<Accepted, Service
 mod tests {
     use super::*;
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+
+    fn id(kind: RequestId, secret: &str, client: Option<&str>) -> Uuid {
+        kind.resolve(Some(&Secret::new(secret)), client).unwrap()
+    }
+
+    fn key(k: &str) -> RequestId {
+        RequestId::IdempotencyKey(k.into())
+    }
+
     #[test]
-    fn the_same_key_gives_the_same_id_and_kinds_do_not_collide() {
-        let a = RequestId::IdempotencyKey("k1".into()).resolve();
-        assert_eq!(a, RequestId::IdempotencyKey("k1".into()).resolve());
-        assert_ne!(a, RequestId::IdempotencyKey("k2".into()).resolve());
-        assert_ne!(a, RequestId::Derived("k1".into()).resolve());
-        assert_ne!(RequestId::Random.resolve(), RequestId::Random.resolve());
+    fn keys_are_scoped_to_their_client_and_kinds_do_not_collide() {
+        let a = id(key("k1"), SECRET, Some("acme"));
+        assert_eq!(
+            a,
+            id(key("k1"), SECRET, Some("acme")),
+            "a repeat finds its request"
+        );
+        assert_ne!(
+            a,
+            id(key("k1"), SECRET, Some("globex")),
+            "two clients, one key"
+        );
+        assert_ne!(a, id(key("k1"), SECRET, None));
+        assert_ne!(a, id(key("k2"), SECRET, Some("acme")));
+        assert_ne!(a, id(RequestId::Derived("k1".into()), SECRET, Some("acme")));
+        // Length prefixes: moving bytes between client and key changes the ID.
+        assert_ne!(
+            id(key("bc"), SECRET, Some("a")),
+            id(key("c"), SECRET, Some("ab"))
+        );
+        assert_eq!(a.get_version_num(), 8);
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        let r = RequestId::Random.resolve(None, None).unwrap();
+        assert_ne!(r, RequestId::Random.resolve(None, None).unwrap());
+        assert_eq!(r.get_version_num(), 4);
+    }
+
+    #[test]
+    fn an_id_cannot_be_computed_from_its_key() {
+        let a = id(key("order-42"), SECRET, None);
+        // The ID the key gave before: a UUIDv5 in a namespace in the source.
+        let namespace = Uuid::from_u128(0x5b1e_4f0c_9a7d_4c3e_8f21_6d0a_b7c4_e913);
+        assert_ne!(a, Uuid::new_v5(&namespace, b"idempotency-key:order-42"));
+        assert_ne!(
+            a,
+            id(key("order-42"), "another-secret-of-at-least-32-chars", None)
+        );
+        assert!(matches!(
+            key("order-42").resolve(None, None),
+            Err(ServiceError::Backend(PortError::Permanent(_)))
+        ));
     }
 
     #[test]

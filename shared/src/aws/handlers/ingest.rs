@@ -1,7 +1,10 @@
 //! `ingest`: a CSV put under `incoming/` is a submission (SPEC §4). The
-//! request ID is derived from the object (bucket, key, version or ETag),
-//! so a repeated S3 event finds the request it already made. An invalid
-//! file gets its problems written to `rejected/{key}.json`, and nothing else.
+//! request ID is an HMAC under `REQUEST_ID_SECRET` of the object (bucket,
+//! key, version or ETag), so a repeated S3 event finds the request it
+//! already made and nobody can compute the ID from the key. Such requests
+//! belong to no API client. A file that is invalid, larger than the
+//! largest valid CSV (refused unread) or fails for good gets its problems
+//! written to `rejected/{key}.json`, and nothing else.
 
 use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
 use bytes::Bytes;
@@ -9,6 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::aws::S3Objects;
+use crate::aws::s3::Fetched;
 use crate::domain::csv_input::Issue;
 use crate::ports::PortError;
 use crate::services::submit::{RequestId, Submission, submit};
@@ -17,8 +21,6 @@ use crate::services::{App, ServiceError};
 pub const INCOMING_PREFIX: &str = "incoming/";
 /// The user metadata key (`x-amz-meta-webhook-url`) that carries the webhook.
 pub const WEBHOOK_METADATA: &str = "webhook-url";
-/// Larger drops are refused with a report instead of being read into memory.
-pub const MAX_DROP_BYTES: u64 = 256 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -94,11 +96,21 @@ pub async fn handle_record(
         tracing::info!(bucket, key, "not a drop under incoming/; ignored");
         return Ok(IngestOutcome::Skipped);
     }
-    let object = match objects.fetch(&bucket, &key, MAX_DROP_BYTES).await {
-        Ok(Some(object)) => object,
-        Ok(None) => {
+    let limit = app.config.max_drop_bytes;
+    let object = match objects.fetch_limited(&bucket, &key, limit).await {
+        Ok(Fetched::Found(object)) => object,
+        Ok(Fetched::Missing) => {
             tracing::info!(bucket, key, "the dropped object is gone; nothing to do");
             return Ok(IngestOutcome::Skipped);
+        }
+        Ok(Fetched::TooLarge { size }) => {
+            let size = size.map_or("more than that".into(), |s| format!("{s} bytes"));
+            let message = format!(
+                "the file ({size}) is larger than {limit} bytes, the largest CSV the service's limits allow; nothing was read or stored: split it into several files"
+            );
+            return reject(objects, &bucket, &key, "payload_too_large", &message, &[])
+                .await
+                .map_err(fail);
         }
         Err(PortError::Permanent(why)) => {
             let issue = Issue {
@@ -147,6 +159,7 @@ pub async fn handle_record(
         csv: &object.body,
         webhook_url,
         id: RequestId::Derived(format!("s3://{bucket}/{key}?{version}")),
+        client: None,
     };
     match submit(app, submission).await {
         Ok(accepted) => {
@@ -172,8 +185,16 @@ pub async fn handle_record(
         Err(ServiceError::Conflict(m)) => reject(objects, &bucket, &key, "conflict", &m, &[])
             .await
             .map_err(fail),
-        Err(ServiceError::Backend(e)) => Err(fail(e)),
-        Err(other) => Err(fail(PortError::Permanent(other.to_string()))),
+        // Worth another try: the invocation fails and S3 retries it.
+        Err(ServiceError::Backend(e)) if e.is_transient() => Err(fail(e)),
+        // Would fail again: the uploader learns it from the report.
+        Err(other) => {
+            tracing::error!(bucket, key, error = %other, "drop failed");
+            let message = "the file could not be stored because of a service failure; upload it again, or ask the operator if it keeps failing";
+            reject(objects, &bucket, &key, "internal", message, &[])
+                .await
+                .map_err(fail)
+        }
     }
 }
 
