@@ -392,7 +392,7 @@ def mutated(tmp_path: Path, old: str, new: str) -> dict[str, Any]:
     return load(copy_path)
 
 
-PROCESS_QUEUE_STATEMENT = """                Action: [sqs:ReceiveMessage, sqs:DeleteMessage, sqs:GetQueueAttributes]
+PROCESS_QUEUE_STATEMENT = """                Action: [sqs:ReceiveMessage, sqs:DeleteMessage, sqs:GetQueueAttributes, sqs:SendMessage]
                 Resource: !GetAtt ImageJobsQueue.Arn
 """
 
