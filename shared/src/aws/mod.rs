@@ -52,6 +52,7 @@ impl Clients {
         Self::new(&sdk_config().await)
     }
 
+    /// The clients on one SDK configuration (S3 path-style on an emulator).
     pub fn new(sdk: &SdkConfig) -> Self {
         let emulated = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
             .iter()
