@@ -6,7 +6,8 @@ function binaries (built by cargo, `BuildProperties.Binary`):
 
 - CloudFormation, for the resources the functions touch: it creates the
   template's SQS queues (with their redrive policies), DynamoDB tables (with
-  stream and TTL) and S3 buckets on moto, and resolves every function's
+  stream and TTL), S3 buckets and Secrets Manager secrets (`SecretString`,
+  or a generated one for `GenerateSecretString`) on moto, and resolves every function's
   environment (Globals and its own; parameters at their defaults or
   `--param K=V`; `!Ref`, `!GetAtt`, `!Sub`, `!If`... to the moto names, URLs
   and ARNs). Other resource types (alarms, dashboards, policies) are not
@@ -325,6 +326,8 @@ class Stack:
             return self.aws.create_table(self, logical, props)
         if kind == "AWS::S3::Bucket":
             return self.aws.create_bucket(self, logical, props)
+        if kind == "AWS::SecretsManager::Secret":
+            return self.aws.create_secret(self, logical, props)
         if kind in ("AWS::Serverless::Function", "AWS::Lambda::Function"):
             name = self.resolve(props.get("FunctionName")) or self.default_name(logical)
             arn = f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{name}"
@@ -364,6 +367,7 @@ class Aws:
         self.ddb = boto3.client("dynamodb", **kw)
         self.streams = boto3.client("dynamodbstreams", **kw)
         self.s3 = boto3.client("s3", **kw)
+        self.secrets = boto3.client("secretsmanager", **kw)
 
     def queue_url_for_arn(self, arn: str) -> str:
         name = arn.rsplit(":", 1)[-1]
@@ -451,6 +455,33 @@ class Aws:
             "DomainName": f"{name}.s3.amazonaws.com",
             "RegionalDomainName": f"{name}.s3.{self.region}.amazonaws.com",
         }
+
+
+    def create_secret(self, stack: Stack, logical: str, props: dict[str, Any]) -> dict[str, Any]:
+        """A secret as CloudFormation makes it: the given `SecretString`, or
+        one generated as `GenerateSecretString` asks (kept if it exists)."""
+        import secrets as random_source
+        import string
+
+        p = stack.resolve(props)
+        name = p.get("Name") or stack.default_name(logical)
+        given = p.get("SecretString")
+        if given is None:
+            gen = p.get("GenerateSecretString") or {}
+            alphabet = string.ascii_letters + string.digits
+            if str(gen.get("ExcludePunctuation", "false")).lower() != "true":
+                alphabet += "!#$%&()*+,-.:;<=>?@[]^_{|}~"
+            length = int(gen.get("PasswordLength", 32))
+            value = "".join(random_source.choice(alphabet) for _ in range(length))
+        else:
+            value = str(given)
+        try:
+            arn = self.secrets.create_secret(Name=name, SecretString=value)["ARN"]
+        except self.secrets.exceptions.ResourceExistsException:
+            arn = self.secrets.describe_secret(SecretId=name)["ARN"]
+            if given is not None:
+                self.secrets.put_secret_value(SecretId=arn, SecretString=value)
+        return {"Ref": arn, "Id": arn}
 
 
 # --------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a moto server (infra/moto_serial_server.py) on 127.0.0.1 (unless one already answers there) and
 # creates the table (stream + TTL), the image job and webhook queues with
-# their dead-letter queues and the bucket described in infra/resources.json. Prints `export` lines for
+# their dead-letter queues and the bucket described in infra/resources.json,
+# and the secrets the functions read at cold start (their ARNs exported as
+# API_TOKENS_SECRET_ARN, WEBHOOK_SECRET_ARN and REQUEST_ID_SECRET_ARN). Prints `export` lines for
 # the environment the functions and tests read, so that
 #   eval "$(infra/moto-up.sh)"
 # points a shell at it. Stop it with infra/moto-down.sh.
@@ -86,6 +88,20 @@ b = spec["bucket"]["name"]
 if b not in [x["Name"] for x in s3.list_buckets().get("Buckets", [])]:
     s3.create_bucket(Bucket=b)
 
+# The secrets the functions read at cold start (<NAME>_SECRET_ARN), as the
+# template keeps them. The API client is the one of infra/events/upload.json.
+sm = boto3.client("secretsmanager", **kw)
+secret_arns = {}
+for var, name, value in [
+    ("API_TOKENS_SECRET_ARN", "imgproc-api-tokens", "fixture:fixture-token-0123456789abcdef0123456789abcdef"),
+    ("WEBHOOK_SECRET_ARN", "imgproc-webhook-secret", "webhook-secret-for-moto"),
+    ("REQUEST_ID_SECRET_ARN", "imgproc-request-id-secret", "request-id-secret-for-moto-0123456789abcdef"),
+]:
+    try:
+        secret_arns[var] = sm.create_secret(Name=name, SecretString=value)["ARN"]
+    except sm.exceptions.ResourceExistsException:
+        secret_arns[var] = sm.describe_secret(SecretId=name)["ARN"]
+
 stream_arn = ddb.describe_table(TableName=t["name"])["Table"]["LatestStreamArn"]
 for k, v in [("AWS_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"]), ("MOTO_ENDPOINT", os.environ["AWS_ENDPOINT_URL"]),
              ("AWS_REGION", region), ("AWS_DEFAULT_REGION", region),
@@ -94,6 +110,7 @@ for k, v in [("AWS_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"]), ("MOTO_ENDPOI
              ("QUEUE_URL", queue_url), ("DLQ_URL", dlq_url), ("BUCKET", b),
              ("WEBHOOK_QUEUE_URL", webhook_queue_url), ("WEBHOOK_DLQ_URL", webhook_dlq_url),
              # Output URLs are {PUBLIC_URL}files/{key}; the functions need it to start.
-             ("PUBLIC_URL", os.environ.get("PUBLIC_URL") or "http://127.0.0.1:3000/")]:
+             ("PUBLIC_URL", os.environ.get("PUBLIC_URL") or "http://127.0.0.1:3000/"),
+             *secret_arns.items()]:
     print(f"export {k}='{v}'")
 PY

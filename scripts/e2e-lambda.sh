@@ -83,9 +83,18 @@ until curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port/moto-api/data.
   sleep 0.2
 done
 
+# The stack's API client and webhook key, passed as template parameters:
+# the emulator keeps them in Secrets Manager secrets on moto and the
+# functions read them at cold start, as on AWS.
+E2E_API_TOKEN="$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
+export E2E_API_TOKEN
+webhook_secret="$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
+
 echo "== Lambda emulator (logs in $work/logs)"
 python3 infra/lambda_emulator.py \
   --template template.yaml \
+  --param "ApiTokens=e2e:$E2E_API_TOKEN" \
+  --param "WebhookSecret=$webhook_secret" \
   --endpoint "http://127.0.0.1:$port" \
   --bin-dir "$CARGO_TARGET_DIR/$profile" \
   --env ALLOW_PRIVATE_NETWORKS=true \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every test of the project: rustfmt and cfn-lint, then unit tests,
+# Every test of the project: rustfmt, cfn-lint and the template's checks, then unit tests,
 # end-to-end tests on the embedded store, the crash/restart test, the
 # network guard, and the AWS adapters, handlers and end-to-end path on a
 # moto server started here on 127.0.0.1; then the web page in a browser,
@@ -16,6 +16,10 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cfn-lint template.yaml"
 cfn-lint template.yaml
+# Least privilege, auth on by default, spending caps and retention, read
+# from the template (and each check shown to fail on a faulty copy).
+echo "== pytest infra/tests/test_template.py"
+python3 -m pytest -p no:cacheprovider -q infra/tests/test_template.py
 # The cost model (COST.md) must still read the benchmark's figures and the template.
 echo "== scripts/cost_model.py"
 python3 scripts/cost_model.py > /dev/null

@@ -35,6 +35,9 @@ from lambda_emulator import load_template  # noqa: E402
 from loopback import ImageServer, WebhookReceiver  # noqa: E402
 
 TEMPLATE = Path(os.environ.get("BLACKBOX_TEMPLATE", REPO / "template.yaml"))
+# The stack's one API client (the template requires ApiTokens); the emulator
+# stores it in a Secrets Manager secret on moto, as CloudFormation would.
+API_CLIENT, API_TOKEN = "blackbox", uuid.uuid4().hex + uuid.uuid4().hex
 TERMINAL = {"completed", "completed_with_errors", "failed"}
 # Seconds a small request may take to finish on a busy two-core machine.
 DEADLINE = float(os.environ.get("BLACKBOX_DEADLINE", "300"))
@@ -126,7 +129,7 @@ class Client:
 
     def http(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
         url = path if path.startswith("http") else self.api + path
-        req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+        req = urllib.request.Request(url, data=body, method=method, headers={"Authorization": f"Bearer {API_TOKEN}", **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
@@ -218,6 +221,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             binaries,
             [
                 "--env", "ALLOW_PRIVATE_NETWORKS=true",
+                "--param", f"ApiTokens={API_CLIENT}:{API_TOKEN}",
                 # A batch whose process died comes back after this, not after 6 minutes.
                 "--set", "ImageJobsQueue.VisibilityTimeout=20",
                 "--sqs-concurrency", "2",

@@ -1,15 +1,13 @@
 //! `deliver`: SQS batches of webhook attempts, answered with a partial batch response.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use imgproc::aws::{Adapters, Clients, app_with, handlers::deliver, webhook_queue};
-use imgproc::config::Config;
+use imgproc::aws::{Adapters, app_with, handlers::deliver, setup_from_env, webhook_queue};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     imgproc::aws::init_tracing();
-    let config = Config::from_env()?;
-    let clients = Clients::from_env().await;
+    let (config, clients) = setup_from_env().await?;
     let adapters = Adapters::new(&config, &clients)?;
     let queue = webhook_queue(&config, &clients)?;
     let app = app_with(config, &adapters)?;

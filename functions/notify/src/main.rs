@@ -3,15 +3,13 @@
 
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
-use imgproc::aws::{Clients, handlers::notify, webhook_queue};
-use imgproc::config::Config;
+use imgproc::aws::{handlers::notify, setup_from_env, webhook_queue};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     imgproc::aws::init_tracing();
-    let config = Config::from_env()?;
-    let clients = Clients::from_env().await;
+    let (config, clients) = setup_from_env().await?;
     let queue = webhook_queue(&config, &clients)?;
     let queue = &queue;
     run(service_fn(move |event: LambdaEvent<Event>| async move {

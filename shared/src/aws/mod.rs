@@ -5,12 +5,17 @@
 //! `AWS_ENDPOINT_URL` (read by the SDK itself) points every client at an
 //! emulator such as moto or LocalStack; S3 then uses path-style addresses,
 //! which emulators need.
+//!
+//! Every function starts through [`setup_from_env`]: the configuration, with
+//! the secrets named by `<NAME>_SECRET_ARN` read from Secrets Manager
+//! ([`secrets`]), and the clients.
 
 pub mod dynamo;
 mod error;
 pub mod handlers;
 pub mod rows;
 pub mod s3;
+pub mod secrets;
 pub mod sqs;
 #[cfg(feature = "stream-poller")]
 pub mod stream_poller;
@@ -19,7 +24,7 @@ pub mod webhook_queue;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
+use aws_config::{BehaviorVersion, SdkConfig};
 
 pub use dynamo::DynamoStore;
 pub use rows::RowsBucket;
@@ -44,21 +49,41 @@ pub struct Clients {
 impl Clients {
     /// Region, credentials and endpoint from the environment, as every AWS tool reads them.
     pub async fn from_env() -> Self {
-        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        Self::new(&sdk_config().await)
+    }
+
+    /// The clients on one SDK configuration (S3 path-style on an emulator).
+    pub fn new(sdk: &SdkConfig) -> Self {
         let emulated = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
             .iter()
             .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
         let path_style = emulated
             || std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-        let s3 = aws_sdk_s3::config::Builder::from(&sdk)
+        let s3 = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(path_style)
             .build();
         Self {
-            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
-            sqs: aws_sdk_sqs::Client::new(&sdk),
+            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+            sqs: aws_sdk_sqs::Client::new(sdk),
             s3: aws_sdk_s3::Client::from_conf(s3),
         }
     }
+}
+
+async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// A function's configuration and clients at cold start: the environment,
+/// with the secrets its `<NAME>_SECRET_ARN` variables name read once from
+/// Secrets Manager and seen as `<NAME>`.
+pub async fn setup_from_env() -> Result<(Config, Clients), SetupError> {
+    let sdk = sdk_config().await;
+    let config = secrets::config_from_lookup(&aws_sdk_secretsmanager::Client::new(&sdk), |name| {
+        std::env::var(name).ok()
+    })
+    .await?;
+    Ok((config, Clients::new(&sdk)))
 }
 
 /// Why a function cannot start.
@@ -160,11 +185,10 @@ pub fn init_tracing() {
         .init();
 }
 
-/// Everything a function needs, from the environment: configuration,
+/// Everything a function needs, from the environment ([`setup_from_env`]): configuration,
 /// clients, adapters and the `App` the services run on.
 pub async fn app_from_env() -> Result<(Arc<App>, Adapters), SetupError> {
-    let config = Config::from_env()?;
-    let clients = Clients::from_env().await;
+    let (config, clients) = setup_from_env().await?;
     let adapters = Adapters::new(&config, &clients)?;
     Ok((app_with(config, &adapters)?, adapters))
 }
