@@ -98,8 +98,6 @@ python3 infra/lambda_emulator.py \
   --endpoint "http://127.0.0.1:$port" \
   --bin-dir "$CARGO_TARGET_DIR/$profile" \
   --env ALLOW_PRIVATE_NETWORKS=true \
-  --env ALLOW_ANONYMOUS=true \
-  --env REQUEST_ID_SECRET=e2e-request-id-secret-0123456789abcdef \
   --sqs-concurrency "${E2E_SQS_CONCURRENCY:-2}" \
   --log-dir "$work/logs" \
   --ready-file "$work/ready.json" >"$work/emulator.log" 2>&1 &
