@@ -73,11 +73,11 @@ where
         let Settle::RetryAfter(delay) = outcome else {
             continue;
         };
-        if let Some(receipt) = &message.receipt_handle {
-            if let Err(e) = source.retry_later(receipt, delay).await {
-                // The message still comes back, after the queue's visibility timeout.
-                tracing::warn!(error = %e, "cannot delay the retry");
-            }
+        if let Some(receipt) = &message.receipt_handle
+            && let Err(e) = source.retry_later(receipt, delay).await
+        {
+            // The message still comes back, after the queue's visibility timeout.
+            tracing::warn!(error = %e, "cannot delay the retry");
         }
         match &message.message_id {
             Some(id) => response.add_failure(id.clone()),
