@@ -9,7 +9,7 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 async fn main() -> Result<(), Error> {
     imgproc::aws::init_tracing();
     let config = Config::from_env()?;
-    let clients = Clients::from_env().await;
+    let clients = Clients::new(&config).await;
     let adapters = Adapters::new(&config, &clients)?;
     let queue = webhook_queue(&config, &clients)?;
     let app = app_with(config, &adapters)?;

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, query_param, views};
 use crate::services::App;
-use crate::services::submit::{RequestId, Submission, submit as submit_csv};
+use crate::services::submit::{RequestId, Submission, submit};
 
 /// Room for multipart boundaries, part headers and the webhook field on top
 /// of the CSV itself.
@@ -60,7 +60,7 @@ async fn read_body(body: Body, limit: usize, reported_limit: usize) -> Result<By
     })
 }
 
-pub(super) async fn submit(
+pub(super) async fn create_request(
     State(app): State<Arc<App>>,
     RawQuery(query): RawQuery,
     request: Request,
@@ -108,7 +108,7 @@ pub(super) async fn submit(
         (f, q) => f.or(q),
     };
 
-    let accepted = submit_csv(
+    let accepted = submit(
         &app,
         Submission {
             csv: &csv,

@@ -115,7 +115,7 @@ impl GuardedClient {
         for hop in 0..=MAX_REDIRECTS {
             check_scheme(&url)?;
             self.policy
-                .check_url(&url)
+                .check_ip_literal(&url)
                 .map_err(|b| FetchError::Blocked(b.to_string()))?;
             let mut response = self
                 .client
@@ -189,7 +189,7 @@ impl GuardedClient {
         if let Err(e) = check_scheme(&url) {
             return PostOutcome::Failed(e.to_string());
         }
-        if let Err(b) = self.policy.check_url(&url) {
+        if let Err(b) = self.policy.check_ip_literal(&url) {
             return PostOutcome::Failed(b.to_string());
         }
         let mut request = self
