@@ -79,6 +79,9 @@ impl GuardedClient {
     }
 
     pub fn with_lookup(policy: NetPolicy, lookup: Arc<dyn NameLookup>) -> Result<Self, String> {
+        // reqwest is built without a crypto provider of its own; it takes
+        // the process's. An error only says one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             // Proxies from the environment would connect on our behalf and
