@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every test of the project: rustfmt, cfn-lint and the template's checks, then unit tests,
+# Every test of the project: rustfmt, clippy, cfn-lint and the template's checks, then unit tests,
 # end-to-end tests on the embedded store, the crash/restart test, the
 # network guard, and the AWS adapters, handlers and end-to-end path on a
 # moto server started here on 127.0.0.1; then the web page in a browser,
@@ -14,6 +14,8 @@ source scripts/dev-tools.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --features imgproc-shared/stream-poller -- -D warnings
 echo "== cfn-lint template.yaml"
 cfn-lint template.yaml
 # Least privilege, auth on by default, spending caps and retention, read

@@ -115,6 +115,13 @@ pub struct Config {
     pub max_concurrent_per_host: u32,
     /// CloudWatch namespace of the metrics the Lambda functions publish.
     pub metrics_namespace: String,
+    /// How long DynamoDB keeps items after they are written (its TTL).
+    pub record_ttl: Duration,
+    /// S3 addressed by path (`host/bucket/key`) rather than by virtual
+    /// host: `S3_FORCE_PATH_STYLE=true`, and always when an emulator's
+    /// endpoint (`AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3`) is set,
+    /// which emulators need.
+    pub s3_force_path_style: bool,
 }
 
 impl Default for Config {
@@ -158,9 +165,15 @@ impl Default for Config {
             allow_private_networks: false,
             max_concurrent_per_host: 8,
             metrics_namespace: "imgproc".into(),
+            record_ttl: Duration::from_secs(DEFAULT_RECORD_TTL_DAYS * DAY_SECS),
+            s3_force_path_style: false,
         }
     }
 }
+
+/// Days items live before DynamoDB's TTL removes them (`RECORD_TTL_DAYS`).
+pub const DEFAULT_RECORD_TTL_DAYS: u64 = 30;
+const DAY_SECS: u64 = 24 * 3600;
 
 /// Decode memory when not on Lambda: room for the largest image the default
 /// pixel cap admits (100 MP as 4:4:4 JPEG or RGBA PNG needs 600–900 MiB),
@@ -315,6 +328,13 @@ impl Config {
                 .map(|v| namespace("METRICS_NAMESPACE", v))
                 .transpose()?
                 .unwrap_or(d.metrics_namespace),
+            record_ttl: Duration::from_secs(
+                number(&get, "RECORD_TTL_DAYS", DEFAULT_RECORD_TTL_DAYS, 1, 3650)? * DAY_SECS,
+            ),
+            s3_force_path_style: boolean(&get, "S3_FORCE_PATH_STYLE", d.s3_force_path_style)?
+                || ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+                    .iter()
+                    .any(|var| get(var).is_some()),
         })
     }
 
@@ -708,6 +728,47 @@ mod tests {
         );
         assert!(!c.allow_private_networks);
         assert_eq!(c.metrics_namespace, "imgproc");
+        assert_eq!(c.record_ttl, Duration::from_secs(30 * 24 * 3600));
+        assert!(!c.s3_force_path_style);
+    }
+
+    #[test]
+    fn the_record_ttl_is_in_days() {
+        let c = from(&[("RECORD_TTL_DAYS", " 7 ")]).unwrap();
+        assert_eq!(c.record_ttl, Duration::from_secs(7 * 24 * 3600));
+        let c = from(&[("RECORD_TTL_DAYS", "3650")]).unwrap();
+        assert_eq!(c.record_ttl, Duration::from_secs(3650 * 24 * 3600));
+    }
+
+    #[test]
+    fn s3_uses_path_style_when_asked_or_on_an_emulator() {
+        assert!(
+            from(&[("S3_FORCE_PATH_STYLE", "true")])
+                .unwrap()
+                .s3_force_path_style
+        );
+        assert!(
+            !from(&[("S3_FORCE_PATH_STYLE", "false")])
+                .unwrap()
+                .s3_force_path_style
+        );
+        for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"] {
+            assert!(
+                from(&[(var, "http://127.0.0.1:5000")])
+                    .unwrap()
+                    .s3_force_path_style
+            );
+            // An emulator needs path style whatever the variable says.
+            assert!(
+                from(&[
+                    (var, "http://127.0.0.1:5000"),
+                    ("S3_FORCE_PATH_STYLE", "false")
+                ])
+                .unwrap()
+                .s3_force_path_style
+            );
+            assert!(!from(&[(var, "  ")]).unwrap().s3_force_path_style);
+        }
     }
 
     #[test]
@@ -736,6 +797,10 @@ mod tests {
             ("MAX_DECODE_MEMORY_MB", "8"),
             ("MAX_IMAGE_CPU_SECS", "0"),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
+            ("RECORD_TTL_DAYS", "0"),
+            ("RECORD_TTL_DAYS", "3651"),
+            ("RECORD_TTL_DAYS", "1.5"),
+            ("S3_FORCE_PATH_STYLE", "sometimes"),
         ] {
             let err = from(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

@@ -9,6 +9,7 @@ pub mod aws;
 pub mod compress;
 pub mod config;
 pub mod domain;
+#[cfg(feature = "local")]
 pub mod local;
 pub mod logging;
 pub mod metrics;

@@ -163,7 +163,7 @@ async fn harness() -> Harness {
 
 /// [`harness`] with these settings on top of the tests' own.
 async fn harness_with(settings: &[(&str, &str)]) -> Harness {
-    let clients = Clients::from_env().await;
+    let clients = Clients::new(&Config::from_env().unwrap()).await;
     let (queue_url, queue_arn) = create_queue(&clients, "e2e").await;
     let (webhooks_url, webhooks_arn) = create_queue(&clients, "e2e-webhooks").await;
     let settings: std::collections::HashMap<String, String> = settings

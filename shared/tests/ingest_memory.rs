@@ -61,7 +61,7 @@ async fn new_queue(clients: &Clients, prefix: &str) -> String {
 /// The ingest function's set-up on moto, with the default limits; fan-outs
 /// go to a queue of their own (as on AWS), so a submission queues no jobs.
 async fn setup() -> (Clients, Arc<App>, Adapters) {
-    let clients = Clients::from_env().await;
+    let clients = Clients::new(&Config::from_env().unwrap()).await;
     let public = "https://imgproc.example.test/";
     let config = Config::from_lookup(|name| match name {
         "PUBLIC_URL" => Some(public.into()),

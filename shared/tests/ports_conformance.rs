@@ -1035,7 +1035,7 @@ mod aws {
         let var = |name: &str| {
             std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with MOTO_ENDPOINT={endpoint} (eval \"$(infra/moto-up.sh)\")"))
         };
-        let clients = Clients::from_env().await;
+        let clients = Clients::new(&imgproc::config::Config::from_env().unwrap()).await;
         let queue_url = clients
             .sqs
             .create_queue()

@@ -1,23 +1,9 @@
 //! `fanout`: queues the image jobs of stored requests, resuming from their cursors.
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use imgproc::aws::handlers::{batch::deadline_of, fanout};
-use imgproc::aws::{SqsQueue, app_from_env, init_tracing, required};
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use imgproc::aws::handlers::fanout;
+use imgproc::aws::{BatchSource, run_batches};
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    init_tracing();
-    let (app, adapters) = app_from_env().await?;
-    // Messages handed back are delayed on the queue they came from.
-    let source = SqsQueue::new(
-        adapters.queue.client().clone(),
-        required(&app.config.fanout_queue_url, "FANOUT_QUEUE_URL")?,
-    );
-    let (app, source) = (&app, &source);
-    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        let deadline = deadline_of(event.context.deadline);
-        Ok::<SqsBatchResponse, Error>(fanout::handle(app, source, event.payload, deadline).await)
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    run_batches(BatchSource::FanOut, fanout::handle).await
 }

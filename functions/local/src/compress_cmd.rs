@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use imgproc::compress::{Compressed, DecodeMemory, Settings, available_cores, compress_within};
+use imgproc::compress::{DecodeMemory, Encoded, Settings, available_cores, compress_within};
 use imgproc::config::{DEFAULT_MAX_DECODE_MEMORY_MB, DEFAULT_MAX_IMAGE_CPU_SECS};
 use serde_json::json;
 
@@ -54,7 +54,7 @@ pub struct CompressArgs {
 struct Outcome {
     index: usize,
     elapsed: Duration,
-    result: Result<Compressed, String>,
+    result: Result<Encoded, String>,
 }
 
 pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {

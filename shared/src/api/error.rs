@@ -29,11 +29,7 @@ impl ApiError {
     fn parts(self) -> (StatusCode, &'static str, String, Vec<Issue>) {
         match self {
             Self::Service(ServiceError::InvalidCsv(issues)) => {
-                let message = format!(
-                    "the CSV is invalid: {} problem{} found, listed in details; nothing was stored",
-                    issues.len(),
-                    if issues.len() == 1 { "" } else { "s" }
-                );
+                let message = invalid_csv_message(issues.len());
                 (StatusCode::BAD_REQUEST, "invalid_csv", message, issues)
             }
             Self::Service(ServiceError::InvalidRequest(m)) | Self::InvalidRequest(m) => {
@@ -74,21 +70,30 @@ impl ApiError {
     }
 }
 
+/// The message of an invalid-CSV answer, over HTTP and in the report of a
+/// rejected S3 drop alike.
+pub fn invalid_csv_message(problems: usize) -> String {
+    format!(
+        "the CSV is invalid: {problems} problem{} found, listed in details; nothing was stored",
+        if problems == 1 { "" } else { "s" }
+    )
+}
+
+/// The shape of every error a client reads (SPEC §2, Errors).
+pub fn error_body(code: &str, message: &str, details: &[Issue]) -> serde_json::Value {
+    json!({"error": {"code": code, "message": message, "details": details}})
+}
+
 /// The error body for a status and code, for errors raised outside handlers.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message, "details": []}})),
-    )
-        .into_response()
+    (status, Json(error_body(code, message, &[]))).into_response()
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = matches!(self, Self::Unauthorized);
         let (status, code, message, details) = self.parts();
-        let body = json!({"error": {"code": code, "message": message, "details": details}});
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (status, Json(error_body(code, &message, &details))).into_response();
         if unauthorized {
             response
                 .headers_mut()

@@ -27,7 +27,7 @@ use views::StatusView;
 /// The whole API. `App` carries the adapters; no route is written twice.
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
-        .route("/v1/requests", post(submit::submit))
+        .route("/v1/requests", post(submit::create_request))
         .route("/v1/requests/{id}", get(get_status))
         .route("/v1/requests/{id}/output.csv", get(get_output_csv))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));

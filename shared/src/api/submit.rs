@@ -10,7 +10,7 @@ use axum::{Extension, Json};
 
 use super::{ApiError, Caller, query_param, views};
 use crate::services::App;
-use crate::services::submit::{RequestId, Submission, submit as submit_csv};
+use crate::services::submit::{RequestId, Submission, submit};
 
 /// Room for multipart boundaries, part headers and the webhook field on top
 /// of the CSV itself.
@@ -60,7 +60,7 @@ async fn read_body(body: Body, limit: usize, reported_limit: usize) -> Result<By
     })
 }
 
-pub(super) async fn submit(
+pub(super) async fn create_request(
     State(app): State<Arc<App>>,
     Extension(Caller(client)): Extension<Caller>,
     RawQuery(query): RawQuery,
@@ -109,7 +109,7 @@ pub(super) async fn submit(
         (f, q) => f.or(q),
     };
 
-    let accepted = submit_csv(
+    let accepted = submit(
         &app,
         Submission {
             csv: &csv,

@@ -49,7 +49,9 @@ use crate::ports::{
 mod host_slots;
 mod webhooks;
 
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The TTL of a store built without a configuration (`Config::record_ttl`).
+pub const DEFAULT_TTL: Duration =
+    Duration::from_secs(crate::config::DEFAULT_RECORD_TTL_DAYS * 24 * 3600);
 
 /// Reads of several shards' items at once.
 const READS_IN_FLIGHT: usize = 8;

@@ -4,7 +4,7 @@
 //!
 //! `AWS_ENDPOINT_URL` (read by the SDK itself) points every client at an
 //! emulator such as moto or LocalStack; S3 then uses path-style addresses,
-//! which emulators need.
+//! which emulators need (`Config::s3_force_path_style`).
 //!
 //! Every function starts through [`setup_from_env`]: the configuration, with
 //! the secrets named by `<NAME>_SECRET_ARN` read from Secrets Manager
@@ -22,9 +22,11 @@ pub mod stream_poller;
 pub mod webhook_queue;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{LambdaEvent, service_fn};
 
 pub use dynamo::DynamoStore;
 pub use rows::RowsBucket;
@@ -32,11 +34,11 @@ pub use s3::S3Objects;
 pub use sqs::{SqsFanOut, SqsQueue};
 pub use webhook_queue::SqsWebhookQueue;
 
-use crate::compress::{Engine, Settings, available_cores};
+use crate::compress::available_cores;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{EmfRecorder, Recorder};
-use crate::net::{GuardedClient, NetPolicy};
-use crate::services::App;
+use crate::ports::{FanOutQueue, JobSource};
+use crate::services::{App, AppParts};
 
 /// The three AWS clients, built once per cold start and reused.
 #[derive(Clone, Debug)]
@@ -47,20 +49,16 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Region, credentials and endpoint from the environment, as every AWS tool reads them.
-    pub async fn from_env() -> Self {
-        Self::new(&sdk_config().await)
+    /// Region, credentials and endpoint from the environment, as every
+    /// AWS tool reads them; S3's addressing from `config`.
+    pub async fn new(config: &Config) -> Self {
+        Self::on(&sdk_config().await, config)
     }
 
-    /// The clients on one SDK configuration (S3 path-style on an emulator).
-    pub fn new(sdk: &SdkConfig) -> Self {
-        let emulated = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
-            .iter()
-            .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
-        let path_style = emulated
-            || std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    /// The clients on one SDK configuration.
+    pub fn on(sdk: &SdkConfig, config: &Config) -> Self {
         let s3 = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(path_style)
+            .force_path_style(config.s3_force_path_style)
             .build();
         Self {
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
@@ -83,7 +81,8 @@ pub async fn setup_from_env() -> Result<(Config, Clients), SetupError> {
         std::env::var(name).ok()
     })
     .await?;
-    Ok((config, Clients::new(&sdk)))
+    let clients = Clients::on(&sdk, &config);
+    Ok((config, clients))
 }
 
 /// Why a function cannot start.
@@ -91,7 +90,7 @@ pub async fn setup_from_env() -> Result<(Config, Clients), SetupError> {
 pub enum SetupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("HTTP client: {0}")]
+    #[error("{0}")]
     Http(String),
 }
 
@@ -113,25 +112,6 @@ pub fn required(value: &Option<String>, var: &'static str) -> Result<String, Con
     })
 }
 
-/// Days items live before DynamoDB's TTL removes them (`RECORD_TTL_DAYS`, default 30).
-fn ttl_from_env() -> Result<Duration, ConfigError> {
-    let var = "RECORD_TTL_DAYS";
-    match std::env::var(var)
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-    {
-        None => Ok(dynamo::DEFAULT_TTL),
-        Some(raw) => match raw.parse::<u64>() {
-            Ok(days @ 1..=3650) => Ok(Duration::from_secs(days * 24 * 3600)),
-            _ => Err(ConfigError {
-                var,
-                problem: format!("must be a whole number of days from 1 to 3650, got {raw:?}"),
-            }),
-        },
-    }
-}
-
 impl Adapters {
     pub fn new(config: &Config, clients: &Clients) -> Result<Self, ConfigError> {
         let bucket = required(&config.bucket, "BUCKET")?;
@@ -141,7 +121,7 @@ impl Adapters {
                 required(&config.table_name, "TABLE_NAME")?,
                 RowsBucket::new(clients.s3.clone(), bucket.clone()),
             )
-            .with_ttl(ttl_from_env()?),
+            .with_ttl(config.record_ttl),
             queue: SqsQueue::new(
                 clients.sqs.clone(),
                 required(&config.queue_url, "QUEUE_URL")?,
@@ -206,33 +186,59 @@ pub fn app_with_metrics(
     adapters: &Adapters,
     metrics: Arc<dyn Recorder>,
 ) -> Result<Arc<App>, SetupError> {
-    let http = GuardedClient::new(NetPolicy {
-        allow_private: config.allow_private_networks,
-        exempt: Vec::new(),
-    })
-    .map_err(SetupError::Http)?;
-    let engine = Engine::new(
-        Settings {
-            quality: config.jpeg_quality,
-            max_pixels: config.max_pixels,
-            max_decode_bytes: config.max_decode_bytes(),
-            max_cpu_time: config.max_image_cpu,
-        },
-        available_cores(),
-    );
-    Ok(Arc::new(App {
-        config: Arc::new(config),
+    let parts = AppParts {
         store: Arc::new(adapters.store.clone()),
         queue: Arc::new(adapters.queue.clone()),
         fanout: adapters
             .fanout
             .clone()
-            .map(|f| Arc::new(f) as Arc<dyn crate::ports::FanOutQueue>),
+            .map(|f| Arc::new(f) as Arc<dyn FanOutQueue>),
         objects: Arc::new(adapters.objects.clone()),
         // The slots are items of the jobs table, shared by every invocation.
         hosts: Arc::new(adapters.store.clone()),
-        http,
-        engine,
         metrics,
+        net_exempt: Vec::new(),
+        lookup: None,
+        cpu_threads: available_cores(),
+    };
+    Ok(Arc::new(App::new(config, parts).map_err(SetupError::Http)?))
+}
+
+/// The queue an SQS-triggered function of the image pipeline reads, and
+/// hands messages back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSource {
+    /// The image jobs (`QUEUE_URL`): the `process` function.
+    Jobs,
+    /// Fan-out requests (`FANOUT_QUEUE_URL`): the `fanout` function.
+    FanOut,
+    /// The image jobs' dead-letter queue (`DEAD_LETTER_QUEUE_URL`).
+    DeadLetter,
+}
+
+/// A whole SQS-triggered function: the set-up from the environment once
+/// per cold start, then every batch through `handle`, within the
+/// invocation's deadline.
+pub async fn run_batches<H>(source: BatchSource, handle: H) -> Result<(), lambda_runtime::Error>
+where
+    H: AsyncFn(&App, &dyn JobSource, SqsEvent, Option<Instant>) -> SqsBatchResponse,
+{
+    init_tracing();
+    let (app, adapters) = app_from_env().await?;
+    let other = |url: &Option<String>, var| {
+        required(url, var).map(|url| SqsQueue::new(adapters.queue.client().clone(), url))
+    };
+    let source = match source {
+        BatchSource::Jobs => adapters.queue.clone(),
+        BatchSource::FanOut => other(&app.config.fanout_queue_url, "FANOUT_QUEUE_URL")?,
+        BatchSource::DeadLetter => {
+            other(&app.config.dead_letter_queue_url, "DEAD_LETTER_QUEUE_URL")?
+        }
+    };
+    let (app, source, handle) = (&app, &source, &handle);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let deadline = handlers::batch::deadline_of(event.context.deadline);
+        Ok::<_, lambda_runtime::Error>(handle(app, source, event.payload, deadline).await)
     }))
+    .await
 }

@@ -10,19 +10,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 
+use super::SqsQueue;
 use super::error::port_error;
 use crate::ports::{PortError, PortResult, WebhookJob, WebhookScheduler};
 use crate::services::notify::now_ms;
 
 /// SQS's longest `DelaySeconds`.
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
-/// SQS's ceiling for a visibility timeout: 12 hours.
-const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
-
+/// The webhook queue is an SQS queue like the image jobs' one; only what
+/// it sends differs.
 #[derive(Clone, Debug)]
 pub struct SqsWebhookQueue {
-    client: Client,
-    queue_url: String,
+    queue: SqsQueue,
 }
 
 /// `DelaySeconds` for a job due at `due_ms` sent at `now_ms`: the whole
@@ -36,26 +35,17 @@ pub fn delay_seconds(due_ms: i64, now_ms: i64) -> i32 {
 impl SqsWebhookQueue {
     pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
         Self {
-            client,
-            queue_url: queue_url.into(),
+            queue: SqsQueue::new(client, queue_url),
         }
     }
 
     pub fn queue_url(&self) -> &str {
-        &self.queue_url
+        self.queue.queue_url()
     }
 
-    /// Hands a received message back to the queue, visible again after `delay`.
-    pub async fn retry_later(&self, receipt: &str, delay: Duration) -> PortResult<()> {
-        self.client
-            .change_message_visibility()
-            .queue_url(&self.queue_url)
-            .receipt_handle(receipt)
-            .visibility_timeout(delay.min(MAX_VISIBILITY).as_secs() as i32)
-            .send()
-            .await
-            .map_err(|e| port_error("SQS ChangeMessageVisibility", e))?;
-        Ok(())
+    /// The queue its messages are received from (and handed back to).
+    pub fn source(&self) -> &SqsQueue {
+        &self.queue
     }
 }
 
@@ -64,9 +54,10 @@ impl WebhookScheduler for SqsWebhookQueue {
     async fn schedule(&self, job: &WebhookJob) -> PortResult<()> {
         let body = serde_json::to_string(job)
             .map_err(|e| PortError::Permanent(format!("encoding a webhook job: {e}")))?;
-        self.client
+        self.queue
+            .client()
             .send_message()
-            .queue_url(&self.queue_url)
+            .queue_url(self.queue.queue_url())
             .message_body(body)
             .delay_seconds(delay_seconds(job.due_ms, now_ms()))
             .send()

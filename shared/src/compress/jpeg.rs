@@ -61,15 +61,7 @@ pub fn open<'a>(
 ) -> Result<Opened<'a>, CompressError> {
     let (mut decompress, header) =
         libjpeg::Decompress::new(input, 64 << 20, limits).map_err(CompressError::Decode)?;
-    let pixels = memory::pixels(header.width, header.height);
-    if pixels > settings.max_pixels {
-        return Err(CompressError::TooManyPixels {
-            width: header.width,
-            height: header.height,
-            pixels,
-            limit: settings.max_pixels,
-        });
-    }
+    let pixels = settings.check_pixels(header.width, header.height)?;
     decompress.set_memory_budget(memory_budget(pixels));
     let orientation = header
         .exif

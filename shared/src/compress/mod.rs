@@ -44,8 +44,26 @@ pub struct Settings {
     pub max_cpu_time: std::time::Duration,
 }
 
+impl Settings {
+    /// The pixel cap, checked from the header before anything is decoded:
+    /// the image's pixel count, or the error naming its size.
+    pub fn check_pixels(&self, width: u32, height: u32) -> Result<u64, CompressError> {
+        let pixels = memory::pixels(width, height);
+        if pixels > self.max_pixels {
+            return Err(CompressError::TooManyPixels {
+                width,
+                height,
+                pixels,
+                limit: self.max_pixels,
+            });
+        }
+        Ok(pixels)
+    }
+}
+
+/// What the engine made of one image.
 #[derive(Debug, Clone)]
-pub struct Compressed {
+pub struct Encoded {
     pub bytes: Vec<u8>,
     /// Upright dimensions of the output.
     pub width: u32,
@@ -106,7 +124,7 @@ impl CompressError {
 /// Compresses one image, alone: its need is checked against
 /// `settings.max_decode_bytes`, shared with nothing. CPU-bound: call it off
 /// the async runtime.
-pub fn compress(input: &[u8], settings: &Settings) -> Result<Compressed, CompressError> {
+pub fn compress(input: &[u8], settings: &Settings) -> Result<Encoded, CompressError> {
     compress_within(
         input,
         settings,
@@ -122,7 +140,7 @@ pub fn compress_within(
     input: &[u8],
     settings: &Settings,
     memory: &DecodeMemory,
-) -> Result<Compressed, CompressError> {
+) -> Result<Encoded, CompressError> {
     let format = match sniff(input) {
         Sniffed::Jpeg => ImageFormat::Jpeg,
         Sniffed::Png => ImageFormat::Png,
@@ -163,7 +181,7 @@ pub fn compress_within(
                         decode: reading,
                         encode: started.elapsed().saturating_sub(reading),
                     };
-                    let out = Compressed {
+                    let out = Encoded {
                         bytes,
                         width,
                         height,
@@ -197,7 +215,7 @@ pub fn compress_within(
                         decode: decoding,
                         encode: started.elapsed().saturating_sub(decoding),
                     };
-                    Ok(Compressed {
+                    Ok(Encoded {
                         bytes,
                         width,
                         height,
@@ -219,15 +237,7 @@ pub fn compress_within(
             reader.limits(image_limits);
             let mut decoder = reader.into_decoder().map_err(decode_error)?;
             let (width, height) = decoder.dimensions();
-            let pixels = memory::pixels(width, height);
-            if pixels > settings.max_pixels {
-                return Err(CompressError::TooManyPixels {
-                    width,
-                    height,
-                    pixels,
-                    limit: settings.max_pixels,
-                });
-            }
+            let pixels = settings.check_pixels(width, height)?;
             let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
             let icc = decoder.icc_profile().ok().flatten();
             let color = decoder.color_type();
@@ -278,7 +288,7 @@ fn encode_pixels(
     settings: &Settings,
     limits: libjpeg::Limits,
     started: Instant,
-) -> Result<Compressed, CompressError> {
+) -> Result<Encoded, CompressError> {
     let (width, height) = (image.width(), image.height());
     let (data, channels) = pixels::flatten(image);
     let mut image = match channels {
@@ -314,7 +324,7 @@ fn encode_pixels(
         decode: decoded - started,
         encode: decoded.elapsed(),
     };
-    Ok(Compressed {
+    Ok(Encoded {
         bytes,
         width,
         height,
@@ -328,9 +338,9 @@ const JPEG_MAX_DIMENSION: u32 = 65_500;
 
 /// A JPEG input that needed no turning is stored as it was when
 /// re-compressing would not make it smaller.
-fn keep_smaller(input: &[u8], out: Compressed, turned: bool) -> Compressed {
+fn keep_smaller(input: &[u8], out: Encoded, turned: bool) -> Encoded {
     if !turned && out.bytes.len() >= input.len() {
-        return Compressed {
+        return Encoded {
             bytes: input.to_vec(),
             original_kept: true,
             ..out
@@ -395,7 +405,7 @@ impl Engine {
         &self.memory
     }
 
-    pub async fn compress(&self, input: bytes::Bytes) -> Result<Compressed, CompressError> {
+    pub async fn compress(&self, input: bytes::Bytes) -> Result<Encoded, CompressError> {
         let _permit = self
             .permits
             .acquire()

@@ -47,15 +47,7 @@ pub fn open<'a>(input: &'a [u8], settings: &Settings) -> Result<Opened<'a>, Comp
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let reader = decoder.read_info().map_err(decode_error)?;
     let (width, height) = reader.info().size();
-    let pixels = memory::pixels(width, height);
-    if pixels > settings.max_pixels {
-        return Err(CompressError::TooManyPixels {
-            width,
-            height,
-            pixels,
-            limit: settings.max_pixels,
-        });
-    }
+    settings.check_pixels(width, height)?;
     let channels = match reader.output_color_type().0 {
         png::ColorType::Grayscale => 1,
         png::ColorType::GrayscaleAlpha => 2,

@@ -416,7 +416,7 @@ impl Layout {
             ));
         }
         for (i, url) in urls.iter().enumerate() {
-            if let Err(why) = check_url(url) {
+            if let Err(why) = check_url_syntax(url) {
                 issues.push(Issue::at(
                     line,
                     Some(Column::InputImageUrls),
@@ -446,7 +446,7 @@ pub fn split_urls(field: &str) -> Vec<&str> {
 
 /// Checks that `raw` is an absolute `http`/`https` URL with a host, within
 /// the length limit. Shared by image and webhook URLs.
-pub fn check_url(raw: &str) -> Result<url::Url, String> {
+pub fn check_url_syntax(raw: &str) -> Result<url::Url, String> {
     if raw.chars().count() > MAX_URL_CHARS {
         return Err(format!("is longer than {MAX_URL_CHARS} characters"));
     }
@@ -733,14 +733,14 @@ mod tests {
             "https:\\\\e.com\\a.jpg",
         ] {
             assert!(
-                check_url(lax)
+                check_url_syntax(lax)
                     .unwrap_err()
                     .contains("must start with http:// or https://"),
                 "{lax}"
             );
         }
         assert_eq!(
-            check_url("HTTPS://E.com/a.jpg")
+            check_url_syntax("HTTPS://E.com/a.jpg")
                 .map(|u| u.to_string())
                 .as_deref(),
             Ok("https://e.com/a.jpg")

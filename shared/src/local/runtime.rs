@@ -21,15 +21,16 @@ use super::fs_objects::content_type_of;
 use super::sqlite::DueWebhook;
 use super::{FsObjectStore, MemoryHostSlots, SqliteStore};
 use crate::api::{self, ApiError};
-use crate::compress::{Engine, Settings, available_cores};
+use crate::compress::available_cores;
 use crate::config::{Config, MIN_REQUEST_ID_SECRET_CHARS, Secret};
 use crate::domain::ImageJob;
 use crate::metrics::{PrometheusRecorder, prometheus_content_type};
-use crate::net::{GuardedClient, NameLookup, NetPolicy};
+use crate::net::NameLookup;
 use crate::ports::{Delivery, JobQueue, JobSource, PortResult};
 use crate::services::App;
 use crate::services::notify::{self, Handled};
-use crate::services::process::{JobResult, complete_if_done, process_job};
+use crate::services::process::{complete_if_done, process_job, settle};
+use crate::services::{AppParts, Settle};
 
 pub struct LocalRuntimeOptions {
     /// Holds `imgproc.sqlite` and, unless `objects_dir` is set, `objects/`.
@@ -118,41 +119,27 @@ impl LocalRuntime {
             .files_base_url()
             .unwrap_or_else(|| options.files_base_url.clone());
         let objects = FsObjectStore::new(objects_dir, base_url);
-        let policy = NetPolicy {
-            allow_private: config.allow_private_networks,
-            exempt: options.net_exempt.clone(),
-        };
-        let http = match options.lookup.clone() {
-            Some(lookup) => GuardedClient::with_lookup(policy, lookup)?,
-            None => GuardedClient::new(policy)?,
-        };
-        let engine = Engine::new(
-            Settings {
-                quality: config.jpeg_quality,
-                max_pixels: config.max_pixels,
-                max_decode_bytes: config.max_decode_bytes(),
-                max_cpu_time: config.max_image_cpu,
-            },
-            options.cpu_threads,
-        );
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(PrometheusRecorder::new());
-        let app = Arc::new(App {
-            config: Arc::new(config),
-            store: Arc::new(store.clone()),
-            queue: Arc::new(WakingQueue {
-                store: store.clone(),
-                wake: wake.clone(),
-            }),
-            // Locally the submitting process fans out itself (SQLite is fast).
-            fanout: None,
-            objects: Arc::new(objects.clone()),
-            // One process: the slots of the worker pool are in its memory.
-            hosts: Arc::new(MemoryHostSlots::new()),
-            http,
-            engine,
-            metrics: metrics.clone(),
-        });
+        let app = Arc::new(App::new(
+            config,
+            AppParts {
+                store: Arc::new(store.clone()),
+                queue: Arc::new(WakingQueue {
+                    store: store.clone(),
+                    wake: wake.clone(),
+                }),
+                // Locally the submitting process fans out itself (SQLite is fast).
+                fanout: None,
+                objects: Arc::new(objects.clone()),
+                // One process: the slots of the worker pool are in its memory.
+                hosts: Arc::new(MemoryHostSlots::new()),
+                metrics: metrics.clone(),
+                net_exempt: options.net_exempt.clone(),
+                lookup: options.lookup.clone(),
+                cpu_threads: options.cpu_threads,
+            },
+        )?);
 
         let requeued = store.recover().await.map_err(|e| e.to_string())?;
         store
@@ -290,15 +277,10 @@ async fn worker_pool(
 }
 
 async fn handle(app: &App, store: &SqliteStore, d: Delivery) {
-    let result = match process_job(app, &d.job, d.receive_count).await {
-        Ok(JobResult::Done) => store.ack(&d.receipt).await,
-        Ok(JobResult::RetryAfter(delay)) => store.retry_later(&d.receipt, delay).await,
-        Err(e) => {
-            tracing::warn!(request_id = %d.job.request_id, image = d.job.image, error = %e, "job failed on the store; will retry");
-            store
-                .retry_later(&d.receipt, app.config.backoff(d.receive_count))
-                .await
-        }
+    let result = process_job(app, &d.job, d.receive_count).await;
+    let result = match settle(app, &d.job, d.receive_count, result) {
+        Settle::Done => store.ack(&d.receipt).await,
+        Settle::RetryAfter(delay) => store.retry_later(&d.receipt, delay).await,
     };
     if let Err(e) = result {
         // The lease expires and the job comes back: nothing is lost.

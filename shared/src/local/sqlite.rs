@@ -294,28 +294,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Terminal requests whose results CSV and webhook are still owed.
-    pub async fn due_notifications(&self) -> PortResult<Vec<Uuid>> {
-        self.read(|conn| {
-            let mut stmt =
-                conn.prepare("SELECT id FROM requests WHERE notify_due = 1 ORDER BY completed_at")?;
-            stmt.query_map([], |r| parse_uuid(&r.get::<_, String>(0)?))?
-                .collect()
-        })
-        .await
-    }
-
-    pub async fn mark_notified(&self, id: Uuid) -> PortResult<()> {
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE requests SET notify_due = 0 WHERE id = ?1",
-                [id.to_string()],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Jobs waiting in the queue, visible or leased.
     pub async fn queue_depth(&self) -> PortResult<u64> {
         self.read(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0)))

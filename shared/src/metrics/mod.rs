@@ -12,6 +12,7 @@
 //! nothing, so the sums agree with the requests' progress.
 
 mod emf;
+#[cfg(feature = "local")]
 mod prometheus;
 
 use std::time::Duration;
@@ -19,9 +20,11 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use emf::EmfRecorder;
+#[cfg(feature = "local")]
 pub use prometheus::PrometheusRecorder;
 
 /// The content type of [`PrometheusRecorder::render`]'s text.
+#[cfg(feature = "local")]
 pub fn prometheus_content_type() -> &'static str {
     prometheus::CONTENT_TYPE
 }

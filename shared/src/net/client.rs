@@ -79,6 +79,9 @@ impl GuardedClient {
     }
 
     pub fn with_lookup(policy: NetPolicy, lookup: Arc<dyn NameLookup>) -> Result<Self, String> {
+        // reqwest is built without a crypto provider of its own; it takes
+        // the process's. An error only says one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             // Proxies from the environment would connect on our behalf and
@@ -115,7 +118,7 @@ impl GuardedClient {
         for hop in 0..=MAX_REDIRECTS {
             check_scheme(&url)?;
             self.policy
-                .check_url(&url)
+                .check_ip_literal(&url)
                 .map_err(|b| FetchError::Blocked(b.to_string()))?;
             let mut response = self
                 .client
@@ -189,7 +192,7 @@ impl GuardedClient {
         if let Err(e) = check_scheme(&url) {
             return PostOutcome::Failed(e.to_string());
         }
-        if let Err(b) = self.policy.check_url(&url) {
+        if let Err(b) = self.policy.check_ip_literal(&url) {
             return PostOutcome::Failed(b.to_string());
         }
         let mut request = self

@@ -48,7 +48,7 @@ pub struct NetPolicy {
 impl NetPolicy {
     /// Checks a URL whose host is a literal IP address. Hostnames pass here
     /// and are checked when resolved.
-    pub fn check_url(&self, url: &Url) -> Result<(), Blocked> {
+    pub fn check_ip_literal(&self, url: &Url) -> Result<(), Blocked> {
         if self.allow_private {
             return Ok(());
         }
@@ -199,7 +199,7 @@ mod tests {
 
     fn refused(url: &str) -> bool {
         NetPolicy::default()
-            .check_url(&Url::parse(url).unwrap())
+            .check_ip_literal(&Url::parse(url).unwrap())
             .is_err()
     }
 
@@ -290,7 +290,7 @@ mod tests {
             exempt: vec![],
         };
         assert!(
-            open.check_url(&Url::parse("http://127.0.0.1/").unwrap())
+            open.check_ip_literal(&Url::parse("http://127.0.0.1/").unwrap())
                 .is_ok()
         );
         let exempt = NetPolicy {
@@ -299,12 +299,12 @@ mod tests {
         };
         assert!(
             exempt
-                .check_url(&Url::parse("http://127.0.0.1:8765/a.jpg").unwrap())
+                .check_ip_literal(&Url::parse("http://127.0.0.1:8765/a.jpg").unwrap())
                 .is_ok()
         );
         assert!(
             exempt
-                .check_url(&Url::parse("http://127.0.0.1:8766/a.jpg").unwrap())
+                .check_ip_literal(&Url::parse("http://127.0.0.1:8766/a.jpg").unwrap())
                 .is_err()
         );
     }

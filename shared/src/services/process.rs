@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{App, ServiceError};
+use super::{App, ServiceError, Settle};
 use crate::domain::{
     Compressed, ErrorCode, ImageError, ImageJob, ImageOutcome, ImageStatus, Progress,
     RequestStatus, results_key,
@@ -16,15 +16,6 @@ use crate::net::{FetchLimits, origin_of};
 use crate::ports::{HostSlot, PortError};
 
 mod host_wait;
-
-/// What to do with the job's message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobResult {
-    /// Finished (or already finished): delete the message.
-    Done,
-    /// A transient failure with attempts left: deliver it again after the delay.
-    RetryAfter(Duration),
-}
 
 /// Processes one delivery of `job`. `receive_count` (1-based) is how many
 /// times the queue has delivered it, which bounds the retries: on the last
@@ -47,7 +38,7 @@ pub async fn process_job(
     app: &App,
     job: &ImageJob,
     receive_count: u32,
-) -> Result<JobResult, PortError> {
+) -> Result<Settle, PortError> {
     // Attempts of the job's earlier messages (before it waited for its
     // host) count as well.
     let receive_count = job.attempt(receive_count);
@@ -57,7 +48,7 @@ pub async fn process_job(
     if receive_count > 1 {
         match app.store.image_status(key).await? {
             // The request is gone (expired): nothing to do.
-            None => return Ok(JobResult::Done),
+            None => return Ok(Settle::Done),
             Some(ImageStatus::Pending) => {}
             // The first delivery may have died between recording the image
             // and counting it or completing the request: finish those steps
@@ -68,7 +59,7 @@ pub async fn process_job(
                 if let Some(progress) = finished.all_done {
                     complete_if_done(app, job.request_id, progress).await?;
                 }
-                return Ok(JobResult::Done);
+                return Ok(Settle::Done);
             }
         }
     }
@@ -97,7 +88,7 @@ pub async fn process_job(
                 code: failure.error.code,
                 timings,
             });
-            return Ok(JobResult::RetryAfter(delay));
+            return Ok(Settle::RetryAfter(delay));
         }
         Err(Stop::Failed(failure)) => ImageOutcome::Failed {
             error: failure.error,
@@ -105,6 +96,22 @@ pub async fn process_job(
         },
     };
     record(app, job, outcome, timings, started).await
+}
+
+/// What the queue does with a delivery of `job` after [`process_job`]:
+/// its answer, or, when the store failed, the delivery comes back after
+/// the backoff of its attempt. Both runners settle jobs through this.
+pub fn settle(
+    app: &App,
+    job: &ImageJob,
+    receive_count: u32,
+    result: Result<Settle, PortError>,
+) -> Settle {
+    result.unwrap_or_else(|e| {
+        tracing::warn!(request_id = %job.request_id, image = job.image, error = %e,
+            "the store failed; the job will come back");
+        Settle::RetryAfter(app.config.backoff(receive_count))
+    })
 }
 
 /// The outcome of an image whose worker died on each of its `attempts`.
@@ -129,7 +136,7 @@ pub async fn record(
     outcome: ImageOutcome,
     timings: ImageTimings,
     started: Instant,
-) -> Result<JobResult, PortError> {
+) -> Result<Settle, PortError> {
     let finished = app.store.finish_image(job.key(), &outcome).await?;
     let request_id = job.request_id;
     let counted = finished.applied;
@@ -167,7 +174,7 @@ pub async fn record(
     if let Some(progress) = finished.all_done {
         complete_if_done(app, request_id, progress).await?;
     }
-    Ok(JobResult::Done)
+    Ok(Settle::Done)
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {

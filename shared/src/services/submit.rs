@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{App, ServiceError, fanout};
 use crate::config::Secret;
-use crate::domain::csv_input::{self, check_url};
+use crate::domain::csv_input::{self, check_url_syntax};
 use crate::domain::{NewRequest, RequestRecord};
 use crate::metrics::Event;
 use crate::ports::{CreateOutcome, PortError};
@@ -107,9 +107,9 @@ pub fn check_idempotency_key(key: &str) -> Result<(), ServiceError> {
 /// Checks a webhook URL: absolute http(s), and not a literal private address
 /// while the network guard is on (names are checked when delivering).
 pub fn check_webhook_url(app: &App, raw: &str) -> Result<(), ServiceError> {
-    let url =
-        check_url(raw).map_err(|why| ServiceError::InvalidRequest(format!("webhook_url {why}")))?;
-    app.http.policy().check_url(&url).map_err(|blocked| {
+    let url = check_url_syntax(raw)
+        .map_err(|why| ServiceError::InvalidRequest(format!("webhook_url {why}")))?;
+    app.http.policy().check_ip_literal(&url).map_err(|blocked| {
         ServiceError::InvalidRequest(format!("webhook_url is refused: {blocked}"))
     })
 }

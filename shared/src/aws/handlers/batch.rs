@@ -10,19 +10,11 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
 use futures_util::future::join_all;
 
 use crate::ports::JobSource;
+pub use crate::services::Settle;
 
 /// How long before the invocation's deadline a message still running is
 /// handed back, leaving time to answer Lambda.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(3);
-
-/// What to do with one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
-    /// Done (or nothing left to do): Lambda deletes the message.
-    Done,
-    /// Deliver the message again after the delay.
-    RetryAfter(Duration),
-}
 
 /// `ApproximateReceiveCount` of a Lambda SQS record: 1 on the first delivery.
 pub fn receive_count(message: &SqsMessage) -> u32 {
@@ -73,11 +65,11 @@ where
         let Settle::RetryAfter(delay) = outcome else {
             continue;
         };
-        if let Some(receipt) = &message.receipt_handle {
-            if let Err(e) = source.retry_later(receipt, delay).await {
-                // The message still comes back, after the queue's visibility timeout.
-                tracing::warn!(error = %e, "cannot delay the retry");
-            }
+        if let Some(receipt) = &message.receipt_handle
+            && let Err(e) = source.retry_later(receipt, delay).await
+        {
+            // The message still comes back, after the queue's visibility timeout.
+            tracing::warn!(error = %e, "cannot delay the retry");
         }
         match &message.message_id {
             Some(id) => response.add_failure(id.clone()),

@@ -4,26 +4,18 @@
 //! a partial batch response naming only the messages that must come back.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use futures_util::future::join_all;
 
-use super::batch::{Settle, receive_count};
+use super::batch::{Settle, receive_count, settle_all};
 use crate::aws::SqsWebhookQueue;
 use crate::ports::WebhookJob;
 use crate::services::App;
 use crate::services::notify::{self, Handled};
 
 pub async fn handle(app: &App, queue: &SqsWebhookQueue, event: SqsEvent) -> SqsBatchResponse {
-    let outcomes = join_all(event.records.iter().map(|m| handle_message(app, queue, m))).await;
-    let mut response = SqsBatchResponse::default();
-    for (message, outcome) in event.records.iter().zip(outcomes) {
-        if matches!(outcome, Settle::RetryAfter(_)) {
-            match &message.message_id {
-                Some(id) => response.add_failure(id.clone()),
-                None => tracing::error!("a message to retry has no message ID; it will be deleted"),
-            }
-        }
-    }
-    response
+    settle_all(&event.records, queue.source(), None, |m| {
+        handle_message(app, queue, m)
+    })
+    .await
 }
 
 /// One message: the attempt it carries. Whatever comes next (the next
@@ -39,10 +31,8 @@ pub async fn handle_message(app: &App, queue: &SqsWebhookQueue, message: &SqsMes
         // Never retried into success: it reaches the dead-letter queue
         // after the redrive limit, where the alarm shows it.
         tracing::error!(message_id, "message is not a webhook job");
-        return Settle::RetryAfter(std::time::Duration::ZERO);
+        return Settle::RetryAfter(app.config.backoff(receive_count(message)));
     };
-    let count = receive_count(message);
-    let delay = app.config.backoff(count);
     match notify::run_attempt(app, queue, job).await {
         Ok(Handled::Finished | Handled::Rescheduled | Handled::Waiting) => {
             return Settle::Done;
@@ -53,13 +43,7 @@ pub async fn handle_message(app: &App, queue: &SqsWebhookQueue, message: &SqsMes
                 "the webhook attempt failed on the store or queue; it will come back");
         }
     }
-    if let Some(receipt) = &message.receipt_handle
-        && let Err(e) = queue.retry_later(receipt, delay).await
-    {
-        // The message still comes back, after the queue's visibility timeout.
-        tracing::warn!(message_id, error = %e, "cannot delay the retry");
-    }
-    Settle::RetryAfter(delay)
+    Settle::RetryAfter(app.config.backoff(receive_count(message)))
 }
 
 #[cfg(test)]

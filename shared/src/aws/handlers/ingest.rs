@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::api::error::{error_body, invalid_csv_message};
 use crate::aws::S3Objects;
 use crate::aws::s3::Fetched;
 use crate::domain::csv_input::Issue;
@@ -169,10 +170,7 @@ pub async fn handle_record(
             })
         }
         Err(ServiceError::InvalidCsv(issues)) => {
-            let message = format!(
-                "the CSV is invalid: {} problem(s) found, listed in details; nothing was stored",
-                issues.len()
-            );
+            let message = invalid_csv_message(issues.len());
             reject(objects, &bucket, &key, "invalid_csv", &message, &issues)
                 .await
                 .map_err(fail)
@@ -207,11 +205,9 @@ async fn reject(
     message: &str,
     details: &[Issue],
 ) -> Result<IngestOutcome, PortError> {
-    let body = json!({
-        "error": {"code": code, "message": message, "details": details},
-        "bucket": bucket,
-        "key": key,
-    });
+    let mut body = error_body(code, message, details);
+    body["bucket"] = json!(bucket);
+    body["key"] = json!(key);
     let report_key = report_key(key);
     let bytes = serde_json::to_vec_pretty(&body)
         .map_err(|e| PortError::Permanent(format!("encoding the report: {e}")))?;

@@ -12,7 +12,7 @@ use crate::domain::ImageJob;
 use crate::ports::JobSource;
 use crate::services::App;
 use crate::services::kept_slots::KeptSlots;
-use crate::services::process::{JobResult, process_job};
+use crate::services::process::{process_job, settle};
 
 pub async fn handle(
     app: &App,
@@ -55,15 +55,7 @@ pub async fn handle_message(app: &App, message: &SqsMessage) -> Settle {
         }
     };
     let count = receive_count(message);
-    match process_job(app, &job, count).await {
-        Ok(JobResult::Done) => Settle::Done,
-        Ok(JobResult::RetryAfter(delay)) => Settle::RetryAfter(delay),
-        Err(e) => {
-            tracing::warn!(message_id, request_id = %job.request_id, image = job.image, error = %e,
-                "the store failed; the job will come back");
-            Settle::RetryAfter(app.config.backoff(count))
-        }
-    }
+    settle(app, &job, count, process_job(app, &job, count).await)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::{JobResult, record};
+use super::{Settle, record};
 use crate::config::backoff;
 use crate::domain::{ErrorCode, HostWait, ImageError, ImageJob, ImageOutcome};
 use crate::metrics::ImageTimings;
@@ -41,7 +41,7 @@ pub(super) async fn wait(
     job: &ImageJob,
     host: &str,
     attempt: u32,
-) -> Result<JobResult, PortError> {
+) -> Result<Settle, PortError> {
     let now = Utc::now().timestamp_millis();
     let since_ms = job.host_wait.map_or(now, |w| w.since_ms);
     let waits = job.host_wait.map_or(0, |w| w.waits).saturating_add(1);
@@ -78,7 +78,7 @@ pub(super) async fn wait(
         retry_in_ms = delay.as_millis() as u64,
         "every download slot of the host is taken; the job waits in the queue"
     );
-    Ok(JobResult::Done)
+    Ok(Settle::Done)
 }
 
 /// The pause before look number `waits` (1-based): the retry backoff, with
