@@ -261,6 +261,12 @@ fn libjpeg_gathers() -> bool {
 
 #[cfg(test)]
 thread_local! {
+    /// Lets a test set λ, to compare against plain rounding.
+    pub(super) static RDO_LAMBDA: std::cell::Cell<Option<f32>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+thread_local! {
     /// Lets a test have libjpeg gather the symbols itself, to compare.
     pub(super) static LIBJPEG_GATHERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -576,6 +582,10 @@ pub const DEFAULT_LAMBDA: f32 = 60.0;
 /// `IMGPROC_RDO_LAMBDA` overrides the default, for measuring the curve
 /// (0 turns the optimisation off); read once per process.
 fn lambda() -> f32 {
+    #[cfg(test)]
+    if let Some(l) = RDO_LAMBDA.with(|l| l.get()) {
+        return l;
+    }
     static LAMBDA: std::sync::OnceLock<f32> = std::sync::OnceLock::new();
     *LAMBDA.get_or_init(|| {
         std::env::var("IMGPROC_RDO_LAMBDA")

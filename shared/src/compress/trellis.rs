@@ -19,8 +19,6 @@
 //! lowers both terms), which keeps the programme as small as the block's
 //! non-zero count: a few entries at quality 50.
 
-use std::ffi::c_long;
-
 use super::huffman::ZIGZAG;
 
 /// Code lengths of the AC symbols (`run << 4 | size`) of one Huffman table.
@@ -49,23 +47,6 @@ impl RateModel {
                 next += 1;
             }
         }
-        Self { bits }
-    }
-
-    /// Approximate code lengths from symbol counts, `log2(total / count)`:
-    /// what an optimal table built from those counts would give, without
-    /// building it.
-    pub fn from_counts(freq: &[c_long; 257]) -> Self {
-        let total: f64 = freq[..256].iter().map(|&f| f.max(0) as f64).sum();
-        let bits = std::array::from_fn(|s| {
-            let f = freq[s].max(0) as f64;
-            if f == 0.0 || total == 0.0 {
-                // Unseen symbols get a long code in an optimal table.
-                16
-            } else {
-                ((total / f).log2().round() as u8).clamp(1, 16)
-            }
-        });
         Self { bits }
     }
 
