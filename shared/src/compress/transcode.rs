@@ -577,7 +577,7 @@ struct Rdo<'a> {
 /// λ of the requantisation, chosen on the benchmark corpus (BENCHMARKS.md,
 /// "Rate–distortion-optimised requantisation"): the bytes it saves against
 /// the quality it costs, measured by DSSIM and SSIMULACRA2.
-pub const DEFAULT_LAMBDA: f32 = 60.0;
+pub const DEFAULT_LAMBDA: f32 = 15.0;
 
 /// `IMGPROC_RDO_LAMBDA` overrides the default, for measuring the curve
 /// (0 turns the optimisation off); read once per process.
