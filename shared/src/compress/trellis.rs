@@ -69,7 +69,8 @@ fn bit_length(v: i32) -> u32 {
 
 /// `D + λ·R` of a block's AC coefficients (`quantised`, natural order)
 /// against `source` (dequantised, natural order) with steps `step`: the
-/// quantity `optimise` minimises, computed directly.
+/// quantity `optimise` minimises, computed directly (to check it).
+#[cfg(test)]
 pub fn cost(
     source: &[f32; 64],
     quantised: &[i16; 64],
