@@ -1,10 +1,12 @@
-//! `imgproc-bench dssim`: how far each compressed output is from its source.
+//! `imgproc-bench dssim`: how far each compressed output is from its source,
+//! by two measures: DSSIM (lower is better) and SSIMULACRA2 (higher is
+//! better; 90 is visually lossless, 70 high quality, 50 medium).
 //!
 //! The reference is the source decoded by an independent decoder
 //! (`jpeg-decoder` for JPEG, the `image` crate for the rest), turned upright
 //! by its EXIF orientation, with alpha composited onto the background the
 //! contender uses. Outputs are matched to sources by file stem. Prints one
-//! JSON object: per-image DSSIM and the mean.
+//! JSON object: per-image DSSIM and SSIMULACRA2, and their means.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     } = Cli::parse();
     let dssim = dssim_core::Dssim::new();
     let mut per_image = BTreeMap::new();
+    let mut per_image_s2 = BTreeMap::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&corpus)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
@@ -68,12 +71,22 @@ fn main() -> anyhow::Result<()> {
         let a = to_dssim(&dssim, &reference)?;
         let b = to_dssim(&dssim, &result)?;
         let (value, _) = dssim.compare(&a, b);
-        per_image.insert(stem, f64::from(value));
+        per_image.insert(stem.clone(), f64::from(value));
+        let s2 = ssimulacra2::compute_frame_ssimulacra2(to_s2(&reference)?, to_s2(&result)?)
+            .with_context(|| format!("{stem}: SSIMULACRA2"))?;
+        per_image_s2.insert(stem, s2);
     }
     let mean = per_image.values().sum::<f64>() / per_image.len().max(1) as f64;
+    let mean_s2 = per_image_s2.values().sum::<f64>() / per_image_s2.len().max(1) as f64;
     println!(
         "{}",
-        json!({ "images": per_image.len(), "mean_dssim": mean, "per_image": per_image })
+        json!({
+            "images": per_image.len(),
+            "mean_dssim": mean,
+            "per_image": per_image,
+            "mean_ssimulacra2": mean_s2,
+            "per_image_ssimulacra2": per_image_s2,
+        })
     );
     Ok(())
 }
@@ -99,6 +112,22 @@ fn to_dssim(
     dssim
         .create_image_rgb(&pixels, img.width() as usize, img.height() as usize)
         .context("image too small for DSSIM")
+}
+
+/// 8-bit sRGB as SSIMULACRA2 takes it: floats in 0..=1, BT.709 primaries.
+fn to_s2(img: &RgbImage) -> anyhow::Result<ssimulacra2::Rgb> {
+    let data = img
+        .pixels()
+        .map(|p| p.0.map(|c| f32::from(c) / 255.0))
+        .collect();
+    ssimulacra2::Rgb::new(
+        data,
+        img.width() as usize,
+        img.height() as usize,
+        ssimulacra2::TransferCharacteristic::SRGB,
+        ssimulacra2::ColorPrimaries::BT709,
+    )
+    .context("SSIMULACRA2 image")
 }
 
 fn load_upright(path: &Path, background: Background) -> anyhow::Result<RgbImage> {

@@ -19,6 +19,7 @@ mod pixels;
 mod png_input;
 mod sniff;
 mod transcode;
+mod trellis;
 
 use std::io::Cursor;
 use std::sync::Arc;

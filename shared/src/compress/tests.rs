@@ -489,6 +489,12 @@ fn outputs_decode_with_libjpeg_turbo_and_match_its_decode_of_the_input() {
             reference = reference.rotate90();
         }
         let result = djpeg(&out.bytes);
+        assert!(
+            out.bytes.len() <= input.len(),
+            "{name}: {} → {} bytes",
+            input.len(),
+            out.bytes.len()
+        );
         assert_eq!(result.dimensions(), reference.dimensions(), "{name}");
         assert_eq!(result.dimensions(), (out.width, out.height), "{name}");
         let quality = psnr(&reference, &result);
@@ -508,13 +514,55 @@ fn outputs_decode_with_libjpeg_turbo_and_match_its_decode_of_the_input() {
         "paint-brushes.webp",
         "rocket-launch.gif",
     ] {
-        let out = compress(&photo(name), &SETTINGS).unwrap();
+        let input = photo(name);
+        let out = compress(&input, &SETTINGS).unwrap();
+        assert!(out.bytes.len() <= input.len(), "{name}");
         assert_eq!(
             djpeg(&out.bytes).dimensions(),
             (out.width, out.height),
             "{name}"
         );
     }
+}
+
+/// The requantisation's rate–distortion optimisation, against plain
+/// rounding (λ = 0) on the same inputs: fewer bytes in total, every output
+/// still within the stated PSNR bound of the input's decode and decodable
+/// by libjpeg-turbo.
+#[test]
+fn rate_distortion_optimisation_saves_bytes_within_the_quality_bound() {
+    let with = |lambda: f32, input: &[u8]| {
+        transcode::RDO_LAMBDA.with(|l| l.set(Some(lambda)));
+        let out = compress(input, &SETTINGS);
+        transcode::RDO_LAMBDA.with(|l| l.set(None));
+        out.unwrap()
+    };
+    let (mut plain_total, mut rdo_total) = (0, 0);
+    for (name, input) in jpeg_inputs() {
+        let plain = with(0.0, &input);
+        let rdo = with(transcode::DEFAULT_LAMBDA, &input);
+        let mut reference = djpeg(&input);
+        if name.contains("exif6") {
+            reference = reference.rotate90();
+        }
+        let quality = psnr(&reference, &djpeg(&rdo.bytes));
+        assert!(
+            quality >= MIN_PSNR_VS_REFERENCE,
+            "{name}: PSNR {quality:.1} dB"
+        );
+        eprintln!(
+            "{name}: plain {} bytes, RDO {} bytes, PSNR {quality:.1} dB (plain {:.1})",
+            plain.bytes.len(),
+            rdo.bytes.len(),
+            psnr(&reference, &djpeg(&plain.bytes))
+        );
+        plain_total += plain.bytes.len();
+        rdo_total += rdo.bytes.len();
+    }
+    assert!(
+        rdo_total * 100 < plain_total * 97,
+        "RDO {rdo_total} bytes vs plain {plain_total}"
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ use mozjpeg_sys::{
 };
 
 use super::libjpeg::{Compress, Decompress, Limits, every_component_has_data, guarded, write_icc};
+use super::trellis::{self, RateModel};
 use super::{chroma, huffman};
 
 /// How chroma resolution changes on the way to 4:2:0.
@@ -181,10 +182,16 @@ pub fn transcode<'a>(
                 (*dst.comp_info.add(ci)).quant_tbl_no = slot as c_int;
                 tables.push((source, wanted));
             }
+            let lambda = lambda();
+            let rates = standard_rates(dst);
             for (ci, (source, wanted)) in tables.iter().enumerate() {
                 if ci == 0 || chroma == Chroma::Keep {
                     let comp = &*src.comp_info.add(ci);
-                    requantise_component(src, *src_arrays.add(ci), comp, source, wanted)?;
+                    let rdo = Rdo {
+                        lambda,
+                        rate: &rates[usize::from(ci > 0)],
+                    };
+                    requantise_component(src, *src_arrays.add(ci), comp, source, wanted, &rdo)?;
                 }
             }
             // Optimal Huffman tables, from counts gathered here rather than
@@ -204,7 +211,11 @@ pub fn transcode<'a>(
             } else {
                 let halved = HalvedArrays::request(src, dst)?;
                 jpeg_write_coefficients(dst, halved.arrays);
-                halved.fill(src, dst, src_arrays, chroma, &tables)?;
+                let rdo = Rdo {
+                    lambda,
+                    rate: &rates[1],
+                };
+                halved.fill(src, dst, src_arrays, chroma, &tables, &rdo)?;
                 write_icc(dst, icc);
                 Written::Destination(halved.arrays)
             };
@@ -246,6 +257,12 @@ fn libjpeg_gathers() -> bool {
 #[cfg(test)]
 fn libjpeg_gathers() -> bool {
     LIBJPEG_GATHERS.with(|g| g.get())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Lets a test set λ, to compare against plain rounding.
+    pub(super) static RDO_LAMBDA: std::cell::Cell<Option<f32>> = const { std::cell::Cell::new(None) };
 }
 
 #[cfg(test)]
@@ -429,6 +446,7 @@ impl HalvedArrays {
         src_arrays: *mut jvirt_barray_ptr,
         chroma: Chroma,
         tables: &[([u16; 64], [u16; 64])],
+        rdo: &Rdo,
     ) -> Result<(), String> {
         // SAFETY: rows and blocks below each array's dimensions, as the
         // loops bound them; one source row of a component is read at a time
@@ -479,6 +497,7 @@ impl HalvedArrays {
                             }
                         };
                         *block = chroma::quantise(&halved, q_out);
+                        trellis::optimise(&halved, block, q_out, rdo.lambda, rdo.rate);
                     }
                 }
             }
@@ -520,8 +539,9 @@ unsafe fn requantise_component(
     comp: &jpeg_component_info,
     old: &[u16; 64],
     new: &[u16; 64],
+    rdo: &Rdo,
 ) -> Result<(), String> {
-    if old == new {
+    if old == new && rdo.lambda <= 0.0 {
         return Ok(());
     }
     let factor = requantise_factors(old, new);
@@ -533,9 +553,67 @@ unsafe fn requantise_component(
         let blocks = unsafe {
             std::slice::from_raw_parts_mut(block_row(&mut cinfo.common, array, row, true)?, width)
         };
-        requantise_blocks(blocks, &factor);
+        if rdo.lambda > 0.0 {
+            for block in blocks {
+                let source = chroma::dequantise(block, old);
+                requantise_block(block, &factor);
+                trellis::optimise(&source, block, new, rdo.lambda, rdo.rate);
+            }
+        } else {
+            requantise_blocks(blocks, &factor);
+        }
     }
     Ok(())
+}
+
+/// The rate–distortion trade-off of the requantisation (see `trellis`).
+struct Rdo<'a> {
+    /// Squared dequantised-coefficient error worth one bit; 0 turns the
+    /// optimisation off (plain rounding).
+    lambda: f32,
+    rate: &'a RateModel,
+}
+
+/// λ of the requantisation, chosen on the benchmark corpus (BENCHMARKS.md,
+/// "Rate–distortion-optimised requantisation"): the bytes it saves against
+/// the quality it costs, measured by DSSIM and SSIMULACRA2.
+pub const DEFAULT_LAMBDA: f32 = 15.0;
+
+/// `IMGPROC_RDO_LAMBDA` overrides the default, for measuring the curve
+/// (0 turns the optimisation off); read once per process.
+fn lambda() -> f32 {
+    #[cfg(test)]
+    if let Some(l) = RDO_LAMBDA.with(|l| l.get()) {
+        return l;
+    }
+    static LAMBDA: std::sync::OnceLock<f32> = std::sync::OnceLock::new();
+    *LAMBDA.get_or_init(|| {
+        std::env::var("IMGPROC_RDO_LAMBDA")
+            .ok()
+            .and_then(|v| v.trim().parse::<f32>().ok())
+            .filter(|l| l.is_finite() && *l >= 0.0)
+            .unwrap_or(DEFAULT_LAMBDA)
+    })
+}
+
+/// Code lengths of the standard AC tables (luma, chroma) that
+/// `jpeg_copy_critical_parameters` installs: the rates the optimisation
+/// weighs. The optimal tables built afterwards are shorter still for the
+/// symbols that remain common.
+fn standard_rates(dst: &jpeg_compress_struct) -> [RateModel; 2] {
+    std::array::from_fn(|t| {
+        let table = dst.ac_huff_tbl_ptrs[t];
+        if table.is_null() {
+            // No table: every symbol costs the same, so only distortion
+            // and the count of symbols decide.
+            RateModel::from_table(&[0; 17], &[0; 256])
+        } else {
+            // SAFETY: a non-null table pointer of a live compressor points
+            // at a table in its pools.
+            let table = unsafe { &*table };
+            RateModel::from_table(&table.bits, &table.huffval)
+        }
+    })
 }
 
 /// Every coefficient of a JPEG passes through here once, so the loop is

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""The requantisation's λ curve: bytes against DSSIM, SSIMULACRA2 and speed.
+
+    python3 bench/lambda_curve.py [--lambdas 0,30,60,120] [--rounds 3] [--skip-build]
+
+For each λ (IMGPROC_RDO_LAMBDA; 0 is plain rounding) the engine compresses
+the corpus with one thread pinned to one CPU, interleaved with the other λ
+values and with Sharp (rotating the order every round); speed is the
+median over rounds of images/s, quality is scored once per λ against the
+same reference decodes as bench/compare.py. Prints a Markdown table.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lambdas", default="0,30,60,120,240")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--corpus", type=Path, default=compare.ROOT / "bench" / "corpus")
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+    lambdas = [x.strip() for x in args.lambdas.split(",") if x.strip()]
+    files = compare.corpus(args.corpus)
+    sd = compare.sharp_dir()
+    imgproc, tool = compare.build(args.skip_build)
+    outs = {k: Path(tempfile.mkdtemp(prefix=f"lambda-{k}-")) for k in ["sharp"] + lambdas}
+    runs = {k: [] for k in outs}
+    order = list(outs)
+    for r in range(args.rounds):
+        for k in order:
+            if k == "sharp":
+                res = compare.sharp_run(sd, args.corpus, outs[k], args.passes)
+            else:
+                os.environ["IMGPROC_RDO_LAMBDA"] = k
+                res = compare.imgproc_run(imgproc, files, outs[k], 1, args.passes)
+            runs[k].append(res)
+            compare.log(f"round {r + 1}/{args.rounds} {k}: {res['images_per_s']:.2f} images/s")
+        order = order[1:] + order[:1]
+    os.environ.pop("IMGPROC_RDO_LAMBDA", None)
+    q = {k: compare.dssim(tool, args.corpus, outs[k], "black" if k == "sharp" else "white") for k in outs}
+    sharp_bytes = runs["sharp"][-1]["bytes_out"]
+    print("| λ | bytes | × Sharp | mean DSSIM | × Sharp | worst image × Sharp | mean SSIMULACRA2 | images/s (rounds) | × Sharp |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k in outs:
+        per_round = [x["images_per_s"] for x in runs[k]]
+        speed = [x["images_per_s"] / s["images_per_s"] for x, s in zip(runs[k], runs["sharp"])]
+        worst = max(q[k]["per_image"][s] / q["sharp"]["per_image"][s] for s in q[k]["per_image"])
+        print(f"| {'Sharp' if k == 'sharp' else k} | {runs[k][-1]['bytes_out']:,} | "
+              f"{runs[k][-1]['bytes_out'] / sharp_bytes:.3f} | {q[k]['mean_dssim']:.5f} | "
+              f"{q[k]['mean_dssim'] / q['sharp']['mean_dssim']:.3f} | {worst:.2f} | {q[k]['mean_ssimulacra2']:.2f} | "
+              f"{statistics.median(per_round):.2f} ({', '.join(f'{x:.2f}' for x in per_round)}) | "
+              f"{statistics.median(speed):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
