@@ -47,8 +47,10 @@ fi
 if (($# == 0)); then
   echo "== Lambda binaries on moto"
   cargo build --locked --workspace --bins --tests --features imgproc-shared/stream-poller
-  IMGPROC_PREBUILT=1 scripts/test-lambda.sh
-  IMGPROC_PREBUILT=1 E2E_IMAGES="${E2E_IMAGES:-5000}" scripts/e2e-lambda.sh
+  # Not the moto server above: each suite starts its own, on a free port.
+  own_moto=(env -u MOTO_PORT -u MOTO_STATE_DIR -u AWS_ENDPOINT_URL IMGPROC_PREBUILT=1)
+  "${own_moto[@]}" scripts/test-lambda.sh
+  "${own_moto[@]}" E2E_IMAGES="${E2E_IMAGES:-5000}" scripts/e2e-lambda.sh
 else
   echo "== Lambda binaries on moto: skipped (cargo test filters given; run scripts/test-lambda.sh and scripts/e2e-lambda.sh)"
 fi
