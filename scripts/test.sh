@@ -50,7 +50,8 @@ if (($# == 0)); then
   # Not the moto server above: each suite starts its own, on a free port.
   own_moto=(env -u MOTO_PORT -u MOTO_STATE_DIR -u AWS_ENDPOINT_URL IMGPROC_PREBUILT=1)
   "${own_moto[@]}" scripts/test-lambda.sh
-  "${own_moto[@]}" E2E_IMAGES="${E2E_IMAGES:-5000}" scripts/e2e-lambda.sh
+  free_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "${own_moto[@]}" E2E_MOTO_PORT="$free_port" E2E_IMAGES="${E2E_IMAGES:-5000}" scripts/e2e-lambda.sh
 else
   echo "== Lambda binaries on moto: skipped (cargo test filters given; run scripts/test-lambda.sh and scripts/e2e-lambda.sh)"
 fi
