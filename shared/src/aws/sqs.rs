@@ -138,20 +138,38 @@ impl JobQueue for SqsQueue {
     async fn send_later(&self, job: &ImageJob, delay: Duration) -> PortResult<()> {
         let body = serde_json::to_string(job)
             .map_err(|e| PortError::Permanent(format!("encoding a job: {e}")))?;
-        self.client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
-            .send()
-            .await
-            .map_err(|e| port_error("SQS SendMessage", e))?;
-        Ok(())
+        send_delayed(
+            &self.client,
+            &self.queue_url,
+            body,
+            delay,
+            "SQS SendMessage",
+        )
+        .await
     }
 }
 
 /// SQS's ceiling for a message delay: 15 minutes.
 const MAX_DELAY: Duration = Duration::from_secs(900);
+
+/// One message, visible after `delay` (cut to SQS's 15 minutes).
+async fn send_delayed(
+    client: &Client,
+    queue_url: &str,
+    body: String,
+    delay: Duration,
+    call: &'static str,
+) -> PortResult<()> {
+    client
+        .send_message()
+        .queue_url(queue_url)
+        .message_body(body)
+        .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
+        .send()
+        .await
+        .map_err(|e| port_error(call, e))?;
+    Ok(())
+}
 
 /// The queue the `fanout` function reads.
 #[derive(Clone, Debug)]
@@ -174,15 +192,14 @@ impl FanOutQueue for SqsFanOut {
     async fn start(&self, id: uuid::Uuid, delay: Duration) -> PortResult<()> {
         let body = serde_json::to_string(&FanOutMessage { request_id: id })
             .map_err(|e| PortError::Permanent(format!("encoding a fan-out message: {e}")))?;
-        self.client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
-            .send()
-            .await
-            .map_err(|e| port_error("SQS SendMessage (fan-out)", e))?;
-        Ok(())
+        send_delayed(
+            &self.client,
+            &self.queue_url,
+            body,
+            delay,
+            "SQS SendMessage (fan-out)",
+        )
+        .await
     }
 }
 
