@@ -48,6 +48,8 @@ const KEEP_AFTER_LEASE: Duration = Duration::from_secs(3600);
 /// Slots tried per acquisition after the read: each lost race costs a write
 /// unit, and when several are lost the host is busy in all likelihood.
 const PUTS_PER_ACQUIRE: usize = 3;
+/// Reads of the host's slots one acquisition makes at most.
+const READS_PER_ACQUIRE: usize = 4;
 
 /// The partition of `origin`'s slots: a hash, so that the key stays short
 /// whatever the host name and no origin is spelled in the table's keys.
@@ -63,64 +65,69 @@ fn slot_sk(index: u32) -> String {
 #[async_trait::async_trait]
 impl HostSlots for DynamoStore {
     async fn acquire(&self, host: &str, cap: u32, lease: Duration) -> PortResult<Option<HostSlot>> {
-        let pk = host_pk(host);
-        let now = Utc::now().timestamp_millis();
-        // Reading first keeps a busy host to one read, not `cap` failed writes.
-        let items = self
-            .query(pk.clone(), slot_sk(0), slot_sk(9999), false)
-            .await?;
-        let mut held = vec![false; cap as usize];
-        for item in &items {
-            let index = get_s(item, "sk")
-                .and_then(|sk| sk.strip_prefix("SLOT#"))
-                .and_then(|k| k.parse::<usize>().ok());
-            let until = get_n::<i64>(item, "lease_until").unwrap_or(0);
-            if let Some(flag) = index.and_then(|i| held.get_mut(i)) {
-                *flag = until > now;
-            }
-        }
-        let free: Vec<u32> = (0..cap).filter(|&i| !held[i as usize]).collect();
-        if free.is_empty() {
-            return Ok(None);
-        }
-        // Start at a random free slot, so that workers reading the same
-        // picture do not all race for the first one.
-        let start = (Uuid::new_v4().as_u128() % free.len() as u128) as usize;
-        let owner = Uuid::new_v4();
-        let until = now.saturating_add(lease.as_millis() as i64);
-        let expires_at = (until / 1000).saturating_add(KEEP_AFTER_LEASE.as_secs() as i64);
-        for &index in free
-            .iter()
-            .cycle()
-            .skip(start)
-            .take(free.len().min(PUTS_PER_ACQUIRE))
-        {
-            let mut item = key(pk.clone(), slot_sk(index));
-            item.insert("owner".into(), s(owner.to_string()));
-            item.insert("lease_until".into(), n(until));
-            item.insert("origin".into(), s(host));
-            item.insert("expires_at".into(), n(expires_at));
-            self.noted(&item);
-            let result = self
-                .client
-                .put_item()
-                .table_name(self.table())
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk) OR #until < :now")
-                .expression_attribute_names("#until", "lease_until")
-                .expression_attribute_values(":now", n(now))
-                .send()
-                .await;
-            match result {
-                Ok(_) => {
-                    return Ok(Some(HostSlot {
-                        host: host.to_owned(),
-                        index,
-                        owner,
-                    }));
+        // Every put can lose a race to another worker that read the same
+        // picture; a fresh read shows which slots are still free, so a
+        // host is reported busy only when a read finds no free slot.
+        for _ in 0..READS_PER_ACQUIRE {
+            let pk = host_pk(host);
+            let now = Utc::now().timestamp_millis();
+            // Reading first keeps a busy host to one read, not `cap` failed writes.
+            let items = self
+                .query(pk.clone(), slot_sk(0), slot_sk(9999), false)
+                .await?;
+            let mut held = vec![false; cap as usize];
+            for item in &items {
+                let index = get_s(item, "sk")
+                    .and_then(|sk| sk.strip_prefix("SLOT#"))
+                    .and_then(|k| k.parse::<usize>().ok());
+                let until = get_n::<i64>(item, "lease_until").unwrap_or(0);
+                if let Some(flag) = index.and_then(|i| held.get_mut(i)) {
+                    *flag = until > now;
                 }
-                Err(e) if has_code(&e, "ConditionalCheckFailedException") => continue,
-                Err(e) => return Err(port_error("DynamoDB PutItem (host slot)", e)),
+            }
+            let free: Vec<u32> = (0..cap).filter(|&i| !held[i as usize]).collect();
+            if free.is_empty() {
+                return Ok(None);
+            }
+            // Start at a random free slot, so that workers reading the same
+            // picture do not all race for the first one.
+            let start = (Uuid::new_v4().as_u128() % free.len() as u128) as usize;
+            let owner = Uuid::new_v4();
+            let until = now.saturating_add(lease.as_millis() as i64);
+            let expires_at = (until / 1000).saturating_add(KEEP_AFTER_LEASE.as_secs() as i64);
+            for &index in free
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(free.len().min(PUTS_PER_ACQUIRE))
+            {
+                let mut item = key(pk.clone(), slot_sk(index));
+                item.insert("owner".into(), s(owner.to_string()));
+                item.insert("lease_until".into(), n(until));
+                item.insert("origin".into(), s(host));
+                item.insert("expires_at".into(), n(expires_at));
+                self.noted(&item);
+                let result = self
+                    .client
+                    .put_item()
+                    .table_name(self.table())
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk) OR #until < :now")
+                    .expression_attribute_names("#until", "lease_until")
+                    .expression_attribute_values(":now", n(now))
+                    .send()
+                    .await;
+                match result {
+                    Ok(_) => {
+                        return Ok(Some(HostSlot {
+                            host: host.to_owned(),
+                            index,
+                            owner,
+                        }));
+                    }
+                    Err(e) if has_code(&e, "ConditionalCheckFailedException") => continue,
+                    Err(e) => return Err(port_error("DynamoDB PutItem (host slot)", e)),
+                }
             }
         }
         Ok(None)
