@@ -349,10 +349,13 @@ def per_request(n: int, engine: dict, a: dict, code: dict) -> dict:
     # ones finished before it, at most all of them.
     done_query_max = count * math.ceil(count * done_bytes / READ_UNIT)
     done_query_seq = sum(math.ceil(j * done_bytes / READ_UNIT) for j in range(1, count + 1))
-    # Results CSV: pages of `page_products` products; each page a GetItem of
-    # the request item, a ranged S3 read and one Query per shard it touches.
+    # Completion (services/results.rs, in the fan-out function, one run on
+    # the happy path): a get_request (GetItem of the request item and an
+    # eventually consistent Query of the done items), then the results CSV
+    # in parts of `page_products` products; each part a GetItem of the
+    # request item, a ranged S3 read and one Query per shard it touches.
     page_images = code["page_products"] * k
-    pages = products // code["page_products"] + 1  # the last, short (or empty) page ends the loop
+    pages = max(1, math.ceil(products / code["page_products"]))
     csv_queries = csv_rru = 0
     for p in range(pages):
         first, last = p * page_images, min(n, (p + 1) * page_images) - 1
@@ -362,13 +365,13 @@ def per_request(n: int, engine: dict, a: dict, code: dict) -> dict:
             items = min(last, (shard + 1) * size - 1) - max(first, shard * size) + 1
             csv_queries += 1
             csv_rru += math.ceil(items * img_bytes / READ_UNIT)
-    full_pages = math.ceil(products / code["page_products"])
     reads = {
-        "shard done queries": done_query_max,
+        "shard done queries": done_query_max + math.ceil(count * done_bytes / READ_UNIT) / 2,
         "results CSV queries": csv_rru,
         # upload GetItem (absent: still a read); fan-out GetItem per slice and
-        # one finding the end; a GetItem per results page; notify GetItem.
-        "request item": req_rru * (1 + slices + 1 + pages + 1),
+        # one finding the end; completion's GetItem and one per results
+        # part; notify GetItem.
+        "request item": req_rru * (1 + slices + 1 + 1 + pages + 1),
         # process: an eventually consistent Query of the host's slots (half a
         # unit per 4 KB) before taking one, once per batch.
         "host slot queries": batches * math.ceil(cap * slot_bytes / READ_UNIT) / 2 if cap else 0,
@@ -388,19 +391,21 @@ def per_request(n: int, engine: dict, a: dict, code: dict) -> dict:
         "writes_per_item": {"shard counter item": size, "request item": request_item_writes,
                             "image result item": 1, "shard done item": 1},
         "calls": {
-            "dynamodb_query": count + csv_queries,
+            "dynamodb_query": count + 1 + csv_queries,
             # upload SendMessage; fan-out: SendMessageBatch per 10 jobs, a
             # continuation per paused run, ReceiveMessage + DeleteMessage by
             # the fan-out mapping per run; process mapping: ReceiveMessage +
-            # DeleteMessageBatch per batch.
+            # DeleteMessageBatch per batch; the completion message, received
+            # and deleted by the fan-out mapping.
             "sqs": 1 + math.ceil(n / code["sqs_batch"]) + (runs - 1) + 2 * runs
-            + 2 * n / a["batch_size"],
-            # outputs; rows document; results CSV.
-            "s3_put": n + 2,
-            # fan-out ranged read per slice; results CSV ranged read per page.
-            "s3_get": slices + full_pages,
-            # process per batch; upload, fan-out runs, notify.
-            "lambda": n / a["batch_size"] + 1 + runs + 1,
+            + 2 * n / a["batch_size"] + 3,
+            # outputs; rows document; results CSV parts and the whole.
+            "s3_put": n + 1 + pages + 1,
+            # fan-out ranged read per slice; per results part a ranged read
+            # of the rows and a GET finding the part not stored yet.
+            "s3_get": slices + 2 * pages,
+            # process per batch; upload, fan-out runs, completion, notify.
+            "lambda": n / a["batch_size"] + 1 + runs + 1 + 1,
         },
     }
 

@@ -222,6 +222,9 @@ pub trait HostSlots: Send + Sync {
 pub trait FanOutQueue: Send + Sync {
     /// Asks for the fan-out of request `id` to run (again), after `delay`.
     async fn start(&self, id: Uuid, delay: Duration) -> PortResult<()>;
+    /// Asks for request `id`, whose images are all finished with
+    /// `progress`, to be completed (again), after `delay`.
+    async fn complete(&self, id: Uuid, progress: Progress, delay: Duration) -> PortResult<()>;
 }
 
 /// One received job. `receive_count` starts at 1.

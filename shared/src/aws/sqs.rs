@@ -11,13 +11,17 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntr
 use futures_util::StreamExt;
 
 use super::error::port_error;
-use crate::domain::ImageJob;
+use crate::domain::{ImageJob, Progress};
 use crate::ports::{Delivery, FanOutQueue, JobQueue, JobSource, PortError, PortResult};
 
-/// The body of a fan-out message: which request to fan out.
+/// The body of a message of the fan-out queue: which request to fan out,
+/// or, with `complete`, to complete (its images are all finished, with
+/// these counts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FanOutMessage {
     pub request_id: uuid::Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete: Option<Progress>,
 }
 
 /// `SendMessageBatch` takes at most ten entries.
@@ -190,7 +194,36 @@ impl SqsFanOut {
 #[async_trait]
 impl FanOutQueue for SqsFanOut {
     async fn start(&self, id: uuid::Uuid, delay: Duration) -> PortResult<()> {
-        let body = serde_json::to_string(&FanOutMessage { request_id: id })
+        self.send(
+            FanOutMessage {
+                request_id: id,
+                complete: None,
+            },
+            delay,
+        )
+        .await
+    }
+
+    async fn complete(
+        &self,
+        id: uuid::Uuid,
+        progress: Progress,
+        delay: Duration,
+    ) -> PortResult<()> {
+        self.send(
+            FanOutMessage {
+                request_id: id,
+                complete: Some(progress),
+            },
+            delay,
+        )
+        .await
+    }
+}
+
+impl SqsFanOut {
+    async fn send(&self, message: FanOutMessage, delay: Duration) -> PortResult<()> {
+        let body = serde_json::to_string(&message)
             .map_err(|e| PortError::Permanent(format!("encoding a fan-out message: {e}")))?;
         send_delayed(
             &self.client,

@@ -450,6 +450,12 @@ pub fn results_key(request_id: Uuid) -> String {
     format!("results/{request_id}.csv")
 }
 
+/// `results/{request_id}.parts/{part}.csv`: one part of the results CSV,
+/// kept while it is assembled in steps (and expiring with the CSV).
+pub fn results_part_key(request_id: Uuid, part: u32) -> String {
+    format!("results/{request_id}.parts/{part:06}.csv")
+}
+
 /// A validated submission, ready to be stored.
 #[derive(Clone, Debug)]
 pub struct NewRequest {

@@ -23,11 +23,18 @@ impl Default for OutputCsv {
 
 impl OutputCsv {
     pub fn new() -> Self {
-        let mut writer = csv::WriterBuilder::new()
+        let mut csv = Self::continuation();
+        // Writing to a Vec cannot fail.
+        let _ = csv.writer.write_record(HEADER);
+        csv
+    }
+
+    /// Rows that follow others already written: no header. The bytes of
+    /// `new()` followed by those of continuations form one CSV.
+    pub fn continuation() -> Self {
+        let writer = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
             .from_writer(Vec::new());
-        // Writing to a Vec cannot fail.
-        let _ = writer.write_record(HEADER);
         Self { writer }
     }
 

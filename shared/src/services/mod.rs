@@ -5,6 +5,7 @@ pub mod fanout;
 pub mod kept_slots;
 pub mod notify;
 pub mod process;
+pub mod results;
 pub mod status;
 pub mod submit;
 

@@ -1,15 +1,14 @@
 //! Processing one image job: fetch, compress, store, record — and, for the
-//! last image of a request, the results CSV and the terminal transition.
+//! last image of a request, its completion.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{App, ServiceError, Settle};
+use super::{App, Settle, results};
 use crate::domain::{
     Compressed, ErrorCode, ImageError, ImageJob, ImageOutcome, ImageStatus, Progress,
-    RequestStatus, results_key,
 };
 use crate::metrics::{Event, ImageTimings};
 use crate::net::{FetchLimits, origin_of};
@@ -285,41 +284,16 @@ async fn run(app: &App, job: &ImageJob, timings: &mut ImageTimings) -> Result<Co
     })
 }
 
-/// Once every image has finished: write `results/{id}.csv`, then make the
-/// terminal transition (exactly one caller wins it). The CSV is written
-/// first so that it exists by the time anyone sees the terminal status.
-#[tracing::instrument(name = "complete", skip_all, fields(request_id = %id))]
-pub async fn complete_if_done(app: &App, id: Uuid, progress: Progress) -> Result<bool, PortError> {
+/// Once every image has finished, completes the request (see
+/// [`super::results`]): here and now, or, where the app has a fan-out
+/// worker, by handing it there, whose runs are long and resume where they
+/// stopped; the results CSV of a large request outlasts one image job.
+pub async fn complete_if_done(app: &App, id: Uuid, progress: Progress) -> Result<(), PortError> {
     if !progress.is_done() {
-        return Ok(false);
+        return Ok(());
     }
-    let csv = match super::status::build_output_csv(app, id).await {
-        Ok(csv) => csv,
-        Err(ServiceError::Backend(e)) => return Err(e),
-        Err(other) => return Err(PortError::Permanent(other.to_string())),
-    };
-    app.objects
-        .put(
-            &results_key(id),
-            Bytes::from(csv),
-            "text/csv; charset=utf-8",
-        )
-        .await?;
-    let won = app.store.complete_request(id, progress).await?;
-    if won {
-        let status = RequestStatus::from_progress(&progress);
-        tracing::info!(
-            status = status.as_str(),
-            total = progress.total,
-            succeeded = progress.succeeded,
-            failed = progress.failed,
-            "request finished"
-        );
-        app.metrics.record(&Event::RequestCompleted {
-            request_id: id,
-            status,
-            progress,
-        });
+    match &app.fanout {
+        Some(queue) => queue.complete(id, progress, Duration::ZERO).await,
+        None => results::complete(app, id, progress, None).await.map(|_| ()),
     }
-    Ok(won)
 }

@@ -5,7 +5,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use uuid::Uuid;
 
 use super::{App, ServiceError};
-use crate::domain::output_csv::OutputCsv;
 use crate::domain::{ImageStatus, ProductRecord, RequestRecord, results_key};
 use crate::ports::Download;
 
@@ -103,7 +102,8 @@ async fn load(app: &App, caller: Option<&str>, id: Uuid) -> Result<RequestRecord
     }
 }
 
-async fn output_urls(
+/// The URL of each image of `product`: `None` where it has no output.
+pub(super) async fn output_urls(
     app: &App,
     product: &ProductRecord,
 ) -> Result<Vec<Option<String>>, ServiceError> {
@@ -196,27 +196,11 @@ pub async fn output_csv(
     // rewriting it, as the reading side has no write permission.
     tracing::warn!(request_id = %id, key, "stored output CSV missing; answering one built afresh");
     Ok(Download::Body {
-        bytes: build_output_csv(app, id).await?.into(),
+        bytes: super::results::build(app, id, request.product_count)
+            .await?
+            .into(),
         content_type: "text/csv; charset=utf-8".into(),
     })
-}
-
-/// Builds the output CSV from every product of a request, in input order.
-pub async fn build_output_csv(app: &App, id: Uuid) -> Result<Vec<u8>, ServiceError> {
-    let mut csv = OutputCsv::new();
-    let mut after = None;
-    loop {
-        let products = app.store.list_products(id, after, MAX_PAGE).await?;
-        let Some(last) = products.last() else { break };
-        after = Some(last.position);
-        for product in &products {
-            csv.push(product, &output_urls(app, product).await?);
-        }
-        if products.len() < MAX_PAGE as usize {
-            break;
-        }
-    }
-    Ok(csv.finish())
 }
 
 #[cfg(test)]

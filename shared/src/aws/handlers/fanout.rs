@@ -1,6 +1,7 @@
 //! `fanout`: messages naming a stored request whose image jobs are to be
-//! queued. Each run queues slices until its deadline draws near, then
-//! hands the rest to a continuation message of its own.
+//! queued, or whose finished images are to be completed (results CSV,
+//! terminal transition). Each run works until its deadline draws near,
+//! then hands the rest to a continuation message of its own.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use crate::aws::sqs::FanOutMessage;
 use crate::ports::JobSource;
 use crate::services::App;
 use crate::services::fanout::{FanOutRun, fan_out};
+use crate::services::results::{Completion, complete};
 
 /// A kick is sent before its request item is stored (so that a crash
 /// between the two cannot strand the request); one that finds no request
@@ -40,7 +42,7 @@ fn age(message: &SqsMessage) -> Option<Duration> {
 
 pub async fn handle_message(app: &App, message: &SqsMessage, deadline: Option<Instant>) -> Settle {
     let message_id = message.message_id.as_deref().unwrap_or("");
-    let Some(Ok(FanOutMessage { request_id })) = message
+    let Some(Ok(body)) = message
         .body
         .as_deref()
         .map(serde_json::from_str::<FanOutMessage>)
@@ -48,9 +50,21 @@ pub async fn handle_message(app: &App, message: &SqsMessage, deadline: Option<In
         tracing::error!(message_id, "message is not a fan-out request; dropped");
         return Settle::Done;
     };
+    let request_id = body.request_id;
     // Keep a continuation's own margin: the batch hands back a message
     // still running at the deadline, and this one should pause before that.
     let own_deadline = deadline.map(|d| d.checked_sub(super::batch::DEADLINE_MARGIN).unwrap_or(d));
+    if let Some(progress) = body.complete {
+        return match complete(app, request_id, progress, own_deadline).await {
+            Ok(Completion::Completed { .. } | Completion::NotDone) => Settle::Done,
+            Ok(Completion::Paused) => continue_later(app, body).await,
+            Err(e) => {
+                tracing::warn!(%request_id, error = %e,
+                    "completion failed; it resumes from the stored parts");
+                Settle::RetryAfter(app.config.backoff(receive_count(message)))
+            }
+        };
+    }
     match fan_out(app, request_id, own_deadline).await {
         Ok(FanOutRun::Finished) => Settle::Done,
         Ok(FanOutRun::Missing) if age(message).is_some_and(|a| a < MISSING_GRACE) => {
@@ -61,20 +75,34 @@ pub async fn handle_message(app: &App, message: &SqsMessage, deadline: Option<In
             Settle::Done
         }
         Ok(FanOutRun::Busy(after)) => Settle::RetryAfter(after),
-        Ok(FanOutRun::Paused) => match &app.fanout {
-            Some(queue) => match queue.start(request_id, Duration::ZERO).await {
-                Ok(()) => Settle::Done,
-                // This message comes back and resumes from the cursor.
-                Err(e) => {
-                    tracing::warn!(%request_id, error = %e, "cannot queue the continuation");
-                    Settle::RetryAfter(Duration::ZERO)
-                }
-            },
-            None => Settle::RetryAfter(Duration::ZERO),
-        },
+        Ok(FanOutRun::Paused) => continue_later(app, body).await,
         Err(e) => {
             tracing::warn!(%request_id, error = %e, "fan-out failed; it resumes from its cursor");
             Settle::RetryAfter(app.config.backoff(receive_count(message)))
+        }
+    }
+}
+
+/// A run that paused at its deadline queues its continuation, a new
+/// message, and is done; if that cannot be sent, this message comes back
+/// and resumes where the run stopped.
+async fn continue_later(app: &App, body: FanOutMessage) -> Settle {
+    let Some(queue) = &app.fanout else {
+        return Settle::RetryAfter(Duration::ZERO);
+    };
+    let sent = match body.complete {
+        Some(progress) => {
+            queue
+                .complete(body.request_id, progress, Duration::ZERO)
+                .await
+        }
+        None => queue.start(body.request_id, Duration::ZERO).await,
+    };
+    match sent {
+        Ok(()) => Settle::Done,
+        Err(e) => {
+            tracing::warn!(request_id = %body.request_id, error = %e, "cannot queue the continuation");
+            Settle::RetryAfter(Duration::ZERO)
         }
     }
 }
@@ -93,6 +121,7 @@ mod tests {
             body.request_id.to_string(),
             "0f8fad5b-d9cb-469f-a165-70867728950e"
         );
+        assert_eq!(body.complete, None);
         // Sent long ago: a fan-out that finds no request gives up.
         assert!(age(m).is_some_and(|a| a > MISSING_GRACE));
     }
