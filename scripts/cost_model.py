@@ -154,10 +154,10 @@ def code_figures() -> dict:
         "segment_images": rust_const("shared/src/domain/rows.rs", "SEGMENT_IMAGES"),
         "segment_products": rust_const("shared/src/domain/rows.rs", "SEGMENT_PRODUCTS"),
         "page_products": rust_const("shared/src/services/status.rs", "MAX_PAGE"),
-        "sqs_batch": rust_const("shared/src/aws/sqs.rs", "BATCH"),
-        "sqs_batches_in_flight": rust_const("shared/src/aws/sqs.rs", "BATCHES_IN_FLIGHT"),
+        "sqs_batch": rust_const("shared/src/adapters/sqs.rs", "BATCH"),
+        "sqs_batches_in_flight": rust_const("shared/src/adapters/sqs.rs", "BATCHES_IN_FLIGHT"),
         "fanout_slice_budget_s": rust_const("shared/src/services/fanout.rs", "SLICE_BUDGET"),
-        "deadline_margin_s": rust_const("shared/src/aws/handlers/batch.rs", "DEADLINE_MARGIN"),
+        "deadline_margin_s": rust_const("shared/src/lambda/handlers/batch.rs", "DEADLINE_MARGIN"),
         "max_images": config_default("max_images"),
         "max_concurrent_per_host": config_default("max_concurrent_per_host"),
     }
@@ -185,7 +185,7 @@ def template_figures(path: Path) -> dict:
             "fanout_timeout_s": int(timeout.group(1))}
 
 
-# --- item sizes, from the attributes aws/dynamo.rs writes -------------------
+# --- item sizes, from the attributes adapters/dynamo.rs writes -------------------
 
 def number_bytes(v: int) -> int:
     """DynamoDB's size of a number: 1 byte per two significant digits, plus 1."""
@@ -230,7 +230,7 @@ def image_item_bytes(engine: dict, a: dict) -> int:
 
 
 def slot_item_bytes() -> int:
-    """A download slot of the per-host cap (`aws/dynamo/host_slots.rs`)."""
+    """A download slot of the per-host cap (`adapters/dynamo/host_slots.rs`)."""
     return item_bytes({"pk": "HOST#" + "0" * 32, "sk": "SLOT#0000", "owner": UUID,
                        "lease_until": EPOCH * 1000, "origin": "https://images.example-shop.com",
                        "expires_at": EPOCH})

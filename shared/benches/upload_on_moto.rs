@@ -2,7 +2,7 @@
 //! DynamoDB table and SQS queue are a moto server (BENCHMARKS.md, target 6).
 //!
 //! The function is `lambda_http::run(api::router(app))` on the adapters of
-//! `aws::app_from_env`; this drives that router on those adapters, without
+//! `lambda::app_from_env`; this drives that router on those adapters, without
 //! the Lambda runtime's envelope. Each upload stores the request, its
 //! products and images (`BatchWriteItem`) and queues one message per image
 //! (`SendMessageBatch`); the time is from the first byte sent to the `202`.
@@ -32,7 +32,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let (app, _) = imgproc::aws::app_from_env()
+    let (app, _) = imgproc::lambda::app_from_env()
         .await
         .expect("the AWS app starts on moto");
     let router = api::router(app);

@@ -3,12 +3,13 @@
 //! Everything that is not an entry point lives here, so the Lambda
 //! functions and the local runner are thin shells around the same code.
 
+pub mod adapters;
 pub mod api;
-#[cfg(feature = "aws")]
-pub mod aws;
 pub mod compress;
 pub mod config;
 pub mod domain;
+#[cfg(feature = "aws")]
+pub mod lambda;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod logging;

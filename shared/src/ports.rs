@@ -1,5 +1,5 @@
 //! The traits the services are written against. Each has an embedded
-//! implementation (`crate::local`) and an AWS one; both pass one
+//! implementation and an AWS one (`crate::adapters`); both pass one
 //! conformance suite.
 
 use std::time::Duration;

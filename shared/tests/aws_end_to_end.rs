@@ -35,17 +35,17 @@ use axum::routing::{get, post};
 use common::WebhookReceiver;
 use futures_util::future::join_all;
 use http_body_util::BodyExt;
-use imgproc::aws::dynamo::WriteLog;
-use imgproc::aws::handlers::ingest::{self, IngestOutcome};
-use imgproc::aws::handlers::{deadletter, deliver, fanout, notify, process};
-use imgproc::aws::{
-    Adapters, Clients, DynamoStore, RowsBucket, S3Objects, SqsFanOut, SqsQueue, SqsWebhookQueue,
-    app_with_metrics, stream_poller,
-};
+use imgproc::adapters::dynamo::WriteLog;
 use imgproc::config::Config;
 use imgproc::domain::{
     ErrorCode, ImageJob, ImageKey, ImageStatus, Progress, RequestRecord, RequestStatus,
     WebhookStatus,
+};
+use imgproc::lambda::handlers::ingest::{self, IngestOutcome};
+use imgproc::lambda::handlers::{deadletter, deliver, fanout, notify, process};
+use imgproc::lambda::{
+    Adapters, Clients, DynamoStore, RowsBucket, S3Objects, SqsFanOut, SqsQueue, SqsWebhookQueue,
+    app_with_metrics, stream_poller,
 };
 use imgproc::metrics::EmfRecorder;
 use imgproc::ports::{FanOutClaim, JobQueue, JobSource, JobStore, ObjectStore, WebhookJob};
@@ -1641,7 +1641,7 @@ async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_last_image_hands_completion_to_the_fan_out_function_which_resumes_from_stored_parts() {
     use futures_util::StreamExt;
-    use imgproc::aws::sqs::FanOutMessage;
+    use imgproc::adapters::sqs::FanOutMessage;
     use imgproc::domain::{ImageError, ImageOutcome, results_key, results_part_key};
     use imgproc::metrics::ImageTimings;
     use imgproc::services::results::PART_PRODUCTS;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use aws_config::BehaviorVersion;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::primitives::Blob;
-use imgproc::aws::secrets::{SecretOverlay, config_from_lookup};
+use imgproc::lambda::secrets::{SecretOverlay, config_from_lookup};
 use uuid::Uuid;
 
 async fn moto() -> Option<Client> {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::s3::S3Event;
 use aws_sdk_s3::primitives::ByteStream;
-use imgproc::aws::handlers::ingest::{self, IngestOutcome};
-use imgproc::aws::{Adapters, Clients, DynamoStore, RowsBucket, S3Objects, SqsFanOut, SqsQueue};
 use imgproc::config::Config;
+use imgproc::lambda::handlers::ingest::{self, IngestOutcome};
+use imgproc::lambda::{Adapters, Clients, DynamoStore, RowsBucket, S3Objects, SqsFanOut, SqsQueue};
 use imgproc::metrics::EmfRecorder;
 use imgproc::services::App;
 use serde_json::Value;
@@ -85,7 +85,7 @@ async fn setup() -> (Clients, Arc<App>, Adapters) {
         )),
         objects: S3Objects::new(clients.s3.clone(), env("BUCKET"), format!("{public}files/")),
     };
-    let app = imgproc::aws::app_with_metrics(
+    let app = imgproc::lambda::app_with_metrics(
         config,
         &adapters,
         Arc::new(EmfRecorder::with_sink("imgproc/e2e", |_: &str| {})),

@@ -1021,7 +1021,7 @@ mod embedded {
 #[cfg(feature = "aws")]
 mod aws {
     use super::*;
-    use imgproc::aws::{Clients, DynamoStore, RowsBucket, S3Objects, SqsQueue};
+    use imgproc::lambda::{Clients, DynamoStore, RowsBucket, S3Objects, SqsQueue};
 
     /// The AWS adapters on moto, each test on its own queue; `None` (and a
     /// note on stderr) when no moto server was given.

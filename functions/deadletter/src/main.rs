@@ -1,7 +1,7 @@
 //! `deadletter`: image jobs whose every worker died fail as `worker_crashed`.
 
-use imgproc::aws::handlers::deadletter;
-use imgproc::aws::{BatchSource, run_batches};
+use imgproc::lambda::handlers::deadletter;
+use imgproc::lambda::{BatchSource, run_batches};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {

@@ -1,12 +1,12 @@
 //! `deliver`: SQS batches of webhook attempts, answered with a partial batch response.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use imgproc::aws::{Adapters, app_with, handlers::deliver, setup_from_env, webhook_queue};
+use imgproc::lambda::{Adapters, app_with, handlers::deliver, setup_from_env, webhook_queue};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    imgproc::aws::init_tracing();
+    imgproc::lambda::init_tracing();
     let (config, clients) = setup_from_env().await?;
     let adapters = Adapters::new(&config, &clients)?;
     let queue = webhook_queue(&config, &clients)?;

@@ -1,7 +1,7 @@
 //! `fanout`: queues the image jobs of stored requests, resuming from their cursors.
 
-use imgproc::aws::handlers::fanout;
-use imgproc::aws::{BatchSource, run_batches};
+use imgproc::lambda::handlers::fanout;
+use imgproc::lambda::{BatchSource, run_batches};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {

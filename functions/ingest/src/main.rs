@@ -1,12 +1,12 @@
 //! `ingest`: S3 `ObjectCreated` on `incoming/*.csv` → a submission, or a `rejected/` report.
 
 use aws_lambda_events::event::s3::S3Event;
-use imgproc::aws::{app_from_env, handlers::ingest};
+use imgproc::lambda::{app_from_env, handlers::ingest};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    imgproc::aws::init_tracing();
+    imgproc::lambda::init_tracing();
     let (app, adapters) = app_from_env().await?;
     app.config.require_request_id_secret()?;
     let (app, objects) = (&app, &adapters.objects);

@@ -3,12 +3,12 @@
 
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
-use imgproc::aws::{handlers::notify, setup_from_env, webhook_queue};
+use imgproc::lambda::{handlers::notify, setup_from_env, webhook_queue};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    imgproc::aws::init_tracing();
+    imgproc::lambda::init_tracing();
     let (config, clients) = setup_from_env().await?;
     let queue = webhook_queue(&config, &clients)?;
     let queue = &queue;

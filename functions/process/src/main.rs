@@ -1,7 +1,7 @@
 //! `process`: SQS batches of image jobs, answered with a partial batch response.
 
-use imgproc::aws::handlers::process;
-use imgproc::aws::{BatchSource, run_batches};
+use imgproc::lambda::handlers::process;
+use imgproc::lambda::{BatchSource, run_batches};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {

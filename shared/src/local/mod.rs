@@ -1,13 +1,10 @@
-//! Embedded adapters: SQLite for state and the queue, the filesystem for
-//! objects, and the in-process worker pool and notifier that stand in for
-//! SQS triggers and DynamoDB streams.
+//! The local runtime: the in-process worker pool and notifier that stand
+//! in for SQS triggers and DynamoDB streams, on the embedded adapters
+//! (SQLite, the filesystem; see [`crate::adapters`]).
 
-pub mod fs_objects;
-pub mod host_slots;
 pub mod runtime;
-pub mod sqlite;
 
-pub use fs_objects::FsObjectStore;
-pub use host_slots::MemoryHostSlots;
+pub use crate::adapters::fs::FsObjectStore;
+pub use crate::adapters::memory::MemoryHostSlots;
+pub use crate::adapters::sqlite::SqliteStore;
 pub use runtime::{LocalRuntime, LocalRuntimeOptions};
-pub use sqlite::SqliteStore;

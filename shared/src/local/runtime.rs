@@ -17,9 +17,9 @@ use axum::routing::get;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::fs_objects::content_type_of;
-use super::sqlite::DueWebhook;
-use super::{FsObjectStore, MemoryHostSlots, SqliteStore};
+use crate::adapters::fs::{FsObjectStore, content_type_of};
+use crate::adapters::memory::MemoryHostSlots;
+use crate::adapters::sqlite::{DueWebhook, SqliteStore};
 use crate::api::{self, ApiError};
 use crate::compress::available_cores;
 use crate::config::{Config, MIN_REQUEST_ID_SECRET_CHARS, Secret};

@@ -136,7 +136,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::local::MemoryHostSlots;
+    use crate::adapters::memory::MemoryHostSlots;
 
     /// The store's slots, counting the calls that would be writes on
     /// DynamoDB.

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 
 use super::SqsQueue;
-use super::error::port_error;
+use crate::adapters::port_error;
 use crate::ports::{PortError, PortResult, WebhookJob, WebhookScheduler};
 use crate::services::notify::now_ms;
 

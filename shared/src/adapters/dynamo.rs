@@ -34,8 +34,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::{StreamExt, TryStreamExt};
 use uuid::Uuid;
 
-use super::error::{has_code, port_error};
-use super::rows::RowsBucket;
+use super::aws_error::{has_code, port_error};
+use super::s3::RowsBucket;
 use crate::domain::rows::{self, Row, Segment};
 use crate::domain::{
     ErrorCode, ImageError, ImageKey, ImageOutcome, ImageRecord, ImageStatus, NewRequest,

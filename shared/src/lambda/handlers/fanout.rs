@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
 use super::batch::{Settle, receive_count, settle_all};
-use crate::aws::sqs::FanOutMessage;
+use crate::adapters::sqs::FanOutMessage;
 use crate::ports::JobSource;
 use crate::services::App;
 use crate::services::fanout::{FanOutRun, fan_out};

@@ -1,6 +1,8 @@
 //! Objects on S3: processed images, result CSVs, rejection reports, and
 //! the CSVs dropped under `incoming/`.
 
+pub mod rows;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,9 +14,11 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::{Bytes, BytesMut};
 
-use super::error::port_error;
+use super::port_error;
 use crate::api::files::csv_file_name;
 use crate::ports::{Download, ObjectStore, PortError, PortResult};
+
+pub use rows::RowsBucket;
 
 /// How long the presigned URL of a `/files` redirect stays valid. Clients
 /// follow a redirect at once, and every request for the lasting URL signs

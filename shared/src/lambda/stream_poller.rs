@@ -10,7 +10,7 @@ use aws_sdk_dynamodbstreams::Client;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record, ShardIteratorType};
 use serde_json::{Value, json};
 
-use super::error::port_error;
+use crate::adapters::port_error;
 use crate::ports::{PortError, PortResult};
 
 /// Every record of every shard of `stream_arn`, from the oldest kept.

@@ -6,7 +6,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::error::port_error;
+use crate::adapters::port_error;
 use crate::ports::{PortError, PortResult};
 
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
 use super::batch::{Settle, receive_count, settle_all};
-use crate::aws::SqsWebhookQueue;
+use crate::adapters::sqs::SqsWebhookQueue;
 use crate::ports::WebhookJob;
 use crate::services::App;
 use crate::services::notify::{self, Handled};

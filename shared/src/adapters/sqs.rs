@@ -3,6 +3,8 @@
 //! conformance suite) uses, and `retry_later` is how the process handler
 //! delays a message it hands back.
 
+pub mod webhook_queue;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,9 +12,11 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use futures_util::StreamExt;
 
-use super::error::port_error;
+use super::port_error;
 use crate::domain::{ImageJob, Progress};
 use crate::ports::{Delivery, FanOutQueue, JobQueue, JobSource, PortError, PortResult};
+
+pub use webhook_queue::SqsWebhookQueue;
 
 /// The body of a message of the fan-out queue: which request to fan out,
 /// or, with `complete`, to complete (its images are all finished, with

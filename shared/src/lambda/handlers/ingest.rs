@@ -11,9 +11,8 @@ use bytes::Bytes;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::adapters::s3::{Fetched, S3Objects};
 use crate::api::error::{error_body, invalid_csv_message};
-use crate::aws::S3Objects;
-use crate::aws::s3::Fetched;
 use crate::domain::csv_input::Issue;
 use crate::ports::PortError;
 use crate::services::submit::{RequestId, Submission, submit};

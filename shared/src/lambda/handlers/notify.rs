@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use serde_dynamo::AttributeValue;
 use uuid::Uuid;
 
-use crate::aws::dynamo::request_id_of_key;
+use crate::adapters::dynamo::request_id_of_key;
 use crate::ports::WebhookScheduler;
 use crate::services::notify;
 

@@ -1,6 +1,7 @@
-//! The AWS side: DynamoDB, SQS and S3 adapters for the ports, and the
-//! Lambda event handlers the functions call. Built with the `aws`
-//! feature; the local runner does without it.
+//! The Lambda side: each function's set-up at cold start (configuration,
+//! secrets, clients, the `App` on the AWS adapters of
+//! [`crate::adapters`]) and the event handlers the functions call. Built
+//! with the `aws` feature; the local runner does without it.
 //!
 //! `AWS_ENDPOINT_URL` (read by the SDK itself) points every client at an
 //! emulator such as moto or LocalStack; S3 then uses path-style addresses,
@@ -10,16 +11,10 @@
 //! the secrets named by `<NAME>_SECRET_ARN` read from Secrets Manager
 //! ([`secrets`]), and the clients.
 
-pub mod dynamo;
-mod error;
 pub mod handlers;
-pub mod rows;
-pub mod s3;
 pub mod secrets;
-pub mod sqs;
 #[cfg(feature = "stream-poller")]
 pub mod stream_poller;
-pub mod webhook_queue;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,11 +23,9 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{LambdaEvent, service_fn};
 
-pub use dynamo::DynamoStore;
-pub use rows::RowsBucket;
-pub use s3::S3Objects;
-pub use sqs::{SqsFanOut, SqsQueue};
-pub use webhook_queue::SqsWebhookQueue;
+pub use crate::adapters::dynamo::DynamoStore;
+pub use crate::adapters::s3::{RowsBucket, S3Objects};
+pub use crate::adapters::sqs::{SqsFanOut, SqsQueue, SqsWebhookQueue};
 
 use crate::compress::available_cores;
 use crate::config::{Config, ConfigError};
