@@ -1542,11 +1542,19 @@ async fn receive_from(h: &Harness, queue_url: &str, arn: &str) -> SqsEvent {
     serde_json::from_value(json!({ "Records": records })).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
-    if moto().is_none() {
-        return;
-    }
+/// The harness with a fan-out queue of its own, as the Lambda functions
+/// have: uploads ask for their fan-out there, and last images for their
+/// request's completion.
+struct FanOutHarness {
+    h: Harness,
+    app: Arc<App>,
+    router: Router,
+    fanout_url: String,
+    fanout_arn: String,
+    fanout_source: SqsQueue,
+}
+
+async fn fan_out_harness() -> FanOutHarness {
     let mut h = harness().await;
     let (fanout_url, fanout_arn) = new_queue(&h, "fanout").await;
     h.adapters.fanout = Some(SqsFanOut::new(h.clients.sqs.clone(), &fanout_url));
@@ -1558,6 +1566,29 @@ async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
     .unwrap();
     let router = imgproc::api::router(app.clone());
     let fanout_source = SqsQueue::new(h.clients.sqs.clone(), &fanout_url);
+    FanOutHarness {
+        h,
+        app,
+        router,
+        fanout_url,
+        fanout_arn,
+        fanout_source,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
+    if moto().is_none() {
+        return;
+    }
+    let FanOutHarness {
+        h,
+        app,
+        router,
+        fanout_url,
+        fanout_arn,
+        fanout_source,
+    } = fan_out_harness().await;
 
     // Given an upload of 600 images (two fan-out slices: 500 and 100),
     let id = submit_csv(&router, csv_of_images("http://127.0.0.1:9", 600)).await;
@@ -1649,17 +1680,14 @@ async fn the_last_image_hands_completion_to_the_fan_out_function_which_resumes_f
     if moto().is_none() {
         return;
     }
-    let mut h = harness().await;
-    let (fanout_url, fanout_arn) = new_queue(&h, "fanout").await;
-    h.adapters.fanout = Some(SqsFanOut::new(h.clients.sqs.clone(), &fanout_url));
-    let app = app_with_metrics(
-        Config::from_lookup(|_| None).unwrap(),
-        &h.adapters,
-        Arc::new(EmfRecorder::with_sink(NAMESPACE, |_: &str| {})),
-    )
-    .unwrap();
-    let router = imgproc::api::router(app.clone());
-    let fanout_source = SqsQueue::new(h.clients.sqs.clone(), &fanout_url);
+    let FanOutHarness {
+        h,
+        app,
+        router,
+        fanout_url,
+        fanout_arn,
+        fanout_source,
+    } = fan_out_harness().await;
 
     // Given a request of one product more than a results part holds,
     let products = PART_PRODUCTS as usize + 1;
