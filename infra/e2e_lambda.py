@@ -250,8 +250,21 @@ def main() -> int:
             outputs = [u for u in got[3].split(",") if u.strip()]
             check([u.strip() for u in got[2].split(",") if u.strip()] == want, f"output.csv row {got[0]}: input URLs differ")
             check(len(outputs) == len(want), f"output.csv row {got[0]}: {len(outputs)} output URLs for {len(want)} inputs")
-        results = s3.list_objects_v2(Bucket=bucket, Prefix=f"results/{request_id}").get("Contents", [])
-        check(len(results) == 1, f"{len(results)} results CSVs for the request: {[o['Key'] for o in results]}")
+        # One results CSV; besides it only the parts it was assembled from
+        # (results/{id}.parts/), which together are the same document.
+        keys = sorted(o["Key"] for o in s3.get_paginator("list_objects_v2")
+                      .paginate(Bucket=bucket, Prefix=f"results/{request_id}")
+                      .search("Contents[]") if o)
+        whole = f"results/{request_id}.csv"
+        parts = [k for k in keys if k.startswith(f"results/{request_id}.parts/")]
+        check(keys.count(whole) == 1 and len(keys) == 1 + len(parts),
+              f"results objects for the request: {keys}")
+        document = s3.get_object(Bucket=bucket, Key=whole)["Body"].read()
+        check(document == raw, "output.csv differs from the stored results CSV")
+        if parts:
+            joined = b"".join(s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in parts)
+            check(joined == document, f"the {len(parts)} stored parts do not make up the results CSV")
+        figures["results_parts"] = len(parts)
 
         # Exactly one webhook.
         wait_end = time.monotonic() + 120
