@@ -10,13 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 
-use super::SqsQueue;
-use crate::adapters::port_error;
+use super::{MAX_DELAY, SqsQueue, send_delayed};
 use crate::ports::{PortError, PortResult, WebhookJob, WebhookScheduler};
 use crate::services::notify::now_ms;
 
-/// SQS's longest `DelaySeconds`.
-pub const MAX_DELAY: Duration = Duration::from_secs(900);
 /// The webhook queue is an SQS queue like the image jobs' one; only what
 /// it sends differs.
 #[derive(Clone, Debug)]
@@ -54,16 +51,15 @@ impl WebhookScheduler for SqsWebhookQueue {
     async fn schedule(&self, job: &WebhookJob) -> PortResult<()> {
         let body = serde_json::to_string(job)
             .map_err(|e| PortError::Permanent(format!("encoding a webhook job: {e}")))?;
-        self.queue
-            .client()
-            .send_message()
-            .queue_url(self.queue.queue_url())
-            .message_body(body)
-            .delay_seconds(delay_seconds(job.due_ms, now_ms()))
-            .send()
-            .await
-            .map_err(|e| port_error("SQS SendMessage (webhook)", e))?;
-        Ok(())
+        let delay = Duration::from_secs(delay_seconds(job.due_ms, now_ms()) as u64);
+        send_delayed(
+            self.queue.client(),
+            self.queue.queue_url(),
+            body,
+            delay,
+            "SQS SendMessage (webhook)",
+        )
+        .await
     }
 }
 
