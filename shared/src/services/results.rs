@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{App, ServiceError};
+use super::App;
 use crate::domain::output_csv::OutputCsv;
 use crate::domain::{Progress, RequestStatus, results_key, results_part_key};
 use crate::metrics::Event;
@@ -60,32 +60,30 @@ pub async fn complete(
         return Ok(Completion::Completed { won: false });
     }
     let parts = part_count(request.product_count);
-    let mut csv = Vec::new();
+    let mut csv = Vec::with_capacity(parts as usize);
     for part in 0..parts {
         let bytes = match deadline {
             None => build_part(app, id, part).await?,
             Some(deadline) => {
                 let key = results_part_key(id, part);
                 match app.objects.get(&key).await? {
-                    Some(stored) => stored.to_vec(),
+                    Some(stored) => stored,
                     None if Instant::now() + PART_BUDGET >= deadline => {
                         tracing::info!(part, parts, "results CSV paused at its deadline");
                         return Ok(Completion::Paused);
                     }
                     None => {
                         let built = build_part(app, id, part).await?;
-                        app.objects
-                            .put(&key, Bytes::from(built.clone()), CSV)
-                            .await?;
+                        app.objects.put(&key, built.clone(), CSV).await?;
                         built
                     }
                 }
             }
         };
-        csv.extend_from_slice(&bytes);
+        csv.push(bytes);
     }
     app.objects
-        .put(&results_key(id), Bytes::from(csv), CSV)
+        .put(&results_key(id), Bytes::from(csv.concat()), CSV)
         .await?;
     let won = app.store.complete_request(id, progress).await?;
     if won {
@@ -115,7 +113,7 @@ fn part_count(products: u32) -> u32 {
 
 /// Part `part` of the results CSV: the header first in part 0, then the
 /// products at positions `part × PART_PRODUCTS` onwards, in input order.
-async fn build_part(app: &App, id: Uuid, part: u32) -> Result<Vec<u8>, PortError> {
+async fn build_part(app: &App, id: Uuid, part: u32) -> Result<Bytes, PortError> {
     let mut csv = if part == 0 {
         OutputCsv::new()
     } else {
@@ -124,15 +122,9 @@ async fn build_part(app: &App, id: Uuid, part: u32) -> Result<Vec<u8>, PortError
     let after = (part * PART_PRODUCTS).checked_sub(1);
     let products = app.store.list_products(id, after, PART_PRODUCTS).await?;
     for product in &products {
-        let urls = super::status::output_urls(app, product)
-            .await
-            .map_err(|e| match e {
-                ServiceError::Backend(e) => e,
-                other => PortError::Permanent(other.to_string()),
-            })?;
-        csv.push(product, &urls);
+        csv.push(product, &super::status::output_urls(app, product).await?);
     }
-    Ok(csv.finish())
+    Ok(Bytes::from(csv.finish()))
 }
 
 /// The whole results CSV of request `id` of `products` products, built
@@ -140,7 +132,7 @@ async fn build_part(app: &App, id: Uuid, part: u32) -> Result<Vec<u8>, PortError
 pub async fn build(app: &App, id: Uuid, products: u32) -> Result<Vec<u8>, PortError> {
     let mut csv = Vec::new();
     for part in 0..part_count(products) {
-        csv.extend(build_part(app, id, part).await?);
+        csv.extend_from_slice(&build_part(app, id, part).await?);
     }
     Ok(csv)
 }

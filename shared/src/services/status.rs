@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{App, ServiceError};
 use crate::domain::{ImageStatus, ProductRecord, RequestRecord, results_key};
-use crate::ports::Download;
+use crate::ports::{Download, PortError};
 
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;
@@ -106,7 +106,7 @@ async fn load(app: &App, caller: Option<&str>, id: Uuid) -> Result<RequestRecord
 pub(super) async fn output_urls(
     app: &App,
     product: &ProductRecord,
-) -> Result<Vec<Option<String>>, ServiceError> {
+) -> Result<Vec<Option<String>>, PortError> {
     let mut urls = Vec::with_capacity(product.images.len());
     for image in &product.images {
         urls.push(match (&image.status, &image.output_key) {
