@@ -16,6 +16,13 @@ pub use crate::services::Settle;
 /// handed back, leaving time to answer Lambda.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(3);
 
+/// When a message still running is handed back: [`DEADLINE_MARGIN`]
+/// before the invocation's `deadline`. Work that pauses by itself (the
+/// fan-out's slices, the results CSV's parts) plans against this too.
+pub fn cutoff(deadline: Option<Instant>) -> Option<Instant> {
+    deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d))
+}
+
 /// `ApproximateReceiveCount` of a Lambda SQS record: 1 on the first delivery.
 pub fn receive_count(message: &SqsMessage) -> u32 {
     message
@@ -41,7 +48,7 @@ where
     F: Fn(&'a SqsMessage) -> Fut,
     Fut: Future<Output = Settle> + 'a,
 {
-    let cutoff = deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d));
+    let cutoff = cutoff(deadline);
     let outcomes = join_all(messages.iter().map(|m| {
         let work = each(m);
         async move {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
-use super::batch::{Settle, receive_count, settle_all};
+use super::batch::{Settle, cutoff, receive_count, settle_all};
 use crate::adapters::sqs::FanOutMessage;
 use crate::ports::JobSource;
 use crate::services::App;
@@ -51,9 +51,9 @@ pub async fn handle_message(app: &App, message: &SqsMessage, deadline: Option<In
         return Settle::Done;
     };
     let request_id = body.request_id;
-    // Keep a continuation's own margin: the batch hands back a message
-    // still running at the deadline, and this one should pause before that.
-    let own_deadline = deadline.map(|d| d.checked_sub(super::batch::DEADLINE_MARGIN).unwrap_or(d));
+    // The run pauses (its budget ahead of this) before the batch would
+    // hand the message back.
+    let own_deadline = cutoff(deadline);
     if let Some(progress) = body.complete {
         return match complete(app, request_id, progress, own_deadline).await {
             Ok(Completion::Completed { .. } | Completion::NotDone) => Settle::Done,
