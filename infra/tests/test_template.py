@@ -14,6 +14,7 @@ fails on a copy of the template with the fault put in.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -335,7 +336,30 @@ def lifecycle_problems(t: dict[str, Any]) -> list[str]:
     return problems
 
 
-CHECKS = [wildcard_problems, secret_problems, auth_problems, spending_problems, lifecycle_problems]
+# Functions that read objects which may not exist yet and take "missing" as
+# an answer (the fan-out function's results parts, the status function's
+# dead links): without s3:ListBucket on the bucket, S3 answers 403 for a
+# missing key, which the code must treat as a failure.
+READS_MISSING_KEYS = ["FanOutFunction", "StatusFunction"]
+
+
+def missing_key_problems(t: dict[str, Any]) -> list[str]:
+    problems = []
+    for fn in READS_MISSING_KEYS:
+        role = role_of(t["Resources"][fn]["Properties"])
+        granted = any(
+            owner == role
+            and "s3:ListBucket" in as_list(st.get("Action"))
+            and "/*" not in json.dumps(st.get("Resource"))
+            and "Condition" not in st
+            for owner, st in identity_statements(t)
+        )
+        if not granted:
+            problems.append(f"{fn}: {role} needs s3:ListBucket on the bucket (unconditioned) to tell a missing key from a forbidden one")
+    return problems
+
+
+CHECKS = [wildcard_problems, secret_problems, auth_problems, spending_problems, lifecycle_problems, missing_key_problems]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -471,4 +495,16 @@ def test_missing_lifecycle_fails(template: dict[str, Any]) -> None:
         "DataBucket: DeletionPolicy must be Retain",
         "DataBucket: incoming/ must expire after DropRetentionDays",
         "NotifyFunction: no log group /aws/lambda/<its FunctionName> declared",
+    ]
+
+
+def test_a_missing_list_bucket_grant_fails(template: dict[str, Any]) -> None:
+    t = copy.deepcopy(template)
+    for pol in t["Resources"]["FanOutRole"]["Properties"]["Policies"]:
+        pol["PolicyDocument"]["Statement"] = [
+            st for st in pol["PolicyDocument"]["Statement"]
+            if not (isinstance(st, dict) and "s3:ListBucket" in as_list(st.get("Action")))
+        ]
+    assert missing_key_problems(t) == [
+        "FanOutFunction: FanOutRole needs s3:ListBucket on the bucket (unconditioned) to tell a missing key from a forbidden one"
     ]
