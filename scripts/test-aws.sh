@@ -16,4 +16,4 @@ echo "== cfn-lint template.yaml"
 cfn-lint template.yaml
 start_moto
 echo "== cargo test (AWS adapters and handlers on moto)"
-cargo test -p imgproc-shared --features stream-poller --lib --test ports_conformance --test aws_end_to_end
+cargo test -p imgproc-shared --features stream-poller --lib --test ports_conformance --test aws_end_to_end --test aws_secrets

@@ -21,7 +21,7 @@ cfn-lint template.yaml
 # Least privilege, auth on by default, spending caps and retention, read
 # from the template (and each check shown to fail on a faulty copy).
 echo "== pytest infra/tests/test_template.py"
-python3 -m pytest -p no:cacheprovider -q infra/tests/test_template.py
+python3 -m pytest -p no:cacheprovider -q -rs infra/tests/test_template.py
 # The cost model (COST.md) must still read the benchmark's figures and the template.
 echo "== scripts/cost_model.py"
 python3 scripts/cost_model.py > /dev/null
