@@ -653,6 +653,11 @@ async fn receive_n(
     got
 }
 
+/// A lease the tests outwait to show that an acknowledged delivery stays
+/// gone (a lost acknowledgement would bring it back after the lease).
+const SHORT_LEASE: Duration = Duration::from_secs(2);
+const PAST_SHORT_LEASE: Duration = Duration::from_millis(2500);
+
 pub async fn the_queue_delivers_acks_and_retries(b: &Backends) {
     let id = Uuid::new_v4();
     let jobs: Vec<ImageJob> = (1..=3).map(|i| job(id, i)).collect();
@@ -700,7 +705,9 @@ pub async fn the_queue_delivers_acks_and_retries(b: &Backends) {
         leased.iter().map(|d| d.job.image).collect::<Vec<_>>(),
         vec![9]
     );
-    let back = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
+    // Leased briefly, so that the wait below outlasts the lease: only the
+    // acknowledgement keeps it from coming back.
+    let back = receive_n(b.source.as_ref(), 1, SHORT_LEASE, Duration::from_secs(15)).await;
     assert_eq!(
         back.iter()
             .map(|d| (d.job.image, d.receive_count))
@@ -708,7 +715,7 @@ pub async fn the_queue_delivers_acks_and_retries(b: &Backends) {
         vec![(9, 2)]
     );
     b.source.ack(&back[0].receipt).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(PAST_SHORT_LEASE).await;
     assert!(
         b.source.receive(10, lease).await.unwrap().is_empty(),
         "acked jobs never come back"
@@ -726,7 +733,7 @@ pub async fn a_job_sent_back_for_later_comes_back_once_counted_afresh(b: &Backen
         .retry_later(&first[0].receipt, Duration::ZERO)
         .await
         .unwrap();
-    let second = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
+    let second = receive_n(b.source.as_ref(), 1, SHORT_LEASE, Duration::from_secs(15)).await;
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].receive_count, 2);
 
@@ -749,7 +756,7 @@ pub async fn a_job_sent_back_for_later_comes_back_once_counted_afresh(b: &Backen
         b.source.receive(10, lease).await.unwrap().is_empty(),
         "not before its delay"
     );
-    let back = receive_n(b.source.as_ref(), 1, lease, Duration::from_secs(15)).await;
+    let back = receive_n(b.source.as_ref(), 1, SHORT_LEASE, Duration::from_secs(15)).await;
     assert!(
         sent.elapsed() >= Duration::from_millis(1900),
         "{:?}",
@@ -760,8 +767,8 @@ pub async fn a_job_sent_back_for_later_comes_back_once_counted_afresh(b: &Backen
     assert_eq!(back[0].receive_count, 1, "a new message, counted afresh");
     assert_eq!(waiting.attempt(back[0].receive_count), 2);
     b.source.ack(&back[0].receipt).await.unwrap();
-    // Once: the acknowledged delivery does not come back beside it.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Once: neither acknowledged delivery comes back once its lease is over.
+    tokio::time::sleep(PAST_SHORT_LEASE).await;
     assert!(b.source.receive(10, lease).await.unwrap().is_empty());
 }
 
