@@ -1542,6 +1542,12 @@ async fn receive_from(h: &Harness, queue_url: &str, arn: &str) -> SqsEvent {
     serde_json::from_value(json!({ "Records": records })).unwrap()
 }
 
+/// A deadline for a fan-out run that must pause at once: inside its 15 s
+/// budget (slices, results parts), and far enough for its first reads on a
+/// loaded moto to end before the batch hands the message back, 3 s before
+/// the deadline.
+const PAUSING_DEADLINE: Duration = Duration::from_secs(10);
+
 /// The harness with a fan-out queue of its own, as the Lambda functions
 /// have: uploads ask for their fan-out there, and last images for their
 /// request's completion.
@@ -1601,10 +1607,7 @@ async fn the_fan_out_runs_apart_from_the_upload_and_resumes_from_its_cursor() {
     // at once and hands the rest to a continuation.
     let kick = receive_from(&h, &fanout_url, &fanout_arn).await;
     assert_eq!(kick.records.len(), 1, "one fan-out message per upload");
-    // (Inside the run's 15 s budget, so it pauses at once; far enough for
-    // its first reads on a loaded moto to end before the batch hands the
-    // message back, 3 s before the deadline.)
-    let soon = Some(Instant::now() + Duration::from_secs(10));
+    let soon = Some(Instant::now() + PAUSING_DEADLINE);
     let response = fanout::handle(&app, &fanout_source, kick.clone(), soon).await;
     assert!(response.batch_item_failures.is_empty());
     delete_all(&h, &fanout_url, &kick).await;
@@ -1747,10 +1750,7 @@ async fn the_last_image_hands_completion_to_the_fan_out_function_which_resumes_f
     assert_eq!(r.terminal, None, "the process function did not complete it");
 
     // Run with its deadline near, it stores nothing and queues a continuation;
-    // (Inside the run's 15 s budget, so it pauses at once; far enough for
-    // its first reads on a loaded moto to end before the batch hands the
-    // message back, 3 s before the deadline.)
-    let soon = Some(Instant::now() + Duration::from_secs(10));
+    let soon = Some(Instant::now() + PAUSING_DEADLINE);
     let response = fanout::handle(&app, &fanout_source, asked.clone(), soon).await;
     assert!(response.batch_item_failures.is_empty());
     delete_all(&h, &fanout_url, &asked).await;

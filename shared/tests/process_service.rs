@@ -103,6 +103,63 @@ async fn harness() -> Harness {
 }
 
 impl Harness {
+    /// A request of `products` one-image products whose images have all
+    /// failed (nothing fetched), not yet completed; its final counts.
+    async fn finished_request(&self, products: u32) -> (Uuid, imgproc::domain::Progress) {
+        let names: Vec<String> = (1..=products).map(|i| format!("Product {i}")).collect();
+        let rows: Vec<(u64, &str, Vec<String>)> = names
+            .iter()
+            .zip(1u64..)
+            .map(|(name, i)| {
+                (
+                    i,
+                    name.as_str(),
+                    vec![format!("https://img.example.com/{i}.jpg")],
+                )
+            })
+            .collect();
+        let accepted = submit(
+            &self.app,
+            Submission {
+                csv: csv_of(&rows).as_bytes(),
+                webhook_url: None,
+                id: RequestId::Random,
+                client: None,
+            },
+        )
+        .await
+        .expect("a valid CSV is accepted");
+        let mut progress = None;
+        loop {
+            let batch = self
+                .store
+                .receive(100, Duration::from_secs(600))
+                .await
+                .unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            for d in batch {
+                let outcome = ImageOutcome::Failed {
+                    error: imgproc::domain::ImageError::new(
+                        ErrorCode::HttpStatus,
+                        "the server answered 404",
+                    ),
+                    input_bytes: None,
+                };
+                let finished = self
+                    .store
+                    .finish_image(d.job.key(), &outcome)
+                    .await
+                    .unwrap();
+                progress = progress.or(finished.all_done);
+            }
+        }
+        (
+            accepted.request_id,
+            progress.expect("the last image finishes the request"),
+        )
+    }
     /// Submits one product with these image URLs; its jobs, by image.
     async fn request(&self, urls: Vec<String>) -> (Uuid, Vec<ImageJob>) {
         let csv = csv_of(&[(1, "Product", urls)]);
@@ -285,58 +342,14 @@ async fn the_terminal_transition_happens_once() {
 
 #[tokio::test]
 async fn a_large_results_csv_is_built_in_stored_parts_and_resumes_from_them() {
-    use imgproc::domain::{ImageError, results_key, results_part_key};
+    use imgproc::domain::{results_key, results_part_key};
     use imgproc::services::results::{self, Completion, PART_PRODUCTS};
     use std::time::Instant;
 
     let h = harness().await;
     // One product more than a part holds: two parts.
     let products = PART_PRODUCTS + 1;
-    let rows: Vec<(u64, String, Vec<String>)> = (1..=products)
-        .map(|i| {
-            (
-                u64::from(i),
-                format!("Product {i}"),
-                vec![format!("https://img.example.com/{i}.jpg")],
-            )
-        })
-        .collect();
-    let rows: Vec<(u64, &str, Vec<String>)> = rows
-        .iter()
-        .map(|(n, name, urls)| (*n, name.as_str(), urls.clone()))
-        .collect();
-    let accepted = submit(
-        &h.app,
-        Submission {
-            csv: csv_of(&rows).as_bytes(),
-            webhook_url: None,
-            id: RequestId::Random,
-            client: None,
-        },
-    )
-    .await
-    .expect("a valid CSV is accepted");
-    let id = accepted.request_id;
-    let mut progress = None;
-    loop {
-        let batch = h
-            .store
-            .receive(100, Duration::from_secs(600))
-            .await
-            .unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        for d in batch {
-            let outcome = ImageOutcome::Failed {
-                error: ImageError::new(ErrorCode::HttpStatus, "the server answered 404"),
-                input_bytes: None,
-            };
-            let finished = h.store.finish_image(d.job.key(), &outcome).await.unwrap();
-            progress = progress.or(finished.all_done);
-        }
-    }
-    let progress = progress.expect("the last image finishes the request");
+    let (id, progress) = h.finished_request(products).await;
     assert_eq!((progress.total, progress.failed), (products, products));
 
     // A run whose deadline is already near builds nothing and pauses.
@@ -399,4 +412,33 @@ async fn a_large_results_csv_is_built_in_stored_parts_and_resumes_from_them() {
         .unwrap();
     assert_eq!(again, Completion::Completed { won: false });
     assert_eq!(h.events.completions(), 1);
+
+    // Built part by part with nothing stored before, the document is the
+    // one built in one go, and so are its stored parts joined.
+    let (other, progress) = h.finished_request(products).await;
+    let done = results::complete(&h.app, other, progress, later)
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Completed { won: true });
+    let stored = h
+        .app
+        .objects
+        .get(&results_key(other))
+        .await
+        .unwrap()
+        .unwrap();
+    let whole = results::build(&h.app, other, products).await.unwrap();
+    assert_eq!(stored, whole);
+    let mut joined = Vec::new();
+    for n in 0..2 {
+        joined.extend_from_slice(
+            &h.app
+                .objects
+                .get(&results_part_key(other, n))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(joined, whole);
 }
