@@ -126,6 +126,54 @@ pub fn count_scan<'a>(
     Ok(counts)
 }
 
+/// Bit `z` set when the coefficient at zig-zag index `z` of `block`
+/// (natural order) is non-zero, so that callers visit only those.
+#[inline(always)]
+pub(super) fn nonzero_zigzag(block: &[i16; 64]) -> u64 {
+    // One byte per coefficient (0 or 1), which vectorises; each row's eight
+    // bytes folded into eight bits by one multiplication (each byte's bit
+    // lands in the top byte, in order); each row's bits moved to their
+    // zig-zag places by a table.
+    let flags: [u8; 64] = std::array::from_fn(|k| u8::from(block[k] != 0));
+    let mut nonzero = 0u64;
+    for (row, chunk) in flags.chunks_exact(8).enumerate() {
+        let bytes = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let bits = (bytes.wrapping_mul(0x0102_0408_1020_4080) >> 56) as usize;
+        nonzero |= ZIGZAG_BITS[row][bits];
+    }
+    nonzero
+}
+
+/// `ZIGZAG_BITS[row][bits]`: the zig-zag mask of the non-zero coefficients
+/// `bits` (bit `i` for column `i`) of block row `row`.
+static ZIGZAG_BITS: [[u64; 256]; 8] = {
+    let mut index = [0usize; 64];
+    let mut z = 0;
+    while z < 64 {
+        index[ZIGZAG[z]] = z;
+        z += 1;
+    }
+    let mut table = [[0u64; 256]; 8];
+    let mut row = 0;
+    while row < 8 {
+        let mut bits = 0;
+        while bits < 256 {
+            let mut mask = 0u64;
+            let mut col = 0;
+            while col < 8 {
+                if bits >> col & 1 == 1 {
+                    mask |= 1 << index[row * 8 + col];
+                }
+                col += 1;
+            }
+            table[row][bits] = mask;
+            bits += 1;
+        }
+        row += 1;
+    }
+    table
+};
+
 fn count_block(
     block: &[i16; 64],
     prediction: &mut i32,
@@ -141,18 +189,7 @@ fn count_block(
     counts.dc[c.dc_table][dc_bits as usize] += 1;
 
     let ac = &mut counts.ac[c.ac_table];
-    let zigzag: [i16; 64] = std::array::from_fn(|k| block[ZIGZAG[k]]);
-    // One byte per coefficient (0 or 1), then eight bytes at a time folded
-    // into eight bits by one multiplication: each byte's bit lands in the
-    // top byte, in order.
-    let flags: [u8; 64] = std::array::from_fn(|k| u8::from(zigzag[k] != 0));
-    let mut nonzero = 0u64;
-    for (i, chunk) in flags.chunks_exact(8).enumerate() {
-        let bytes = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        nonzero |= (bytes.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * i);
-    }
-    nonzero &= !1; // the DC coefficient is counted above
-    let mut rest = nonzero;
+    let mut rest = nonzero_zigzag(block) & !1; // the DC coefficient is counted above
     let mut last = 0;
     while rest != 0 {
         let k = rest.trailing_zeros() as usize;
@@ -161,7 +198,7 @@ fn count_block(
             ac[0xF0] += 1;
             run -= 16;
         }
-        let bits = 16 - zigzag[k].unsigned_abs().leading_zeros();
+        let bits = 16 - block[ZIGZAG[k]].unsigned_abs().leading_zeros();
         if bits > MAX_COEF_BITS {
             return Err("a DCT coefficient is out of range".into());
         }
@@ -188,6 +225,33 @@ mod tests {
             dc_table: 0,
             ac_table: 0,
         }
+    }
+
+    #[test]
+    fn the_zigzag_mask_marks_exactly_the_non_zero_coefficients() {
+        let naive =
+            |b: &[i16; 64]| (0..64).fold(0u64, |m, z| m | u64::from(b[ZIGZAG[z]] != 0) << z);
+        for z in 0..64 {
+            let mut block = [0i16; 64];
+            block[ZIGZAG[z]] = if z % 2 == 0 { -1 } else { i16::MIN };
+            assert_eq!(nonzero_zigzag(&block), 1 << z, "zig-zag index {z}");
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let block: [i16; 64] = std::array::from_fn(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                if seed.is_multiple_of(3) {
+                    (seed >> 32) as i16
+                } else {
+                    0
+                }
+            });
+            assert_eq!(nonzero_zigzag(&block), naive(&block));
+        }
+        assert_eq!(nonzero_zigzag(&[0; 64]), 0);
+        assert_eq!(nonzero_zigzag(&[7; 64]), u64::MAX);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use mozjpeg_sys::{
 };
 
 use super::libjpeg::{Compress, Decompress, Limits, every_component_has_data, guarded, write_icc};
-use super::trellis::{self, RateModel};
+use super::trellis::{RateModel, Trellis};
 use super::{chroma, huffman};
 
 /// How chroma resolution changes on the way to 4:2:0.
@@ -183,15 +183,22 @@ pub fn transcode<'a>(
                 tables.push((source, wanted));
             }
             let lambda = lambda();
-            let rates = standard_rates(dst);
+            let mut trellises = standard_rates(dst).map(|rate| Trellis::new(lambda, &rate));
+            let mut originals = Vec::new();
             for (ci, (source, wanted)) in tables.iter().enumerate() {
                 if ci == 0 || chroma == Chroma::Keep {
                     let comp = &*src.comp_info.add(ci);
-                    let rdo = Rdo {
-                        lambda,
-                        rate: &rates[usize::from(ci > 0)],
-                    };
-                    requantise_component(src, *src_arrays.add(ci), comp, source, wanted, &rdo)?;
+                    let trellis = trellises[usize::from(ci > 0)].as_deref_mut();
+                    let array = *src_arrays.add(ci);
+                    requantise_component(
+                        src,
+                        array,
+                        comp,
+                        source,
+                        wanted,
+                        trellis,
+                        &mut originals,
+                    )?;
                 }
             }
             // Optimal Huffman tables, from counts gathered here rather than
@@ -211,11 +218,14 @@ pub fn transcode<'a>(
             } else {
                 let halved = HalvedArrays::request(src, dst)?;
                 jpeg_write_coefficients(dst, halved.arrays);
-                let rdo = Rdo {
-                    lambda,
-                    rate: &rates[1],
-                };
-                halved.fill(src, dst, src_arrays, chroma, &tables, &rdo)?;
+                halved.fill(
+                    src,
+                    dst,
+                    src_arrays,
+                    chroma,
+                    &tables,
+                    trellises[1].as_deref_mut(),
+                )?;
                 write_icc(dst, icc);
                 Written::Destination(halved.arrays)
             };
@@ -446,7 +456,7 @@ impl HalvedArrays {
         src_arrays: *mut jvirt_barray_ptr,
         chroma: Chroma,
         tables: &[([u16; 64], [u16; 64])],
-        rdo: &Rdo,
+        mut trellis: Option<&mut Trellis>,
     ) -> Result<(), String> {
         // SAFETY: rows and blocks below each array's dimensions, as the
         // loops bound them; one source row of a component is read at a time
@@ -497,7 +507,9 @@ impl HalvedArrays {
                             }
                         };
                         *block = chroma::quantise(&halved, q_out);
-                        trellis::optimise(&halved, block, q_out, rdo.lambda, rdo.rate);
+                        if let Some(t) = trellis.as_deref_mut() {
+                            t.optimise(block, q_out, |k| halved[k]);
+                        }
                     }
                 }
             }
@@ -526,10 +538,12 @@ fn requantise_factors(old: &[u16; 64], new: &[u16; 64]) -> [u16; 64] {
 
 /// `c' = round(c · old / new)` for every coefficient of the component's
 /// real blocks, with a fixed-point factor per position instead of a
-/// division. An exact half rounds towards zero: both neighbours are equally
-/// far from the source's value, and zero costs fewer bits. (Rounding it
-/// away from zero keeps every ±1 when the step doubles, say from quality 75
-/// to 50, and makes the file a fifth larger for nothing.)
+/// division, then the trellis' choices where there is one. An exact half
+/// rounds towards zero: both neighbours are equally far from the source's
+/// value, and zero costs fewer bits. (Rounding it away from zero keeps
+/// every ±1 when the step doubles, say from quality 75 to 50, and makes the
+/// file a fifth larger for nothing.) `originals` is working space for one
+/// block row of source coefficients.
 ///
 /// # Safety
 /// `array` is `cinfo`'s realised coefficient array of component `comp`.
@@ -539,9 +553,10 @@ unsafe fn requantise_component(
     comp: &jpeg_component_info,
     old: &[u16; 64],
     new: &[u16; 64],
-    rdo: &Rdo,
+    mut trellis: Option<&mut Trellis>,
+    originals: &mut Vec<[JCOEF; 64]>,
 ) -> Result<(), String> {
-    if old == new && rdo.lambda <= 0.0 {
+    if old == new && trellis.is_none() {
         return Ok(());
     }
     let factor = requantise_factors(old, new);
@@ -553,25 +568,18 @@ unsafe fn requantise_component(
         let blocks = unsafe {
             std::slice::from_raw_parts_mut(block_row(&mut cinfo.common, array, row, true)?, width)
         };
-        if rdo.lambda > 0.0 {
-            for block in blocks {
-                let source = chroma::dequantise(block, old);
-                requantise_block(block, &factor);
-                trellis::optimise(&source, block, new, rdo.lambda, rdo.rate);
+        if let Some(t) = trellis.as_deref_mut() {
+            originals.clear();
+            originals.extend_from_slice(blocks);
+            requantise_blocks(blocks, &factor);
+            for (block, original) in blocks.iter_mut().zip(originals.iter()) {
+                t.optimise(block, new, |k| f32::from(original[k]) * f32::from(old[k]));
             }
         } else {
             requantise_blocks(blocks, &factor);
         }
     }
     Ok(())
-}
-
-/// The rate–distortion trade-off of the requantisation (see `trellis`).
-struct Rdo<'a> {
-    /// Squared dequantised-coefficient error worth one bit; 0 turns the
-    /// optimisation off (plain rounding).
-    lambda: f32,
-    rate: &'a RateModel,
 }
 
 /// λ of the requantisation, chosen on the benchmark corpus (BENCHMARKS.md,
