@@ -51,6 +51,7 @@ fn halving() -> &'static Halving {
 
 /// One block from two stacked ones (`top` over `bottom`), half the height.
 /// Rows of zero coefficients (most of them, in chroma) are skipped.
+#[inline(always)]
 pub fn halve_vertically(top: &Block, bottom: &Block) -> Block {
     let m = &halving().0;
     let mut out = [0f32; 64];
@@ -75,6 +76,7 @@ pub fn halve_vertically(top: &Block, bottom: &Block) -> Block {
 
 /// One block from two side by side (`left`, `right`), half the width. Each
 /// non-zero coefficient adds its column of the matrix to its row.
+#[inline(always)]
 pub fn halve_horizontally(left: &Block, right: &Block) -> Block {
     let t = &transposed().0;
     let mut out = [0f32; 64];
@@ -103,15 +105,18 @@ fn transposed() -> &'static Transposed {
     })
 }
 
+#[inline(always)]
 pub fn dequantise(coefficients: &[i16; 64], table: &[u16; 64]) -> Block {
     std::array::from_fn(|k| f32::from(coefficients[k]) * f32::from(table[k]))
 }
 
-/// Rounds to the nearest step of `table` (a half away from zero), as
-/// libjpeg's quantiser does.
-pub fn quantise(block: &Block, table: &[u16; 64]) -> [i16; 64] {
+/// Rounds to the nearest step (a half away from zero), as libjpeg's
+/// quantiser does, given the steps' reciprocals: a multiplication, not a
+/// division, per coefficient.
+#[inline(always)]
+pub fn quantise(block: &Block, reciprocal: &[f32; 64]) -> [i16; 64] {
     std::array::from_fn(|k| {
-        let x = block[k] / f32::from(table[k].max(1));
+        let x = block[k] * reciprocal[k];
         // Truncation after adding a half: no libm call, vectorises.
         let r = (x.abs() + 0.5) as i32;
         (if x < 0.0 { -r } else { r }) as i16
@@ -194,7 +199,7 @@ mod tests {
     fn quantising_rounds_to_the_nearest_step() {
         let mut block = [0f32; 64];
         (block[0], block[1], block[2]) = (104.9, -15.0, 14.9);
-        let q = quantise(&block, &[10; 64]);
+        let q = quantise(&block, &[0.1; 64]);
         assert_eq!(&q[..3], &[10, -2, 1]);
         assert_eq!(dequantise(&q, &[10; 64])[0], 100.0);
     }
