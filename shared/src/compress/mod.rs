@@ -12,6 +12,7 @@ mod chroma;
 mod cpu;
 mod huffman;
 mod icc;
+mod jmem;
 mod jpeg;
 mod libjpeg;
 pub mod memory;
