@@ -35,7 +35,10 @@ fn main() {
                  libjpeg-turbo's SIMD code for {arch} is built with nasm; without it the\n\
                  image engine works but is several times slower. Install nasm\n\
                  (Debian/Ubuntu: apt-get install nasm; macOS: brew install nasm), or build\n\
-                 without SIMD on purpose with IMGPROC_ALLOW_NO_SIMD=1.\n"
+                 without SIMD on purpose with IMGPROC_ALLOW_NO_SIMD=1.\n\n\
+                 libjpeg-turbo itself may already have been built without SIMD by this\n\
+                 attempt; once nasm is installed, `cargo clean -p mozjpeg-sys` so that\n\
+                 it is built again with it.\n"
             );
             std::process::exit(1);
         }
