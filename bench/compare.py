@@ -89,6 +89,8 @@ def sharp_dir():
 # of a CPU unpinned on an idle machine), so "one thread" means one CPU's
 # worth of work for both.
 ONE_CPU = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+# --rdo-lambda: None leaves the engine's default.
+RDO_LAMBDA = None
 
 
 def sharp_run(sd, corpus_dir, out, passes, pinned=True):
@@ -97,10 +99,13 @@ def sharp_run(sd, corpus_dir, out, passes, pinned=True):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def imgproc_run(binary, files, out, threads, passes, pinned=None):
+def imgproc_run(binary, files, out, threads, passes, pinned=None, rdo_lambda=None):
     pinned = threads == 1 if pinned is None else pinned
     cmd = (ONE_CPU if pinned else []) + [
         str(binary), "compress", "--json", "--threads", str(threads), "--passes", str(passes), "--out", str(out)]
+    rdo_lambda = RDO_LAMBDA if rdo_lambda is None else rdo_lambda
+    if rdo_lambda is not None:
+        cmd += ["--rdo-lambda", str(rdo_lambda)]
     res = subprocess.run(cmd + [str(f) for f in files], capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"imgproc compress failed ({res.returncode}): {res.stderr}\n{res.stdout[-2000:]}")
@@ -208,6 +213,8 @@ def pipeline_run(binary, files, threads, copies, passes, file_server, webhook):
     port = free_port()
     data = Path(tempfile.mkdtemp(prefix="imgproc-bench-"))
     env = dict(os.environ, ALLOW_PRIVATE_NETWORKS="true", RUST_LOG="warn")
+    if RDO_LAMBDA is not None:
+        env["JPEG_RDO_LAMBDA"] = str(RDO_LAMBDA)
     proc = subprocess.Popen(
         [str(binary), "serve", "--addr", f"127.0.0.1:{port}", "--data-dir", str(data), "--threads", str(threads)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -283,7 +290,10 @@ def main():
     ap.add_argument("--corpus", type=Path, default=ROOT / "bench" / "corpus")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the whole-service runs (imgproc-local serve)")
+    ap.add_argument("--rdo-lambda", type=int, help="λ of the engine's JPEG requantisation (default: the engine's)")
     args = ap.parse_args()
+    global RDO_LAMBDA
+    RDO_LAMBDA = args.rdo_lambda
 
     files = corpus(args.corpus)
     jpegs = [f for f in files if f.suffix.lower() in (".jpg", ".jpeg")]
@@ -453,7 +463,7 @@ def main():
         "pipeline_images_per_s": pipe,
         "per_round_ratios": {k: v[1] for k, v in pairs.items()},
         "per_round_time_multiples": {k: v[1] for k, v in multiples.items()},
-        "rdo_lambda": os.environ.get("IMGPROC_RDO_LAMBDA", "default"),
+        "rdo_lambda": "default" if RDO_LAMBDA is None else RDO_LAMBDA,
         "dssim": {"sharp": q_sharp, "imgproc": q_ours},
     }
     (ROOT / "bench" / "results.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -3,7 +3,7 @@
 
     python3 bench/lambda_curve.py [--lambdas 0,30,60,120] [--rounds 3] [--skip-build]
 
-For each λ (IMGPROC_RDO_LAMBDA; 0 is plain rounding) the engine compresses
+For each λ (`imgproc-local compress --rdo-lambda`; 0 is plain rounding) the engine compresses
 the corpus with one thread pinned to one CPU, interleaved with the other λ
 values and with Sharp (rotating the order every round); speed is the
 median over rounds of images/s, quality is scored once per λ against the
@@ -11,7 +11,6 @@ same reference decodes as bench/compare.py. Prints a Markdown table.
 """
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -41,12 +40,10 @@ def main():
             if k == "sharp":
                 res = compare.sharp_run(sd, args.corpus, outs[k], args.passes)
             else:
-                os.environ["IMGPROC_RDO_LAMBDA"] = k
-                res = compare.imgproc_run(imgproc, files, outs[k], 1, args.passes)
+                res = compare.imgproc_run(imgproc, files, outs[k], 1, args.passes, rdo_lambda=k)
             runs[k].append(res)
             compare.log(f"round {r + 1}/{args.rounds} {k}: {res['images_per_s']:.2f} images/s")
         order = order[1:] + order[:1]
-    os.environ.pop("IMGPROC_RDO_LAMBDA", None)
     q = {k: compare.dssim(tool, args.corpus, outs[k], "black" if k == "sharp" else "white") for k in outs}
     sharp_bytes = runs["sharp"][-1]["bytes_out"]
     print("| λ | bytes | × Sharp | mean DSSIM | × Sharp | worst image × Sharp | mean SSIMULACRA2 | images/s (rounds) | × Sharp |")

@@ -22,12 +22,13 @@ mod domain {
 #[allow(dead_code)]
 mod compress;
 
-use compress::{Settings, Sniffed, compress, sniff, stages};
+use compress::{DEFAULT_RDO_LAMBDA, Settings, Sniffed, compress, sniff, stages};
 
 /// Small limits, so that a header claiming a huge picture is refused
 /// rather than decoded: 4 MP, 128 MiB, 2 s of CPU.
 const SETTINGS: Settings = Settings {
     quality: 50,
+    rdo_lambda: DEFAULT_RDO_LAMBDA,
     max_pixels: 1 << 22,
     max_decode_bytes: 128 << 20,
     max_cpu_time: std::time::Duration::from_secs(2),

@@ -9,11 +9,12 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use imgproc::compress::{Settings, compress, sniff, stages};
+use imgproc::compress::{DEFAULT_RDO_LAMBDA, Settings, compress, sniff, stages};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
 const SETTINGS: Settings = Settings {
     quality: 50,
+    rdo_lambda: DEFAULT_RDO_LAMBDA,
     max_pixels: 100_000_000,
     max_decode_bytes: 1 << 30,
     max_cpu_time: std::time::Duration::from_secs(60),

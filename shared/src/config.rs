@@ -79,6 +79,10 @@ pub struct Config {
     pub request_id_secret: Option<Secret>,
     pub webhook_secret: Option<Secret>,
     pub jpeg_quality: u8,
+    /// λ of the rate–distortion optimisation of JPEG inputs
+    /// (`JPEG_RDO_LAMBDA`, 0 to [`crate::compress::MAX_RDO_LAMBDA`]; 0 turns
+    /// it off).
+    pub jpeg_rdo_lambda: u16,
     pub max_rows: usize,
     pub max_images: usize,
     pub max_images_per_row: usize,
@@ -139,6 +143,7 @@ impl Default for Config {
             request_id_secret: None,
             webhook_secret: None,
             jpeg_quality: 50,
+            jpeg_rdo_lambda: crate::compress::DEFAULT_RDO_LAMBDA,
             max_rows: 10_000,
             max_images: 50_000,
             max_images_per_row: 50,
@@ -272,6 +277,13 @@ impl Config {
             request_id_secret,
             webhook_secret: get("WEBHOOK_SECRET").map(Secret),
             jpeg_quality: number(&get, "JPEG_QUALITY", d.jpeg_quality, 1, 100)?,
+            jpeg_rdo_lambda: number(
+                &get,
+                "JPEG_RDO_LAMBDA",
+                d.jpeg_rdo_lambda,
+                0,
+                crate::compress::MAX_RDO_LAMBDA,
+            )?,
             max_rows: limits.max_rows,
             max_images: limits.max_images,
             max_images_per_row: limits.max_images_per_row,
@@ -710,6 +722,7 @@ mod tests {
     fn defaults_follow_the_contract() {
         let c = from(&[]).unwrap();
         assert_eq!(c.jpeg_quality, 50);
+        assert_eq!(c.jpeg_rdo_lambda, 5);
         assert_eq!(
             (c.max_rows, c.max_images, c.max_images_per_row),
             (10_000, 50_000, 50)
@@ -796,6 +809,9 @@ mod tests {
             ("WEBHOOK_MAX_ATTEMPTS", "0"),
             ("MAX_DECODE_MEMORY_MB", "8"),
             ("MAX_IMAGE_CPU_SECS", "0"),
+            ("JPEG_RDO_LAMBDA", "-1"),
+            ("JPEG_RDO_LAMBDA", "101"),
+            ("JPEG_RDO_LAMBDA", "7.5"),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
             ("RECORD_TTL_DAYS", "0"),
             ("RECORD_TTL_DAYS", "3651"),
@@ -812,12 +828,14 @@ mod tests {
     fn values_are_read() {
         let c = from(&[
             ("JPEG_QUALITY", "80"),
+            ("JPEG_RDO_LAMBDA", "0"),
             ("ALLOW_PRIVATE_NETWORKS", "TRUE"),
             ("OUTPUT_BASE_URL", "https://cdn.example.com/img"),
             ("API_TOKEN", "s3cret"),
         ])
         .unwrap();
         assert_eq!(c.jpeg_quality, 80);
+        assert_eq!(c.jpeg_rdo_lambda, 0);
         assert!(c.allow_private_networks);
         assert_eq!(
             c.output_base_url.as_deref(),

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use imgproc::compress::{DecodeMemory, Encoded, Settings, available_cores, compress_within};
+use imgproc::compress::{
+    DEFAULT_RDO_LAMBDA, DecodeMemory, Encoded, MAX_RDO_LAMBDA, Settings, available_cores,
+    compress_within,
+};
 use imgproc::config::{DEFAULT_MAX_DECODE_MEMORY_MB, DEFAULT_MAX_IMAGE_CPU_SECS};
 use serde_json::json;
 
@@ -28,6 +31,11 @@ pub struct CompressArgs {
     /// JPEG quality, 1–100.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100))]
     quality: u8,
+    /// λ of the rate–distortion optimisation of JPEG inputs: larger is
+    /// smaller and lower in quality; 0 turns it off.
+    #[arg(long, default_value_t = DEFAULT_RDO_LAMBDA,
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_RDO_LAMBDA)))]
+    rdo_lambda: u16,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -62,6 +70,7 @@ pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let settings = Settings {
         quality: args.quality,
+        rdo_lambda: args.rdo_lambda,
         max_pixels: args.max_pixels,
         max_decode_bytes: args.max_decode_memory_mb << 20,
         max_cpu_time: Duration::from_secs(args.max_image_cpu_secs),

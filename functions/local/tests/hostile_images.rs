@@ -22,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use common::{ImageServer, csv_of, is_terminal, photos_dir};
-use imgproc::compress::{Settings, compress};
+use imgproc::compress::{DEFAULT_RDO_LAMBDA, Settings, compress};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
@@ -286,6 +286,7 @@ fn cases() -> Vec<Case> {
 
 const SETTINGS: Settings = Settings {
     quality: 50,
+    rdo_lambda: DEFAULT_RDO_LAMBDA,
     max_pixels: 100_000_000,
     max_decode_bytes: 1 << 30,
     max_cpu_time: std::time::Duration::from_secs(60),

@@ -121,6 +121,52 @@ fn compress_converts_local_files() {
 }
 
 #[test]
+fn compress_takes_the_rate_distortion_lambda() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = photos_dir().join("coffee.jpg").display().to_string();
+    let size = |lambda: &str| {
+        let out_dir = format!("o{lambda}");
+        let out = run(
+            &[
+                "compress",
+                "--out",
+                &out_dir,
+                "--rdo-lambda",
+                lambda,
+                &photo,
+            ],
+            dir.path(),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::metadata(dir.path().join(out_dir).join("coffee.jpg"))
+            .unwrap()
+            .len()
+    };
+    let (plain, default, smaller) = (size("0"), size("5"), size("30"));
+    assert!(
+        plain > default && default > smaller,
+        "bytes at λ 0, 5, 30: {plain}, {default}, {smaller}"
+    );
+
+    let refused = run(
+        &["compress", "--out", "o", "--rdo-lambda", "101", &photo],
+        dir.path(),
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--rdo-lambda"), "{stderr}");
+    assert!(
+        !dir.path().join("o").exists(),
+        "nothing written when refused"
+    );
+}
+
+#[test]
 fn version_says_whether_the_engine_has_simd() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(&["--version"], dir.path());

@@ -206,7 +206,15 @@ mod tests {
             } else {
                 Chroma::HalveBoth
             };
-            let result = transcode(codec, 50, chroma, 0, None, Limits::NONE);
+            let result = transcode(
+                codec,
+                50,
+                chroma,
+                0,
+                None,
+                f32::from(crate::compress::DEFAULT_RDO_LAMBDA),
+                Limits::NONE,
+            );
             match result {
                 Ok(Ok(_)) => assert!(fits, "{budget} bytes sufficed"),
                 Ok(Err(_)) => panic!("no transform was asked for"),

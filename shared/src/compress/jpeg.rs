@@ -147,6 +147,7 @@ impl<'a> Opened<'a> {
                 chroma,
                 transform(orientation),
                 icc,
+                f32::from(settings.rdo_lambda),
                 limits,
             ) {
                 Ok(Ok((bytes, reading))) => {

@@ -4,6 +4,7 @@ use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
 pub(crate) const SETTINGS: Settings = Settings {
     quality: 50,
+    rdo_lambda: DEFAULT_RDO_LAMBDA,
     max_pixels: 100_000_000,
     max_decode_bytes: 1 << 30,
     max_cpu_time: std::time::Duration::from_secs(60),
@@ -532,17 +533,21 @@ fn outputs_decode_with_libjpeg_turbo_and_match_its_decode_of_the_input() {
 /// the input's decode and decodable by libjpeg-turbo.
 #[test]
 fn rate_distortion_optimisation_saves_bytes_within_the_quality_bound() {
-    let with = |lambda: f32, input: &[u8]| {
-        transcode::RDO_LAMBDA.with(|l| l.set(Some(lambda)));
-        let out = compress(input, &SETTINGS);
-        transcode::RDO_LAMBDA.with(|l| l.set(None));
-        out.unwrap()
+    let with = |rdo_lambda: u16, input: &[u8]| {
+        compress(
+            input,
+            &Settings {
+                rdo_lambda,
+                ..SETTINGS
+            },
+        )
+        .unwrap()
     };
     let (mut plain_total, mut rdo_total, mut smaller_total) = (0, 0, 0);
     for (name, input) in jpeg_inputs() {
-        let plain = with(0.0, &input);
-        let rdo = with(transcode::DEFAULT_LAMBDA, &input);
-        let smaller = with(15.0, &input);
+        let plain = with(0, &input);
+        let rdo = with(DEFAULT_RDO_LAMBDA, &input);
+        let smaller = with(15, &input);
         let mut reference = djpeg(&input);
         if name.contains("exif6") {
             reference = reference.rotate90();

@@ -127,6 +127,7 @@ pub fn transcode<'a>(
     chroma: Chroma,
     transform: JXFORM_CODE,
     icc: Option<&[u8]>,
+    lambda: f32,
     limits: Limits,
 ) -> Result<Result<(Vec<u8>, Duration), Decompress<'a>>, String> {
     let turning = transform != JXFORM_CODE_JXFORM_NONE;
@@ -182,7 +183,6 @@ pub fn transcode<'a>(
                 (*dst.comp_info.add(ci)).quant_tbl_no = slot as c_int;
                 tables.push((source, wanted));
             }
-            let lambda = lambda();
             let mut trellises = standard_rates(dst).map(|rate| Trellis::new(lambda, &rate));
             let mut originals = Vec::new();
             for (ci, (source, wanted)) in tables.iter().enumerate() {
@@ -267,12 +267,6 @@ fn libjpeg_gathers() -> bool {
 #[cfg(test)]
 fn libjpeg_gathers() -> bool {
     LIBJPEG_GATHERS.with(|g| g.get())
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Lets a test set λ, to compare against plain rounding.
-    pub(super) static RDO_LAMBDA: std::cell::Cell<Option<f32>> = const { std::cell::Cell::new(None) };
 }
 
 #[cfg(test)]
@@ -650,30 +644,6 @@ unsafe fn requantise_component(
     Ok(())
 }
 
-/// λ of the requantisation, chosen on the benchmark corpus (BENCHMARKS.md,
-/// "Rate–distortion-optimised requantisation"): the largest λ measured
-/// whose outputs still score at least Sharp's quality by both DSSIM (mean,
-/// and every image within 1.15×) and SSIMULACRA2, saving 5 % of the bytes
-/// against plain rounding; larger λ save more and score below Sharp.
-pub const DEFAULT_LAMBDA: f32 = 5.0;
-
-/// `IMGPROC_RDO_LAMBDA` overrides the default, for measuring the curve
-/// (0 turns the optimisation off); read once per process.
-fn lambda() -> f32 {
-    #[cfg(test)]
-    if let Some(l) = RDO_LAMBDA.with(|l| l.get()) {
-        return l;
-    }
-    static LAMBDA: std::sync::OnceLock<f32> = std::sync::OnceLock::new();
-    *LAMBDA.get_or_init(|| {
-        std::env::var("IMGPROC_RDO_LAMBDA")
-            .ok()
-            .and_then(|v| v.trim().parse::<f32>().ok())
-            .filter(|l| l.is_finite() && *l >= 0.0)
-            .unwrap_or(DEFAULT_LAMBDA)
-    })
-}
-
 /// Code lengths of the standard AC tables (luma, chroma) that
 /// `jpeg_copy_critical_parameters` installs: the rates the optimisation
 /// weighs. The optimal tables built afterwards are shorter still for the
@@ -821,7 +791,7 @@ mod tests {
         let tables = HalvingTables::new(&q_in, &q_out);
         let rate = RateModel::from_table(&[0; 17], &[0; 256]);
         for chroma in [Chroma::HalveHeight, Chroma::HalveBoth] {
-            for lambda in [0.0, DEFAULT_LAMBDA] {
+            for lambda in [0.0, f32::from(crate::compress::DEFAULT_RDO_LAMBDA)] {
                 let width = if chroma == Chroma::HalveBoth { 5 } else { 9 };
                 let (mut plain, mut dispatched) = (vec![[0; 64]; width], vec![[0; 64]; width]);
                 let mut t = Trellis::new(lambda, &rate);

@@ -367,7 +367,12 @@ mod tests {
                 }
             });
             let plain = round(&source, &step);
-            for lambda in [super::super::transcode::DEFAULT_LAMBDA, 1.0, 30.0, 1000.0] {
+            for lambda in [
+                f32::from(crate::compress::DEFAULT_RDO_LAMBDA),
+                1.0,
+                30.0,
+                1000.0,
+            ] {
                 let mut opt = plain;
                 optimise(&source, &mut opt, &step, lambda, &rate);
                 let (c_plain, c_opt) = (
@@ -415,7 +420,12 @@ mod tests {
             }
             let plain = round(&source, &step);
             let nz: Vec<usize> = (1..64).filter(|&k| plain[k] != 0).collect();
-            for lambda in [1.0, super::super::transcode::DEFAULT_LAMBDA, 40.0, 400.0] {
+            for lambda in [
+                1.0,
+                f32::from(crate::compress::DEFAULT_RDO_LAMBDA),
+                40.0,
+                400.0,
+            ] {
                 let mut best = f32::INFINITY;
                 for choice in 0..3usize.pow(nz.len() as u32) {
                     let mut b = plain;

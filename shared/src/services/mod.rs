@@ -72,6 +72,7 @@ impl App {
         let engine = Engine::new(
             Settings {
                 quality: config.jpeg_quality,
+                rdo_lambda: config.jpeg_rdo_lambda,
                 max_pixels: config.max_pixels,
                 max_decode_bytes: config.max_decode_bytes(),
                 max_cpu_time: config.max_image_cpu,
