@@ -7,7 +7,7 @@ if ! command -v moto_server >/dev/null 2>&1 || ! command -v cfn-lint >/dev/null 
   if [[ ! -x "$venv/bin/moto_server" || ! -x "$venv/bin/cfn-lint" || ! -x "$venv/bin/pytest" ]]; then
     echo "== installing moto, cfn-lint and pytest into $venv"
     python3 -m venv "$venv"
-    grep -E '^(moto|cfn-lint|pytest)' "$repo/requirements-dev.txt" | sed 's/ *#.*//' | xargs "$venv/bin/pip" install -q
+    grep -E '^(moto|boto3|botocore|cfn-lint|pytest)' "$repo/requirements-dev.txt" | sed 's/ *#.*//' | xargs "$venv/bin/pip" install -q
   fi
   export PATH="$venv/bin:$PATH"
 fi
