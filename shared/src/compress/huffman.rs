@@ -236,14 +236,12 @@ mod tests {
             block[ZIGZAG[z]] = if z % 2 == 0 { -1 } else { i16::MIN };
             assert_eq!(nonzero_zigzag(&block), 1 << z, "zig-zag index {z}");
         }
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = crate::compress::tests::Rng(0x2545_f491_4f6c_dd1d);
         for _ in 0..2000 {
             let block: [i16; 64] = std::array::from_fn(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                if seed.is_multiple_of(3) {
-                    (seed >> 32) as i16
+                let r = rng.next();
+                if r.is_multiple_of(3) {
+                    (r >> 32) as i16
                 } else {
                     0
                 }

@@ -10,6 +10,24 @@ pub(crate) const SETTINGS: Settings = Settings {
     max_cpu_time: std::time::Duration::from_secs(60),
 };
 
+/// A small deterministic generator (xorshift) for the engine's randomised
+/// tests, so that failures reproduce.
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
 fn photo(name: &str) -> Vec<u8> {
     let path = format!("{}/../examples/photos/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))

@@ -759,21 +759,15 @@ mod tests {
     /// same coefficients as the baseline build, with and without the trellis.
     #[test]
     fn halving_gives_the_same_blocks_on_every_cpu_path() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::compress::tests::Rng(0x9e37_79b9_7f4a_7c15);
         // Sparse photographic chroma: a few low-frequency coefficients.
         let mut rows: Vec<Vec<JBLOCK>> = (0..2)
             .map(|_| {
                 (0..9)
                     .map(|_| {
                         std::array::from_fn(|k| {
-                            let r = next();
-                            if k < 20 && r % 3 == 0 {
+                            let r = rng.next();
+                            if k < 20 && r.is_multiple_of(3) {
                                 ((r >> 40) % 61) as JCOEF - 30
                             } else {
                                 0

@@ -281,6 +281,7 @@ impl Trellis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::tests::Rng;
 
     /// The standard luminance AC table of the JPEG specification (K.5).
     fn standard_luma() -> RateModel {
@@ -302,20 +303,6 @@ mod tests {
         let mut values = [0u8; 256];
         values[..162].copy_from_slice(&order);
         RateModel::from_table(&counts, &values)
-    }
-
-    /// A small deterministic generator (xorshift), so failures reproduce.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn unit(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 24) as f32
-        }
     }
 
     fn optimise(
