@@ -421,6 +421,17 @@ impl Config {
         self.max_decode_memory_mb << 20
     }
 
+    /// What the engine is told: quality, λ and the per-image limits.
+    pub fn engine_settings(&self) -> crate::compress::Settings {
+        crate::compress::Settings {
+            quality: self.jpeg_quality,
+            rdo_lambda: self.jpeg_rdo_lambda,
+            max_pixels: self.max_pixels,
+            max_decode_bytes: self.max_decode_bytes(),
+            max_cpu_time: self.max_image_cpu,
+        }
+    }
+
     pub fn csv_limits(&self) -> CsvLimits {
         CsvLimits {
             max_rows: self.max_rows,
@@ -836,6 +847,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.jpeg_quality, 80);
         assert_eq!(c.jpeg_rdo_lambda, 0);
+        let engine = c.engine_settings();
+        assert_eq!((engine.quality, engine.rdo_lambda), (80, 0));
+        assert_eq!(engine.max_decode_bytes, c.max_decode_bytes());
         assert!(c.allow_private_networks);
         assert_eq!(
             c.output_base_url.as_deref(),

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::compress::{Engine, Settings};
+use crate::compress::Engine;
 use crate::config::Config;
 use crate::domain::csv_input::Issue;
 use crate::metrics::Recorder;
@@ -69,16 +69,7 @@ impl App {
             Some(lookup) => GuardedClient::with_lookup(policy, lookup)?,
             None => GuardedClient::new(policy)?,
         };
-        let engine = Engine::new(
-            Settings {
-                quality: config.jpeg_quality,
-                rdo_lambda: config.jpeg_rdo_lambda,
-                max_pixels: config.max_pixels,
-                max_decode_bytes: config.max_decode_bytes(),
-                max_cpu_time: config.max_image_cpu,
-            },
-            parts.cpu_threads,
-        );
+        let engine = Engine::new(config.engine_settings(), parts.cpu_threads);
         Ok(Self {
             config: Arc::new(config),
             store: parts.store,
