@@ -49,45 +49,106 @@ fn halving() -> &'static Halving {
     })
 }
 
-/// One block from two stacked ones (`top` over `bottom`), half the height.
-/// Rows of zero coefficients (most of them, in chroma) are skipped.
-#[inline(always)]
-pub fn halve_vertically(top: &Block, bottom: &Block) -> Block {
-    let m = &halving().0;
-    let mut out = [0f32; 64];
-    for k in 0..16 {
-        let src = if k < 8 {
-            &top[k * 8..k * 8 + 8]
-        } else {
-            &bottom[(k - 8) * 8..(k - 8) * 8 + 8]
-        };
-        if src.iter().all(|&x| x == 0.0) {
-            continue;
-        }
-        for v in 0..8 {
-            let weight = m[v][k];
-            for (o, s) in out[v * 8..v * 8 + 8].iter_mut().zip(src) {
-                *o += weight * s;
-            }
-        }
-    }
-    out
+/// `M`'s first half, `M[v][k]` for `k < 8`. Halving is symmetric about
+/// the middle of the 16 samples: mirroring them maps the first block onto
+/// the second and negates the odd frequencies of both, so
+/// `M[v][8 + k] = (−1)^(v+k) · M[v][k]`. Output frequency `v` therefore
+/// needs only the sum of the two blocks' frequency `k` (when `v + k` is
+/// even) or their difference (when odd), and half the products.
+struct Folded([[f32; 8]; 8]);
+
+fn folded() -> &'static Folded {
+    static MATRIX: OnceLock<Folded> = OnceLock::new();
+    MATRIX.get_or_init(|| {
+        let m = &halving().0;
+        Folded(std::array::from_fn(|v| std::array::from_fn(|k| m[v][k])))
+    })
 }
 
-/// One block from two side by side (`left`, `right`), half the width. Each
-/// non-zero coefficient adds its column of the matrix to its row.
+/// The even output frequency that input frequency `k` reaches (the even
+/// rows of `M` have one or two entries); frequency 4 averages to zero in
+/// every pair of samples and reaches nothing, odd ones or even.
+const EVEN_TAP: [Option<usize>; 8] = [
+    Some(0),
+    Some(2),
+    Some(4),
+    Some(6),
+    None,
+    Some(6),
+    Some(4),
+    Some(2),
+];
+
+/// Bit `r` set where row `r` of a block of quantised coefficients holds a
+/// non-zero one: which rows the halving must read.
 #[inline(always)]
-pub fn halve_horizontally(left: &Block, right: &Block) -> Block {
+pub fn nonzero_rows(block: &[i16; 64]) -> u8 {
+    block.chunks_exact(8).enumerate().fold(0, |mask, (r, row)| {
+        let any = row.iter().fold(0, |a, &c| a | c) != 0;
+        mask | (u8::from(any) << r)
+    })
+}
+
+/// One block from two stacked ones (`top` over `bottom`), half the height,
+/// a row of 8 coefficients at a time (8 lanes), with the rows the result
+/// may hold. `rows` has bit `k` set where row `k` of either block may be
+/// non-zero; the others are taken as zero and skipped (most of them, in
+/// chroma).
+#[inline(always)]
+pub fn halve_vertically(top: &Block, bottom: &Block, rows: u8) -> (Block, u8) {
+    let m = &folded().0;
+    let mut out = [0f32; 64];
+    let mut out_rows = 0u8;
+    for (k, even) in EVEN_TAP.iter().enumerate() {
+        let Some(even) = *even else { continue };
+        if rows & (1 << k) == 0 {
+            continue;
+        }
+        let (a, b) = (&top[k * 8..k * 8 + 8], &bottom[k * 8..k * 8 + 8]);
+        let sum: [f32; 8] = std::array::from_fn(|x| a[x] + b[x]);
+        let difference: [f32; 8] = std::array::from_fn(|x| a[x] - b[x]);
+        // v + k even: the sum; odd: the difference.
+        let (for_even, for_odd) = if k % 2 == 0 {
+            (&sum, &difference)
+        } else {
+            (&difference, &sum)
+        };
+        let mut add = |v: usize, from: &[f32; 8]| {
+            let weight = m[v][k];
+            for (o, s) in out[v * 8..v * 8 + 8].iter_mut().zip(from) {
+                *o += weight * s;
+            }
+        };
+        add(even, for_even);
+        for v in [1, 3, 5, 7] {
+            add(v, for_odd);
+        }
+        out_rows |= 1 << even | 0b1010_1010;
+    }
+    (out, out_rows)
+}
+
+/// One block from two side by side (`left`, `right`), half the width: each
+/// coefficient adds its column of the matrix to its row. `rows` as for
+/// `halve_vertically`.
+#[inline(always)]
+pub fn halve_horizontally(left: &Block, right: &Block, rows: u8) -> Block {
     let t = &transposed().0;
     let mut out = [0f32; 64];
-    for (k0, block) in [(0, left), (8, right)] {
-        for (i, &c) in block.iter().enumerate() {
-            if c == 0.0 {
+    for (v, row) in out.chunks_exact_mut(8).enumerate() {
+        if rows & (1 << v) == 0 {
+            continue;
+        }
+        let (a, b) = (&left[v * 8..v * 8 + 8], &right[v * 8..v * 8 + 8]);
+        // Every coefficient of the row, zero or not: a branch per
+        // coefficient costs more than the product in dense chroma.
+        // Frequency 4 averages to zero (see `EVEN_TAP`).
+        for (k, (&a, &b)) in a.iter().zip(b).enumerate() {
+            if k == 4 {
                 continue;
             }
-            let (v, k) = (i / 8, i % 8);
-            for (o, w) in out[v * 8..v * 8 + 8].iter_mut().zip(&t[k0 + k]) {
-                *o += c * w;
+            for ((o, wa), wb) in row.iter_mut().zip(&t[k]).zip(&t[8 + k]) {
+                *o += a * wa + b * wb;
             }
         }
     }
@@ -182,7 +243,8 @@ mod tests {
         let p = patch();
         let expected: [[f64; 8]; 8] =
             std::array::from_fn(|y| std::array::from_fn(|x| (p[2 * y][x] + p[2 * y + 1][x]) / 2.0));
-        let got = halve_vertically(&fdct(&block_of(&p, 0, 0)), &fdct(&block_of(&p, 8, 0)));
+        let (got, _) =
+            halve_vertically(&fdct(&block_of(&p, 0, 0)), &fdct(&block_of(&p, 8, 0)), 0xFF);
         assert_close(&got, &fdct(&expected));
     }
 
@@ -191,8 +253,60 @@ mod tests {
         let p = patch();
         let expected: [[f64; 8]; 8] =
             std::array::from_fn(|y| std::array::from_fn(|x| (p[y][2 * x] + p[y][2 * x + 1]) / 2.0));
-        let got = halve_horizontally(&fdct(&block_of(&p, 0, 0)), &fdct(&block_of(&p, 0, 8)));
+        let got = halve_horizontally(&fdct(&block_of(&p, 0, 0)), &fdct(&block_of(&p, 0, 8)), 0xFF);
         assert_close(&got, &fdct(&expected));
+    }
+
+    /// The folded products are the full matrix's: its mirror symmetry and
+    /// its zeros hold, and on sparse blocks (rows skipped by their mask)
+    /// both give the same coefficients, the skipped rows' outputs zero.
+    #[test]
+    fn folded_halving_is_the_whole_matrix() {
+        let m = &halving().0;
+        for (v, row) in m.iter().enumerate() {
+            for k in 0..8 {
+                let sign = if (v + k) % 2 == 0 { 1.0 } else { -1.0 };
+                assert!(
+                    (row[8 + k] - sign * row[k]).abs() < 1e-6,
+                    "M[{v}][{}]",
+                    8 + k
+                );
+                let reached = k != 4 && (v % 2 == 1 || EVEN_TAP[k] == Some(v));
+                assert!(reached || row[k].abs() < 1e-6, "M[{v}][{k}] = {}", row[k]);
+            }
+        }
+        let mut rng = crate::compress::tests::Rng(0x51_7cc1_b727_220a);
+        for _ in 0..200 {
+            let mut sparse = || -> [i16; 64] {
+                let rows = rng.next();
+                std::array::from_fn(|i| {
+                    let r = rng.next();
+                    if rows >> (i / 8) & 1 == 1 && r.is_multiple_of(3) {
+                        (r >> 32) as i16 % 200
+                    } else {
+                        0
+                    }
+                })
+            };
+            let (top, bottom) = (sparse(), sparse());
+            let rows = nonzero_rows(&top) | nonzero_rows(&bottom);
+            let steps = [3u16; 64];
+            let (a, b) = (dequantise(&top, &steps), dequantise(&bottom, &steps));
+            let (got, out_rows) = halve_vertically(&a, &b, rows);
+            for (v, weights) in m.iter().enumerate() {
+                for u in 0..8 {
+                    let want: f32 = (0..16)
+                        .map(|k| {
+                            let src = if k < 8 { &a } else { &b };
+                            weights[k] * src[(k % 8) * 8 + u]
+                        })
+                        .sum();
+                    let i = v * 8 + u;
+                    assert!((got[i] - want).abs() < 1e-2, "{i}: {} vs {want}", got[i]);
+                    assert!(out_rows >> v & 1 == 1 || got[i] == 0.0, "row {v}");
+                }
+            }
+        }
     }
 
     #[test]

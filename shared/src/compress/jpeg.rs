@@ -92,8 +92,8 @@ impl<'a> Opened<'a> {
 
     /// Memory this picture needs, from its header: the source's
     /// coefficients in the DCT domain, with a second set when turning
-    /// (libjpeg's transform workspace) or the new 4:2:0 arrays when halving
-    /// chroma; through pixels, the larger of what the pixel path holds.
+    /// (libjpeg's transform workspace) or the new 4:2:0 chroma when halving
+    /// it; through pixels, the larger of what the pixel path holds.
     /// A turn that cannot be done on whole blocks falls back to pixels, so
     /// both are priced then.
     pub fn need(&self, input_len: usize) -> u64 {
@@ -103,7 +103,7 @@ impl<'a> Opened<'a> {
         let transcode = match self.plan {
             Some(transcode::Chroma::Keep) if turning => 2 * source,
             Some(transcode::Chroma::Keep) => source,
-            Some(_) => source + memory::encoder_bytes(w, h, 3),
+            Some(_) => source + memory::halving_bytes(w, h, &self.header.sampling),
             None => 0,
         };
         let through_pixels = if self.plan.is_none() || turning {

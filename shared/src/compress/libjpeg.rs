@@ -70,6 +70,13 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// Fails the libjpeg call in progress with `message`, as libjpeg's own
+/// errors do: for Rust code that libjpeg calls back (its methods replaced
+/// by ours), inside `guarded`.
+pub(super) fn fail(message: &str) -> ! {
+    resume_unwind(Box::new(Fatal(message.to_string())))
+}
+
 /// `JMSG_LENGTH_MAX` of `jerror.h`: the buffer `format_message` fills.
 const JMSG_LENGTH_MAX: usize = 200;
 

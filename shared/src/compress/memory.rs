@@ -55,6 +55,27 @@ pub fn jpeg_coefficient_bytes(width: u32, height: u32, sampling: &[(u8, u8)]) ->
         .sum()
 }
 
+/// What halving a 4:2:2 or 4:4:4 JPEG's chroma adds to its coefficient
+/// arrays: the output's two 4:2:0 chroma arrays, and a block row per
+/// source component (its arrays are read with an even number of rows, for
+/// the encoder, which takes luma two rows at a time).
+pub fn halving_bytes(width: u32, height: u32, sampling: &[(u8, u8)]) -> u64 {
+    let output = [(2, 2), (1, 1), (1, 1)];
+    let chroma = jpeg_coefficient_bytes(width, height, &output)
+        - jpeg_coefficient_bytes(width, height, &output[..1]);
+    let widest = sampling
+        .iter()
+        .map(|s| u64::from(s.0))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let rows: u64 = sampling
+        .iter()
+        .map(|&(h, _)| (u64::from(width) * u64::from(h).max(1)).div_ceil(8 * widest) + 1)
+        .sum();
+    chroma + rows * BLOCK_BYTES
+}
+
 /// The encoder's whole-image coefficient buffers: libjpeg keeps one when
 /// it optimises Huffman tables, which needs every symbol counted before
 /// the first is written, and mozjpeg's encoder allocates a second,
@@ -244,6 +265,21 @@ mod tests {
             2 * (1250 * 1250 + 2 * 625 * 625) * 128
         );
         assert_eq!(encoder_bytes(10_000, 10_000, 1), 2 * 1250 * 1250 * 128);
+    }
+
+    #[test]
+    fn halving_adds_the_output_chroma_and_a_block_row_per_component() {
+        // 4:4:4, 33×17 pixels: 5 blocks a row in each component; the
+        // 4:2:0 output's chroma is 3×2 blocks each.
+        assert_eq!(
+            halving_bytes(33, 17, &[(1, 1); 3]),
+            (2 * 3 * 2 + 3 * (5 + 1)) * 128
+        );
+        // 4:2:2 at 10,000²: 1250 luma blocks a row, 625 chroma.
+        assert_eq!(
+            halving_bytes(10_000, 10_000, &[(2, 1), (1, 1), (1, 1)]),
+            (2 * 625 * 625 + 1251 + 2 * 626) * 128
+        );
     }
 
     #[test]

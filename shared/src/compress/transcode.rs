@@ -14,7 +14,8 @@
 
 use std::ffi::{c_int, c_long, c_uint};
 use std::marker::{PhantomData, PhantomPinned};
-use std::ptr::{self, NonNull};
+use std::ptr::NonNull;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use mozjpeg_sys::{
@@ -25,7 +26,9 @@ use mozjpeg_sys::{
     jpeg_write_coefficients, jvirt_barray_ptr,
 };
 
-use super::libjpeg::{Compress, Decompress, Limits, every_component_has_data, guarded, write_icc};
+use super::libjpeg::{
+    Compress, Decompress, Limits, every_component_has_data, fail, guarded, write_icc,
+};
 use super::trellis::{RateModel, Trellis};
 use super::{chroma, huffman};
 
@@ -153,7 +156,14 @@ pub fn transcode<'a>(
         unsafe {
             let src = src.raw();
             let dst = dst.raw();
-            let src_arrays = jpeg_read_coefficients(src);
+            // Halving writes the source's luma array as the output's
+            // (see `HalvedArrays`), which the encoder reads in pairs of
+            // block rows: the arrays are requested for that.
+            let src_arrays = if chroma == Chroma::Keep {
+                jpeg_read_coefficients(src)
+            } else {
+                read_coefficients_for_pairs(src)?
+            };
             jpeg_copy_critical_parameters(src, dst);
             // The target tables at this quality, libjpeg's own way.
             jpeg_set_quality(dst, c_int::from(quality), 1);
@@ -216,7 +226,7 @@ pub fn transcode<'a>(
                 write_icc(dst, icc);
                 Written::Source(src_arrays)
             } else {
-                let halved = HalvedArrays::request(src, dst)?;
+                let halved = HalvedArrays::request(src, dst, src_arrays)?;
                 jpeg_write_coefficients(dst, halved.arrays);
                 halved.fill(
                     src,
@@ -227,7 +237,7 @@ pub fn transcode<'a>(
                     trellises[1].as_deref_mut(),
                 )?;
                 write_icc(dst, icc);
-                Written::Destination(halved.arrays)
+                Written::Halved(halved.arrays)
             };
             if own_tables {
                 install_optimal_tables(src, dst, written)?;
@@ -244,8 +254,93 @@ pub fn transcode<'a>(
 /// The final coefficient arrays, and whose memory manager holds them.
 #[derive(Clone, Copy)]
 enum Written {
+    /// All of them the source's.
     Source(*mut jvirt_barray_ptr),
-    Destination(*mut jvirt_barray_ptr),
+    /// Luma the source's, halved chroma the destination's.
+    Halved(*mut jvirt_barray_ptr),
+}
+
+impl Written {
+    fn arrays(self) -> *mut jvirt_barray_ptr {
+        match self {
+            Self::Source(a) | Self::Halved(a) => a,
+        }
+    }
+
+    fn held_by_source(self, component: usize) -> bool {
+        matches!(self, Self::Source(_)) || component == 0
+    }
+}
+
+type RequestBarray = unsafe extern "C-unwind" fn(
+    &mut jpeg_common_struct,
+    c_int,
+    boolean,
+    JDIMENSION,
+    JDIMENSION,
+    JDIMENSION,
+) -> jvirt_barray_ptr;
+
+/// libjpeg's `request_virt_barray` (`jmemmgr.c`: one function, whichever
+/// codec's memory manager holds it).
+static LIBJPEG_REQUEST: OnceLock<RequestBarray> = OnceLock::new();
+
+/// `jpeg_read_coefficients`, with every coefficient array requested to be
+/// readable two block rows at a time, its height rounded up to an even
+/// number of rows. The extra row is never read for content: the encoder
+/// reads blocks below a component's height from its own dummy blocks, but
+/// asks for whole pairs of rows.
+///
+/// # Safety
+/// As `jpeg_read_coefficients`: the header of `src` has been read.
+unsafe fn read_coefficients_for_pairs(
+    src: &mut jpeg_decompress_struct,
+) -> Result<*mut jvirt_barray_ptr, String> {
+    // SAFETY: `mem` is set up once the codec is created; the method is put
+    // back after the call, and a codec whose call unwinds is not used again.
+    unsafe {
+        let mem = &mut *src.common.mem;
+        let own = mem.request_virt_barray.ok_or("no libjpeg memory manager")?;
+        let libjpeg = *LIBJPEG_REQUEST.get_or_init(|| own);
+        if libjpeg as usize != own as usize {
+            return Err("an unexpected libjpeg memory manager".into());
+        }
+        mem.request_virt_barray = Some(request_in_pairs);
+        let arrays = jpeg_read_coefficients(src);
+        (*src.common.mem).request_virt_barray = Some(own);
+        Ok(arrays)
+    }
+}
+
+/// `request_virt_barray` for `read_coefficients_for_pairs`.
+///
+/// # Safety
+/// Called by libjpeg only, as its memory manager's method, once
+/// `LIBJPEG_REQUEST` holds the method it stands in for.
+unsafe extern "C-unwind" fn request_in_pairs(
+    cinfo: &mut jpeg_common_struct,
+    pool_id: c_int,
+    pre_zero: boolean,
+    blocks_per_row: JDIMENSION,
+    rows: JDIMENSION,
+    max_access: JDIMENSION,
+) -> jvirt_barray_ptr {
+    match LIBJPEG_REQUEST.get() {
+        // SAFETY: libjpeg's own method, with its own codec; more rows and
+        // a larger access window are both within its contract.
+        Some(request) => unsafe {
+            request(
+                cinfo,
+                pool_id,
+                pre_zero,
+                blocks_per_row,
+                round_up(rows, 2),
+                max_access.max(2),
+            )
+        },
+        // Installed only after `LIBJPEG_REQUEST` is set.
+        None => fail("libjpeg's array request is unknown"),
+    }
 }
 
 /// Whether the output is one sequential Huffman-coded scan without restart
@@ -327,11 +422,13 @@ unsafe fn install_optimal_tables(
         })
         .collect();
     let (image_width, image_height) = (dst.image_width as usize, dst.image_height as usize);
-    let (owner, arrays) = match written {
-        Written::Source(a) => (&mut src.common, a),
-        Written::Destination(a) => (&mut dst.common, a),
-    };
+    let arrays = written.arrays();
     let mut counts = huffman::count_scan(&components, image_width, image_height, |ci, r| {
+        let owner = if written.held_by_source(ci) {
+            &mut src.common
+        } else {
+            &mut dst.common
+        };
         // SAFETY: `count_scan` asks for rows below `height_in_blocks` of
         // components below `num_components`, each `width_in_blocks` long,
         // and only reads them, before anything writes the arrays again.
@@ -376,9 +473,9 @@ fn round_up(n: JDIMENSION, multiple: JDIMENSION) -> JDIMENSION {
 }
 
 /// The coefficient arrays of a 4:2:0 output made from a 4:2:2 or 4:4:4
-/// source, all new: luma is copied because the encoder reads it two block
-/// rows at a time, which the source's array (made for one) refuses; chroma
-/// has a half or a quarter of the source's blocks.
+/// source: the source's luma array (read by `read_coefficients_for_pairs`
+/// so that the encoder can take it two block rows at a time) and new
+/// chroma arrays with a half or a quarter of the source's blocks.
 struct HalvedArrays {
     /// Three array pointers in `dst`'s image pool, where libjpeg keeps
     /// reading them until the compression finishes.
@@ -388,17 +485,17 @@ struct HalvedArrays {
 
 impl HalvedArrays {
     /// # Safety
-    /// `src` has read its coefficients (3 components); `dst` has copied its
-    /// parameters and not yet started writing.
+    /// `src` has read its coefficients (3 components) into `src_arrays`
+    /// with `read_coefficients_for_pairs`; `dst` has copied its parameters
+    /// and not yet started writing.
     unsafe fn request(
         src: &jpeg_decompress_struct,
         dst: &mut jpeg_compress_struct,
+        src_arrays: *mut jvirt_barray_ptr,
     ) -> Result<Self, String> {
         // SAFETY: as promised; the memory manager's functions allocate in
         // `dst`'s pools (or unwind on failure).
         unsafe {
-            let luma = &*src.comp_info;
-            let (wib, hib) = (luma.width_in_blocks, luma.height_in_blocks);
             let mem = &*dst.common.mem;
             let (request, alloc) = mem
                 .request_virt_barray
@@ -410,16 +507,8 @@ impl HalvedArrays {
                 3 * size_of::<jvirt_barray_ptr>(),
             )
             .cast::<jvirt_barray_ptr>();
-            let luma_array = request(
-                &mut dst.common,
-                JPOOL_IMAGE,
-                1,
-                round_up(wib, 2),
-                round_up(hib, 2),
-                2,
-            );
             let chroma_blocks = (src.image_width.div_ceil(16), src.image_height.div_ceil(16));
-            arrays.write(luma_array);
+            arrays.write(*src_arrays);
             for ci in 1..3 {
                 let array = request(
                     &mut dst.common,
@@ -453,17 +542,10 @@ impl HalvedArrays {
         mut trellis: Option<&mut Trellis>,
     ) -> Result<(), String> {
         // SAFETY: rows and blocks below each array's dimensions, as the
-        // loops bound them; one source row of a component is read at a time
-        // (two for chroma, from the same read-only array) and one output row
+        // loops bound them; two source rows of a chroma component are read
+        // at a time (from the same read-only array) and one output row
         // written, from different arrays and memory managers.
         unsafe {
-            let luma = &*src.comp_info;
-            let width = luma.width_in_blocks as usize;
-            for row in 0..luma.height_in_blocks {
-                let from = block_row(&mut src.common, *src_arrays, row, false)?;
-                let to = block_row(&mut dst.common, *self.arrays, row, true)?;
-                ptr::copy_nonoverlapping(from, to, width);
-            }
             let (out_w, out_h) = self.chroma_blocks;
             for (ci, (q_in, q_out)) in tables.iter().enumerate().take(3).skip(1) {
                 let comp = &*src.comp_info.add(ci);
@@ -560,17 +642,21 @@ fn halve_row_with(
         return;
     }
     let deq = |b: &JBLOCK| chroma::dequantise(b, tables.source);
+    let pair = |a: &JBLOCK, b: &JBLOCK| {
+        let rows = chroma::nonzero_rows(a) | chroma::nonzero_rows(b);
+        chroma::halve_vertically(&deq(a), &deq(b), rows)
+    };
     for (col, block) in out.iter_mut().enumerate() {
         let halved = match chroma {
             Chroma::HalveHeight => {
                 let c = col.min(in_w - 1);
-                chroma::halve_vertically(&deq(&top[c]), &deq(&bottom[c]))
+                pair(&top[c], &bottom[c]).0
             }
             _ => {
                 let (l, r) = ((2 * col).min(in_w - 1), (2 * col + 1).min(in_w - 1));
-                let upper = chroma::halve_horizontally(&deq(&top[l]), &deq(&top[r]));
-                let lower = chroma::halve_horizontally(&deq(&bottom[l]), &deq(&bottom[r]));
-                chroma::halve_vertically(&upper, &lower)
+                let (left, left_rows) = pair(&top[l], &bottom[l]);
+                let (right, right_rows) = pair(&top[r], &bottom[r]);
+                chroma::halve_horizontally(&left, &right, left_rows | right_rows)
             }
         };
         *block = chroma::quantise(&halved, &tables.reciprocal);
