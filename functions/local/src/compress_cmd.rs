@@ -28,12 +28,15 @@ pub struct CompressArgs {
     /// Folder for the compressed JPEGs (created if missing).
     #[arg(long)]
     out: PathBuf,
-    /// JPEG quality, 1–100.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100))]
+    /// JPEG quality, 1–100 (the same `JPEG_QUALITY` as `serve` and
+    /// `process` read when the flag is absent).
+    #[arg(long, env = "JPEG_QUALITY", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
     quality: u8,
     /// λ of the rate–distortion optimisation of JPEG inputs: larger is
-    /// smaller and lower in quality; 0 turns it off.
-    #[arg(long, default_value_t = DEFAULT_RDO_LAMBDA,
+    /// smaller and lower in quality; 0 turns it off (`JPEG_RDO_LAMBDA`
+    /// when the flag is absent).
+    #[arg(long, env = "JPEG_RDO_LAMBDA", default_value_t = DEFAULT_RDO_LAMBDA,
           value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_RDO_LAMBDA)))]
     rdo_lambda: u16,
     /// Worker threads (default: one per core).

@@ -10,11 +10,17 @@ use std::process::{Command, Output};
 use common::{ImageServer, csv_of, photos_dir};
 
 fn run(args: &[&str], dir: &Path) -> Output {
+    run_with(args, dir, &[])
+}
+
+/// `run` with more environment variables set.
+fn run_with(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgproc-local"))
         .args(args)
         .current_dir(dir)
         .env("ALLOW_PRIVATE_NETWORKS", "true")
         .env("RETRY_BASE_DELAY_MS", "20")
+        .envs(env.iter().copied())
         .output()
         .expect("imgproc-local runs")
 }
@@ -124,19 +130,17 @@ fn compress_converts_local_files() {
 fn compress_takes_the_rate_distortion_lambda() {
     let dir = tempfile::tempdir().unwrap();
     let photo = photos_dir().join("coffee.jpg").display().to_string();
-    let size = |lambda: &str| {
-        let out_dir = format!("o{lambda}");
-        let out = run(
-            &[
-                "compress",
-                "--out",
-                &out_dir,
-                "--rdo-lambda",
-                lambda,
-                &photo,
-            ],
-            dir.path(),
-        );
+    // λ from the flag, or from JPEG_RDO_LAMBDA as `serve` reads it.
+    let size_with = |lambda: &str, from_env: bool| {
+        let out_dir = format!("o{lambda}{}", if from_env { "env" } else { "" });
+        let mut args = vec!["compress", "--out", &out_dir, &photo];
+        let mut env = vec![];
+        if from_env {
+            env.push(("JPEG_RDO_LAMBDA", lambda));
+        } else {
+            args.extend(["--rdo-lambda", lambda]);
+        }
+        let out = run_with(&args, dir.path(), &env);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -147,11 +151,14 @@ fn compress_takes_the_rate_distortion_lambda() {
             .unwrap()
             .len()
     };
+    let size = |lambda: &str| size_with(lambda, false);
     let (plain, default, smaller) = (size("0"), size("5"), size("30"));
     assert!(
         plain > default && default > smaller,
         "bytes at λ 0, 5, 30: {plain}, {default}, {smaller}"
     );
+    assert_eq!(size_with("30", true), smaller, "JPEG_RDO_LAMBDA=30");
+    assert_eq!(size_with("0", true), plain, "JPEG_RDO_LAMBDA=0");
 
     let refused = run(
         &["compress", "--out", "o", "--rdo-lambda", "101", &photo],
@@ -164,6 +171,15 @@ fn compress_takes_the_rate_distortion_lambda() {
         !dir.path().join("o").exists(),
         "nothing written when refused"
     );
+    let refused = run_with(
+        &["compress", "--out", "o", &photo],
+        dir.path(),
+        &[("JPEG_RDO_LAMBDA", "101")],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--rdo-lambda"), "{stderr}");
+    assert!(!dir.path().join("o").exists());
 }
 
 #[test]
