@@ -257,6 +257,27 @@ mod tests {
         assert_close(&got, &fdct(&expected));
     }
 
+    /// 4:4:4 as the transcoder halves it: each column of blocks halved
+    /// vertically, then the two results horizontally.
+    #[test]
+    fn halving_both_ways_equals_averaging_two_by_two_pixels() {
+        let p = patch();
+        let expected: [[f64; 8]; 8] = std::array::from_fn(|y| {
+            std::array::from_fn(|x| {
+                (p[2 * y][2 * x]
+                    + p[2 * y][2 * x + 1]
+                    + p[2 * y + 1][2 * x]
+                    + p[2 * y + 1][2 * x + 1])
+                    / 4.0
+            })
+        });
+        let block = |y0, x0| fdct(&block_of(&p, y0, x0));
+        let (left, left_rows) = halve_vertically(&block(0, 0), &block(8, 0), 0xFF);
+        let (right, right_rows) = halve_vertically(&block(0, 8), &block(8, 8), 0xFF);
+        let got = halve_horizontally(&left, &right, left_rows | right_rows);
+        assert_close(&got, &fdct(&expected));
+    }
+
     /// The folded products are the full matrix's: its mirror symmetry and
     /// its zeros hold, and on sparse blocks (rows skipped by their mask)
     /// both give the same coefficients, the skipped rows' outputs zero.
