@@ -478,7 +478,9 @@ fn round_up(n: JDIMENSION, multiple: JDIMENSION) -> JDIMENSION {
 /// chroma arrays with a half or a quarter of the source's blocks.
 struct HalvedArrays {
     /// Three array pointers in `dst`'s image pool, where libjpeg keeps
-    /// reading them until the compression finishes.
+    /// reading them until the compression finishes: the first is the
+    /// source's (held by `src`'s memory manager, which is finished after
+    /// `dst`), the other two `dst`'s.
     arrays: *mut jvirt_barray_ptr,
     chroma_blocks: (JDIMENSION, JDIMENSION),
 }
