@@ -194,21 +194,12 @@ pub fn transcode<'a>(
                 tables.push((source, wanted));
             }
             let mut trellises = standard_rates(dst).map(|rate| Trellis::new(lambda, &rate));
-            let mut originals = Vec::new();
             for (ci, (source, wanted)) in tables.iter().enumerate() {
                 if ci == 0 || chroma == Chroma::Keep {
                     let comp = &*src.comp_info.add(ci);
                     let trellis = trellises[usize::from(ci > 0)].as_deref_mut();
                     let array = *src_arrays.add(ci);
-                    requantise_component(
-                        src,
-                        array,
-                        comp,
-                        source,
-                        wanted,
-                        trellis,
-                        &mut originals,
-                    )?;
+                    requantise_component(src, array, comp, source, wanted, trellis)?;
                 }
             }
             // Optimal Huffman tables, from counts gathered here rather than
@@ -692,8 +683,7 @@ fn requantise_factors(old: &[u16; 64], new: &[u16; 64]) -> [u16; 64] {
 /// rounds towards zero: both neighbours are equally far from the source's
 /// value, and zero costs fewer bits. (Rounding it away from zero keeps
 /// every ±1 when the step doubles, say from quality 75 to 50, and makes the
-/// file a fifth larger for nothing.) `originals` is working space for one
-/// block row of source coefficients.
+/// file a fifth larger for nothing.)
 ///
 /// # Safety
 /// `array` is `cinfo`'s realised coefficient array of component `comp`.
@@ -704,7 +694,6 @@ unsafe fn requantise_component(
     old: &[u16; 64],
     new: &[u16; 64],
     mut trellis: Option<&mut Trellis>,
-    originals: &mut Vec<[JCOEF; 64]>,
 ) -> Result<(), String> {
     if old == new && trellis.is_none() {
         return Ok(());
@@ -719,10 +708,11 @@ unsafe fn requantise_component(
             std::slice::from_raw_parts_mut(block_row(&mut cinfo.common, array, row, true)?, width)
         };
         if let Some(t) = trellis.as_deref_mut() {
-            originals.clear();
-            originals.extend_from_slice(blocks);
-            requantise_blocks(blocks, &factor);
-            for (block, original) in blocks.iter_mut().zip(originals.iter()) {
+            // A block at a time, its source kept on the stack: the trellis
+            // weighs the requantised block against it.
+            for block in blocks.iter_mut() {
+                let original = *block;
+                requantise_blocks(std::slice::from_mut(block), &factor);
                 t.optimise(block, new, |k| f32::from(original[k]) * f32::from(old[k]));
             }
         } else {
