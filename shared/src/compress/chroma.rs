@@ -49,22 +49,6 @@ fn halving() -> &'static Halving {
     })
 }
 
-/// `M`'s first half, `M[v][k]` for `k < 8`. Halving is symmetric about
-/// the middle of the 16 samples: mirroring them maps the first block onto
-/// the second and negates the odd frequencies of both, so
-/// `M[v][8 + k] = (−1)^(v+k) · M[v][k]`. Output frequency `v` therefore
-/// needs only the sum of the two blocks' frequency `k` (when `v + k` is
-/// even) or their difference (when odd), and half the products.
-struct Folded([[f32; 8]; 8]);
-
-fn folded() -> &'static Folded {
-    static MATRIX: OnceLock<Folded> = OnceLock::new();
-    MATRIX.get_or_init(|| {
-        let m = &halving().0;
-        Folded(std::array::from_fn(|v| std::array::from_fn(|k| m[v][k])))
-    })
-}
-
 /// The even output frequency that input frequency `k` reaches (the even
 /// rows of `M` have one or two entries); frequency 4 averages to zero in
 /// every pair of samples and reaches nothing, odd ones or even.
@@ -91,12 +75,17 @@ pub fn nonzero_rows(block: &[i16; 64]) -> u8 {
 
 /// One block from two stacked ones (`top` over `bottom`), half the height,
 /// a row of 8 coefficients at a time (8 lanes), with the rows the result
-/// may hold. `rows` has bit `k` set where row `k` of either block may be
+/// may hold. Halving is symmetric about the middle of the 16 samples:
+/// mirroring them maps the first block onto the second and negates the odd
+/// frequencies of both, so `M[v][8 + k] = (−1)^(v+k) · M[v][k]`. Output
+/// frequency `v` therefore needs only the sum of the two blocks' frequency
+/// `k` (when `v + k` is even) or their difference (when odd), and only the
+/// first half of `M`. `rows` has bit `k` set where row `k` of either block may be
 /// non-zero; the others are taken as zero and skipped (most of them, in
 /// chroma).
 #[inline(always)]
 pub fn halve_vertically(top: &Block, bottom: &Block, rows: u8) -> (Block, u8) {
-    let m = &folded().0;
+    let m = &halving().0;
     let mut out = [0f32; 64];
     let mut out_rows = 0u8;
     for (k, even) in EVEN_TAP.iter().enumerate() {

@@ -28,28 +28,12 @@ const BLOCK_BYTES: u64 = 128;
 /// whole MCUs. `sampling` is each component's (horizontal, vertical)
 /// sampling factor.
 pub fn jpeg_coefficient_bytes(width: u32, height: u32, sampling: &[(u8, u8)]) -> u64 {
-    let h_max = sampling
-        .iter()
-        .map(|s| u64::from(s.0))
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let v_max = sampling
-        .iter()
-        .map(|s| u64::from(s.1))
-        .max()
-        .unwrap_or(1)
-        .max(1);
+    let (h_max, v_max) = (largest(sampling, |s| s.0), largest(sampling, |s| s.1));
     sampling
         .iter()
         .map(|&(h, v)| {
-            let (h, v) = (u64::from(h).max(1), u64::from(v).max(1));
-            let blocks_w = (u64::from(width) * h)
-                .div_ceil(8 * h_max)
-                .next_multiple_of(h);
-            let blocks_h = (u64::from(height) * v)
-                .div_ceil(8 * v_max)
-                .next_multiple_of(v);
+            let blocks_w = blocks(width, h, h_max).next_multiple_of(u64::from(h).max(1));
+            let blocks_h = blocks(height, v, v_max).next_multiple_of(u64::from(v).max(1));
             blocks_w * blocks_h * BLOCK_BYTES
         })
         .sum()
@@ -63,17 +47,28 @@ pub fn halving_bytes(width: u32, height: u32, sampling: &[(u8, u8)]) -> u64 {
     let output = [(2, 2), (1, 1), (1, 1)];
     let chroma = jpeg_coefficient_bytes(width, height, &output)
         - jpeg_coefficient_bytes(width, height, &output[..1]);
-    let widest = sampling
-        .iter()
-        .map(|s| u64::from(s.0))
-        .max()
-        .unwrap_or(1)
-        .max(1);
+    let widest = largest(sampling, |s| s.0);
     let rows: u64 = sampling
         .iter()
-        .map(|&(h, _)| (u64::from(width) * u64::from(h).max(1)).div_ceil(8 * widest) + 1)
+        .map(|&(h, _)| blocks(width, h, widest) + 1)
         .sum();
     chroma + rows * BLOCK_BYTES
+}
+
+/// The largest sampling factor of any component along one axis (at least 1).
+fn largest(sampling: &[(u8, u8)], axis: impl Fn(&(u8, u8)) -> u8) -> u64 {
+    sampling
+        .iter()
+        .map(|s| u64::from(axis(s)))
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The blocks a component of sampling factor `factor` (of the largest,
+/// `largest`) spans across `pixels`, before padding to whole MCUs.
+fn blocks(pixels: u32, factor: u8, largest: u64) -> u64 {
+    (u64::from(pixels) * u64::from(factor).max(1)).div_ceil(8 * largest)
 }
 
 /// The encoder's whole-image coefficient buffers: libjpeg keeps one when

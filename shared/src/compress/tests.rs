@@ -57,6 +57,23 @@ fn decode(bytes: &[u8]) -> DynamicImage {
     }
 }
 
+/// `pixels` (`width` × `height`, of `color`) as a baseline JPEG from
+/// `jpeg-encoder`, with the given chroma sampling.
+fn encode_jpeg(
+    pixels: &[u8],
+    (width, height): (u32, u32),
+    color: ColorType,
+    sampling: SamplingFactor,
+    quality: u8,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = Encoder::new(&mut out, quality);
+    enc.set_sampling_factor(sampling);
+    enc.encode(pixels, width as u16, height as u16, color)
+        .unwrap();
+    out
+}
+
 /// Encodes with `jpeg-encoder`, which writes baseline 4:2:0 with one scan
 /// per component when its Huffman tables are optimised.
 fn encode_separate_scans(rgb: &image::RgbImage, quality: u8) -> Vec<u8> {
@@ -439,12 +456,7 @@ fn parse_pnm(data: &[u8]) -> DynamicImage {
 fn jpeg_inputs() -> Vec<(String, Vec<u8>)> {
     let chelsea = decode(&photo("chelsea-cat.png")).to_rgb8();
     let encode = |color: ColorType, data: &[u8], sampling: SamplingFactor, quality: u8| {
-        let mut out = Vec::new();
-        let mut enc = Encoder::new(&mut out, quality);
-        enc.set_sampling_factor(sampling);
-        enc.encode(data, chelsea.width() as u16, chelsea.height() as u16, color)
-            .unwrap();
-        out
+        encode_jpeg(data, chelsea.dimensions(), color, sampling, quality)
     };
     let grey = DynamicImage::ImageRgb8(chelsea.clone()).to_luma8();
     vec![
@@ -635,23 +647,18 @@ fn huffman_tables_from_our_counts_are_libjpegs_own() {
             (SamplingFactor::R_4_2_2, "4:2:2"),
             (SamplingFactor::R_4_4_4, "4:4:4"),
         ] {
-            let mut out = Vec::new();
-            let mut enc = Encoder::new(&mut out, 90);
-            enc.set_sampling_factor(sampling);
-            enc.encode(
-                odd.as_raw(),
-                odd.width() as u16,
-                odd.height() as u16,
-                ColorType::Rgb,
-            )
-            .unwrap();
+            let out = encode_jpeg(odd.as_raw(), odd.dimensions(), ColorType::Rgb, sampling, 90);
             inputs.push((format!("301×{height} {label}"), out));
         }
+        // jpeg-encoder's own choice at quality 90: no subsampling.
         let grey = DynamicImage::ImageRgb8(odd.clone()).to_luma8();
-        let mut out = Vec::new();
-        Encoder::new(&mut out, 90)
-            .encode(grey.as_raw(), 301, height as u16, ColorType::Luma)
-            .unwrap();
+        let out = encode_jpeg(
+            grey.as_raw(),
+            grey.dimensions(),
+            ColorType::Luma,
+            SamplingFactor::R_4_4_4,
+            90,
+        );
         inputs.push((format!("301×{height} greyscale"), out));
     }
 
