@@ -6,8 +6,9 @@
 //!    build stops here unless nasm works or the user opts out explicitly
 //!    with `IMGPROC_ALLOW_NO_SIMD=1`. (`imgproc-local --version` says which
 //!    build a binary is.)
-//! 2. `src/compress/transupp_shim.c` is compiled against libjpeg-turbo's
-//!    own headers, which `mozjpeg-sys` exports (`DEP_JPEG_INCLUDE`).
+//! 2. `src/compress/transupp_shim.c` and `progressive_shim.c` are compiled
+//!    against libjpeg-turbo's own headers, which `mozjpeg-sys` exports
+//!    (`DEP_JPEG_INCLUDE`).
 //!
 //! The fuzz crate builds the engine's sources too and uses this script
 //! (`build = "../shared/build.rs"`), so paths are found from either crate.
@@ -48,21 +49,24 @@ fn main() {
     println!("cargo:rustc-env=IMGPROC_SIMD_EXPECTED={}", u8::from(simd));
 
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let shim = [
-        "src/compress/transupp_shim.c",
-        "../shared/src/compress/transupp_shim.c",
-    ]
-    .iter()
-    .map(|p| manifest.join(p))
-    .find(|p| p.exists())
-    .expect("transupp_shim.c next to the engine's sources");
-    println!("cargo:rerun-if-changed={}", shim.display());
     let includes = env::var_os("DEP_JPEG_INCLUDE").expect("mozjpeg-sys exports its include path");
-    cc::Build::new()
-        .file(&shim)
+    let mut build = cc::Build::new();
+    for name in ["transupp_shim.c", "progressive_shim.c"] {
+        let shim = ["src/compress", "../shared/src/compress"]
+            .iter()
+            .map(|dir| manifest.join(dir).join(name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{name} next to the engine's sources"));
+        println!("cargo:rerun-if-changed={}", shim.display());
+        build.file(shim);
+    }
+    build
         .includes(env::split_paths(&includes))
+        // Rust code called from the shims unwinds through them on a libjpeg
+        // error, as through libjpeg itself (built with -fexceptions too).
+        .flag_if_supported("-fexceptions")
         .warnings(true)
-        .compile("imgproc_transupp_shim");
+        .compile("imgproc_libjpeg_shims");
 }
 
 /// Whether nasm runs and is recent enough for libjpeg-turbo (the same test

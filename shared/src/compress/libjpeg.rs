@@ -198,6 +198,22 @@ struct Progress {
     mgr: jpeg_progress_mgr,
     limits: Limits,
     calls: u32,
+    /// Whether the entropy decoder has been chosen (see `progress_monitor`),
+    /// and whether it is the engine's.
+    decoder_chosen: bool,
+    own_decoder: bool,
+}
+
+/// `DSTATE_PRELOAD` and `DSTATE_RDCOEFS` of `jpegint.h`: a decompressor
+/// whose modules exist, reading a multi-scan file in
+/// `jpeg_start_decompress` or the coefficients in `jpeg_read_coefficients`.
+const DSTATE_PRELOAD: c_int = 203;
+const DSTATE_RDCOEFS: c_int = 209;
+
+unsafe extern "C-unwind" {
+    /// `progressive_shim.c`: puts the engine's progressive Huffman decoder
+    /// (`progressive.rs`) in place of libjpeg's; does nothing for other files.
+    fn imgproc_use_own_progressive_decoder(cinfo: *mut jpeg_decompress_struct) -> c_int;
 }
 
 /// The monitor's type as C declares it (`void (*)(j_common_ptr)`); the
@@ -207,6 +223,9 @@ type ProgressMonitor = unsafe extern "C-unwind" fn(*mut jpeg_common_struct);
 
 /// Called by libjpeg at least once per row of MCUs of every pass and scan,
 /// decoding and encoding: where a scan limit and a deadline can stop it.
+/// Its first call while a decompressor reads a file's data comes after
+/// libjpeg has set up its modules and before it reads any scan's data: where
+/// a progressive file's entropy decoder is replaced by the engine's.
 ///
 /// # Safety
 /// Called by libjpeg only, with a codec whose `progress` is a `Progress`.
@@ -215,15 +234,27 @@ unsafe extern "C-unwind" fn progress_monitor(cinfo: *mut jpeg_common_struct) {
     // which nothing else references while libjpeg runs. `cinfo` is the
     // pointer libjpeg was given to the whole codec struct, so for a
     // decompressor it reaches the decompressor's own fields.
-    let (progress, scan) = unsafe {
+    let (progress, scan, reading_data) = unsafe {
         let progress = &mut *(*cinfo).progress.cast::<Progress>();
-        let scan = if (*cinfo).is_decompressor != 0 {
+        let decompressing = (*cinfo).is_decompressor != 0;
+        let scan = if decompressing {
             (*cinfo.cast::<jpeg_decompress_struct>()).input_scan_number
         } else {
             0
         };
-        (progress, scan)
+        let state = (*cinfo).global_state;
+        let reading_data = decompressing && (state == DSTATE_PRELOAD || state == DSTATE_RDCOEFS);
+        (progress, scan, reading_data)
     };
+    if reading_data && !progress.decoder_chosen {
+        progress.decoder_chosen = true;
+        // SAFETY: a decompressor (checked above) whose modules exist and
+        // which has read no scan data yet (the states checked are set just
+        // before the first `consume_input`, and this is the first call in
+        // them); `Decompress::new` made it, so its source is a
+        // `SliceSource`, as the engine's decoder requires.
+        progress.own_decoder = unsafe { imgproc_use_own_progressive_decoder(cinfo.cast()) } != 0;
+    }
     if i64::from(scan) > i64::from(progress.limits.max_scans) {
         resume_unwind(Box::new(Fatal(format!(
             "the JPEG has more than {} scans",
@@ -260,6 +291,8 @@ impl Progress {
             },
             limits,
             calls: 0,
+            decoder_chosen: false,
+            own_decoder: false,
         })))
     }
 }
@@ -367,7 +400,7 @@ impl SliceSource {
         // input, which outlives the decompressor (`Decompress<'a>`).
         let this = unsafe { Self::from_cinfo(cinfo) };
         if this.rest_len == 0 {
-            resume_unwind(Box::new(Fatal("Premature end of JPEG file".into())))
+            premature_end()
         }
         let n = this.rest_len.min(SOURCE_CHUNK);
         this.mgr.next_input_byte = this.rest;
@@ -396,6 +429,55 @@ impl SliceSource {
                 left -= step;
             }
         }
+    }
+}
+
+/// Fails the decoding of an input that ends before its end-of-image marker.
+pub(super) fn premature_end() -> ! {
+    fail("Premature end of JPEG file")
+}
+
+/// The input libjpeg has not read yet, in one piece (the source's buffer
+/// and what follows it are consecutive parts of the input): for the
+/// engine's own entropy decoder, which reads it directly and then says how
+/// much it took (`consume_input`).
+///
+/// # Safety
+/// `cinfo` was made by `Decompress::new`, so its source is a `SliceSource`;
+/// the slice is not used after the next call into libjpeg or
+/// `consume_input`.
+pub(super) unsafe fn unread_input<'a>(cinfo: &jpeg_decompress_struct) -> &'a [u8] {
+    // SAFETY: the caller guarantees the source; `rest` points at `rest_len`
+    // bytes of the input, and the buffer (once filled) ends where `rest`
+    // starts (`SliceSource::fill`, `skip`).
+    unsafe {
+        let this = &*cinfo.src.cast::<SliceSource>();
+        let start = if this.mgr.next_input_byte.is_null() {
+            this.rest
+        } else {
+            this.mgr.next_input_byte
+        };
+        let len = this.mgr.bytes_in_buffer + this.rest_len;
+        std::slice::from_raw_parts(start, len)
+    }
+}
+
+/// Marks the first `n` bytes of `unread_input` as read; libjpeg goes on
+/// after them, a chunk at a time as before.
+///
+/// # Safety
+/// As `unread_input`; `n` is at most the length of that slice.
+pub(super) unsafe fn consume_input(cinfo: &mut jpeg_decompress_struct, n: usize) {
+    // SAFETY: as `unread_input`; the new position and chunk stay within it.
+    unsafe {
+        let unread = unread_input(cinfo);
+        let left = unread.len() - n;
+        let chunk = left.min(SOURCE_CHUNK);
+        let this = SliceSource::from_cinfo(cinfo);
+        this.mgr.next_input_byte = unread.as_ptr().add(n);
+        this.mgr.bytes_in_buffer = chunk;
+        this.rest = this.mgr.next_input_byte.add(chunk);
+        this.rest_len = left - chunk;
     }
 }
 
@@ -525,6 +607,21 @@ impl<'a> Decompress<'a> {
     pub fn set_memory_budget(&mut self, bytes: usize) {
         // SAFETY: `mem` was set up by `jpeg_create_decompress` in `new`.
         unsafe { (*self.raw().common.mem).max_memory_to_use = to_c_long(bytes) };
+    }
+
+    /// Keeps libjpeg's own progressive Huffman decoder for this file, to
+    /// compare the engine's with.
+    #[cfg(test)]
+    pub(super) fn keep_libjpeg_entropy_decoder(&mut self) {
+        // SAFETY: `progress` is owned by `self`; no libjpeg call is running.
+        unsafe { (*self.progress.as_ptr()).decoder_chosen = true };
+    }
+
+    /// Whether the engine's progressive Huffman decoder read this file.
+    #[cfg(test)]
+    pub(super) fn used_own_entropy_decoder(&self) -> bool {
+        // SAFETY: as `keep_libjpeg_entropy_decoder`.
+        unsafe { (*self.progress.as_ptr()).own_decoder }
     }
 
     /// Decodes to pixels: grey stays grey, CMYK stays CMYK, the rest is RGB.
@@ -855,26 +952,56 @@ pub(super) fn encode_grey_with_scans(
     height: u32,
     scans: &[mozjpeg_sys::jpeg_scan_info],
 ) -> Result<Vec<u8>, String> {
-    if grey.len() != width as usize * height as usize || scans.len() > 64 {
-        return Err("not a greyscale picture of that size, or over 64 scans".into());
+    encode_progressive(grey, (width, height, 1), 90, Some(scans), 0)
+}
+
+/// A progressive JPEG as a test input: grey or RGB `pixels` (`channels` 1
+/// or 3, colour as 4:2:0), with the scan script given (at most 64 scans) or
+/// libjpeg's standard one, and a restart marker every `restart_interval`
+/// MCUs (0: none).
+#[cfg(test)]
+pub(super) fn encode_progressive(
+    pixels: &[u8],
+    (width, height, channels): (u32, u32, u8),
+    quality: u8,
+    scans: Option<&[mozjpeg_sys::jpeg_scan_info]>,
+    restart_interval: u32,
+) -> Result<Vec<u8>, String> {
+    let stride = width as usize * usize::from(channels);
+    if !matches!(channels, 1 | 3)
+        || pixels.len() != stride * height as usize
+        || scans.is_some_and(|s| s.len() > 64)
+    {
+        return Err("not a picture of that size, or over 64 scans".into());
     }
     let mut c = Compress::new(Limits::NONE)?;
     guarded(|| {
         // SAFETY: `scans` outlives the compression; each row pointer points
-        // at `width` bytes of `grey`.
+        // at `stride` bytes of `pixels`; `comp_info` has 3 entries after
+        // `jpeg_set_defaults` for RGB input.
         unsafe {
             let cinfo = c.raw();
             cinfo.image_width = width;
             cinfo.image_height = height;
-            cinfo.input_components = 1;
-            cinfo.in_color_space = J_COLOR_SPACE::JCS_GRAYSCALE;
+            cinfo.input_components = c_int::from(channels);
+            cinfo.in_color_space = if channels == 1 {
+                J_COLOR_SPACE::JCS_GRAYSCALE
+            } else {
+                J_COLOR_SPACE::JCS_RGB
+            };
             jpeg_set_defaults(cinfo);
-            jpeg_set_quality(cinfo, 90, 1);
+            jpeg_set_quality(cinfo, c_int::from(quality), 1);
             cinfo.optimize_coding = 1;
-            cinfo.scan_info = scans.as_ptr();
-            cinfo.num_scans = scans.len() as c_int;
+            cinfo.restart_interval = restart_interval;
+            match scans {
+                Some(scans) => {
+                    cinfo.scan_info = scans.as_ptr();
+                    cinfo.num_scans = scans.len() as c_int;
+                }
+                None => mozjpeg_sys::jpeg_simple_progression(cinfo),
+            }
             jpeg_start_compress(cinfo, 1);
-            for row in grey.chunks_exact(width as usize) {
+            for row in pixels.chunks_exact(stride) {
                 jpeg_write_scanlines(cinfo, &row.as_ptr(), 1);
             }
             jpeg_finish_compress(cinfo);

@@ -18,6 +18,7 @@ mod libjpeg;
 pub mod memory;
 mod pixels;
 mod png_input;
+mod progressive;
 mod sniff;
 mod transcode;
 mod trellis;

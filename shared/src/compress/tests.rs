@@ -28,7 +28,7 @@ impl Rng {
     }
 }
 
-fn photo(name: &str) -> Vec<u8> {
+pub(super) fn photo(name: &str) -> Vec<u8> {
     let path = format!("{}/../examples/photos/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -36,7 +36,7 @@ fn photo(name: &str) -> Vec<u8> {
 /// Decodes with a decoder independent of the engine: `jpeg-decoder` for
 /// JPEG (the `image` crate's JPEG decoder mis-decodes some valid baseline
 /// files), the `image` crate for the rest.
-fn decode(bytes: &[u8]) -> DynamicImage {
+pub(super) fn decode(bytes: &[u8]) -> DynamicImage {
     match sniff(bytes) {
         Sniffed::Jpeg => {
             let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
@@ -801,7 +801,7 @@ fn split_scans(jpeg: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
 /// refined twice. libjpeg's encoder (mozjpeg's) writes at most 64 scans, so
 /// the file is spliced from three encodes of the same picture whose
 /// decoder state agrees where they are joined.
-fn progressive_grey(width: u32, height: u32, count: usize) -> Vec<u8> {
+pub(super) fn progressive_grey(width: u32, height: u32, count: usize) -> Vec<u8> {
     let grey = textured_grey(width, height);
     let encode = |scans: Vec<mozjpeg_sys::jpeg_scan_info>| {
         assert!(scans.len() <= 64);

@@ -1,0 +1,831 @@
+//! The entropy decoding of progressive JPEGs, in place of libjpeg's
+//! (`jdphuff.c`), which took a third of the engine's time on the benchmark
+//! corpus — most of it in refinement scans, where libjpeg visits every
+//! coefficient of the band one at a time, reading a bit and branching
+//! twice for each. Here a block's non-zero coefficients are a 64-bit mask
+//! in zig-zag order: the correction bits of all of them are read at once,
+//! only the set bits are visited, and a run of zeros is found by counting
+//! bits instead of stepping through them. Huffman codes are looked up ten
+//! bits at a time from a 64-bit bit buffer.
+//!
+//! libjpeg still drives the file (`progressive_shim.c`): markers, each
+//! scan's checks against the progression so far (its own decoder's
+//! `start_pass`), the walk over the MCUs and restart markers. This module
+//! decodes one MCU at a time for it, with libjpeg's exact semantics —
+//! including what it does with corrupt data, so that the two decoders
+//! agree on every file (tested on the corpus, on crafted scan scripts, and
+//! on thousands of corrupted files).
+
+use std::ffi::{c_int, c_uint};
+
+use mozjpeg_sys::{JBLOCKROW, JHUFF_TBL, jpeg_decompress_struct};
+
+use super::huffman::nonzero_zigzag;
+use super::libjpeg;
+
+/// Bits of the bit stream a Huffman code is looked up by at once; longer
+/// codes (rare: they are the rarest symbols) take a slower path.
+const LOOKAHEAD: u32 = 10;
+
+/// `IMGPROC_RAN_OUT` and `IMGPROC_BAD_CODE` of the shim.
+const RAN_OUT: c_int = 1;
+const BAD_CODE: c_int = 2;
+
+/// libjpeg's `jpeg_natural_order`: the block position of each zig-zag
+/// index, with 16 extra entries so that a corrupt run past the end lands
+/// on the last coefficient, as in libjpeg.
+const NATURAL: [usize; 80] = {
+    let mut table = [63; 80];
+    let mut z = 0;
+    while z < 64 {
+        table[z] = super::huffman::ZIGZAG[z];
+        z += 1;
+    }
+    table
+};
+
+/// A scan as the shim describes it (`imgproc_scan` there).
+#[repr(C)]
+pub struct Scan {
+    ss: c_int,
+    se: c_int,
+    ah: c_int,
+    al: c_int,
+    blocks_in_mcu: c_int,
+    component: [c_int; MAX_BLOCKS_IN_MCU],
+    table: [*const JHUFF_TBL; MAX_BLOCKS_IN_MCU],
+    unread_marker: *mut c_int,
+}
+
+/// `D_MAX_BLOCKS_IN_MCU` of `jpeglib.h`.
+const MAX_BLOCKS_IN_MCU: usize = 10;
+
+/// A Huffman table, decoded.
+#[derive(Clone, Copy)]
+struct Table {
+    /// By the next `LOOKAHEAD` bits: the code's length × 256 + its symbol;
+    /// 0 when the code is longer.
+    fast: [u16; 1 << LOOKAHEAD],
+    /// The largest code of each length (`maxcode` of `jdhuff.c`), −1 for
+    /// none.
+    max_code: [i32; 17],
+    /// What turns a code of each length into an index into `symbols`.
+    offset: [i32; 17],
+    symbols: [u8; 256],
+}
+
+impl Table {
+    const EMPTY: Table = Table {
+        fast: [0; 1 << LOOKAHEAD],
+        max_code: [-1; 17],
+        offset: [0; 17],
+        symbols: [0; 256],
+    };
+
+    /// As libjpeg's `jpeg_make_d_derived_tbl`, which has already accepted
+    /// the same table for this scan; the checks are repeated so that this
+    /// code stands on its own.
+    fn new(table: &JHUFF_TBL, dc: bool) -> Result<Table, &'static str> {
+        let bad = "Bogus Huffman table definition";
+        let mut t = Table::EMPTY;
+        let mut lengths = [0u8; 257];
+        let mut count = 0usize;
+        for length in 1..=16u8 {
+            let n = usize::from(table.bits[usize::from(length)]);
+            if count + n > 256 {
+                return Err(bad);
+            }
+            lengths[count..count + n].fill(length);
+            count += n;
+        }
+        let mut codes = [0u32; 256];
+        let mut code = 0u32;
+        let mut size = u32::from(lengths[0]);
+        let mut p = 0;
+        while p < count {
+            while p < count && u32::from(lengths[p]) == size {
+                codes[p] = code;
+                code += 1;
+                p += 1;
+            }
+            if code >= 1 << size {
+                return Err(bad);
+            }
+            code <<= 1;
+            size += 1;
+        }
+        let mut p = 0usize;
+        for length in 1..=16usize {
+            let n = usize::from(table.bits[length]);
+            if n > 0 {
+                t.offset[length] = p as i32 - codes[p] as i32;
+                p += n;
+                t.max_code[length] = codes[p - 1] as i32;
+            }
+        }
+        t.symbols = table.huffval;
+        for p in 0..count {
+            let length = u32::from(lengths[p]);
+            if dc && table.huffval[p] > 15 {
+                return Err(bad);
+            }
+            if length <= LOOKAHEAD {
+                let first = (codes[p] << (LOOKAHEAD - length)) as usize;
+                let entry = (length as u16) << 8 | u16::from(table.huffval[p]);
+                t.fast[first..first + (1 << (LOOKAHEAD - length))].fill(entry);
+            }
+        }
+        Ok(t)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    DcFirst,
+    DcRefine,
+    AcFirst,
+    AcRefine,
+}
+
+/// The decoder between MCUs: the scan, its tables and the bits read ahead.
+/// Lives in libjpeg's image pool (allocated by the shim, so it holds
+/// nothing that needs dropping).
+pub struct State {
+    tables: [Table; 4],
+    /// Per block of an MCU: its table and its component's place in the scan.
+    block_table: [u8; MAX_BLOCKS_IN_MCU],
+    block_component: [u8; MAX_BLOCKS_IN_MCU],
+    blocks: usize,
+    kind: Kind,
+    ss: usize,
+    se: usize,
+    al: u32,
+    eob_run: u32,
+    last_dc: [i32; 4],
+    bits: u64,
+    count: u32,
+    unread_marker: *mut c_int,
+}
+
+/// How many bytes the shim allocates for a `State`.
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn imgproc_scan_state_size() -> usize {
+    // libjpeg's pools align to `double`, which covers every field here.
+    const { assert!(std::mem::align_of::<State>() <= std::mem::align_of::<f64>()) };
+    std::mem::size_of::<State>()
+}
+
+/// Starts a scan: libjpeg has accepted its parameters and tables.
+///
+/// # Safety
+/// `state` points at `imgproc_scan_state_size()` bytes aligned as `double`
+/// (initialised or not); `scan` describes the decompressor's current scan,
+/// its table pointers live until the scan ends.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn imgproc_scan_start(state: *mut State, scan: &Scan) {
+    let kind = match (scan.ss == 0, scan.ah == 0) {
+        (true, true) => Kind::DcFirst,
+        (true, false) => Kind::DcRefine,
+        (false, true) => Kind::AcFirst,
+        (false, false) => Kind::AcRefine,
+    };
+    let blocks = usize::try_from(scan.blocks_in_mcu).unwrap_or(0);
+    let in_range = |v: c_int, max: c_int| (0..=max).contains(&v);
+    if blocks > MAX_BLOCKS_IN_MCU
+        || !in_range(scan.ss, 63)
+        || !in_range(scan.se, 63)
+        || !in_range(scan.al, 13)
+        || scan.component[..blocks].iter().any(|&c| !in_range(c, 3))
+    {
+        // libjpeg's own checks (jdinput.c, jdphuff.c) refuse such scans first.
+        libjpeg::fail("Invalid progressive scan parameters");
+    }
+    let mut tables = [Table::EMPTY; 4];
+    let mut sources: [*const JHUFF_TBL; 4] = [std::ptr::null(); 4];
+    let mut used = 0;
+    let mut block_table = [0u8; MAX_BLOCKS_IN_MCU];
+    let mut block_component = [0u8; MAX_BLOCKS_IN_MCU];
+    for b in 0..blocks {
+        block_component[b] = scan.component[b] as u8;
+        let source = scan.table[b];
+        if kind == Kind::DcRefine {
+            continue;
+        }
+        let index = match sources[..used].iter().position(|&s| s == source) {
+            Some(i) => i,
+            None => {
+                // SAFETY: the caller guarantees the table pointers; libjpeg
+                // has checked that each is present.
+                let Some(table) = (unsafe { source.as_ref() }) else {
+                    libjpeg::fail("Huffman table not defined");
+                };
+                if used == tables.len() {
+                    libjpeg::fail("Invalid progressive scan parameters");
+                }
+                tables[used] = Table::new(table, kind == Kind::DcFirst)
+                    .unwrap_or_else(|message| libjpeg::fail(message));
+                sources[used] = source;
+                used += 1;
+                used - 1
+            }
+        };
+        block_table[b] = index as u8;
+    }
+    // SAFETY: the caller guarantees room and alignment; `write` does not
+    // read what was there.
+    unsafe {
+        state.write(State {
+            tables,
+            block_table,
+            block_component,
+            blocks,
+            kind,
+            ss: scan.ss as usize,
+            se: scan.se as usize,
+            al: scan.al as u32,
+            eob_run: 0,
+            last_dc: [0; 4],
+            bits: 0,
+            count: 0,
+            unread_marker: scan.unread_marker,
+        })
+    };
+}
+
+/// Empties the bit buffer and returns the whole bytes it held: at a restart
+/// marker they were not data.
+///
+/// # Safety
+/// `state` was started by `imgproc_scan_start`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn imgproc_scan_discard(state: &mut State) -> c_uint {
+    let bytes = state.count / 8;
+    state.bits = 0;
+    state.count = 0;
+    bytes
+}
+
+/// After a restart marker: predictions and end-of-band runs start afresh.
+///
+/// # Safety
+/// `state` was started by `imgproc_scan_start`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn imgproc_scan_restart(state: &mut State) {
+    state.last_dc = [0; 4];
+    state.eob_run = 0;
+}
+
+/// Decodes one MCU into `mcu`'s blocks, which hold what earlier scans
+/// decoded (zeros at first). Returns `RAN_OUT` and/or `BAD_CODE` for the
+/// shim to warn about.
+///
+/// # Safety
+/// `state` was started by `imgproc_scan_start` for the decompressor's
+/// current scan; `cinfo` was made by `libjpeg::Decompress::new`; `mcu`
+/// holds `blocks_in_MCU` pointers to distinct blocks.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn imgproc_scan_decode(
+    state: &mut State,
+    cinfo: &mut jpeg_decompress_struct,
+    mcu: *const JBLOCKROW,
+) -> c_int {
+    // SAFETY: the caller guarantees `cinfo`'s source; the slice is the
+    // input not yet read, which outlives this call, and libjpeg does not
+    // run until `consume_input` below.
+    let input = unsafe { libjpeg::unread_input(cinfo) };
+    let mut reader = Reader {
+        bits: state.bits,
+        count: state.count,
+        input,
+        at: 0,
+        // SAFETY: the shim points it at the decompressor's `unread_marker`.
+        marker: unsafe { *state.unread_marker } != 0,
+        met: 0,
+        status: 0,
+    };
+    // SAFETY: the caller guarantees `blocks` distinct block pointers.
+    let block = |b: usize| unsafe { &mut *(*mcu.add(b)).cast::<[i16; 64]>() };
+    match state.kind {
+        Kind::DcFirst => {
+            for b in 0..state.blocks {
+                let table = &state.tables[usize::from(state.block_table[b])];
+                let size = u32::from(reader.symbol(table));
+                let difference = if size == 0 {
+                    0
+                } else {
+                    extend(reader.take(size), size)
+                };
+                let last = &mut state.last_dc[usize::from(state.block_component[b])];
+                let Some(dc) = last.checked_add(difference) else {
+                    libjpeg::fail("DCT coefficient out of range");
+                };
+                *last = dc;
+                block(b)[0] = ((dc as u32) << state.al) as i16;
+            }
+        }
+        Kind::DcRefine => {
+            let p1 = 1i16 << state.al;
+            for b in 0..state.blocks {
+                if reader.take(1) != 0 {
+                    block(b)[0] |= p1;
+                }
+            }
+        }
+        Kind::AcFirst => {
+            if state.eob_run > 0 {
+                state.eob_run -= 1;
+            } else {
+                let table = &state.tables[0];
+                let block = block(0);
+                let mut k = state.ss;
+                while k <= state.se {
+                    let symbol = reader.symbol(table);
+                    let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+                    if size != 0 {
+                        k += run;
+                        let value = extend(reader.take(size), size);
+                        block[NATURAL[k]] = ((value as u32) << state.al) as i16;
+                    } else if run == 15 {
+                        k += 15;
+                    } else {
+                        state.eob_run = (1 << run) - 1;
+                        if run > 0 {
+                            state.eob_run += reader.take(run as u32);
+                        }
+                        break;
+                    }
+                    k += 1;
+                }
+            }
+        }
+        Kind::AcRefine => refine_ac(state, &mut reader, block(0)),
+    }
+    state.bits = reader.bits;
+    state.count = reader.count;
+    if reader.met != 0 {
+        // SAFETY: as above; the marker met is left for libjpeg's reader.
+        unsafe { *state.unread_marker = c_int::from(reader.met) };
+    }
+    // SAFETY: `at` bytes of the unread input were read.
+    unsafe { libjpeg::consume_input(cinfo, reader.at) };
+    reader.status
+}
+
+/// An AC refinement scan's MCU (one block), as `decode_mcu_AC_refine` of
+/// `jdphuff.c`: each symbol says how many of the band's still-zero
+/// coefficients to pass and whether the next one becomes ±1 at this bit;
+/// every already non-zero coefficient passed (and all the rest of the
+/// band after an end-of-band) takes one correction bit.
+fn refine_ac(state: &mut State, reader: &mut Reader, block: &mut [i16; 64]) {
+    let (ss, se) = (state.ss, state.se);
+    let p1 = 1i32 << state.al;
+    let band = (u64::MAX >> (63 - se)) & (u64::MAX << ss);
+    let mut nonzero = nonzero_zigzag(block) & band;
+    let mut k = ss;
+    if state.eob_run == 0 {
+        let table = &state.tables[0];
+        while k <= se {
+            let symbol = reader.symbol(table);
+            let (run, size) = (u32::from(symbol >> 4), symbol & 15);
+            let mut value = 0;
+            if size != 0 {
+                if size != 1 {
+                    reader.status |= BAD_CODE;
+                }
+                value = if reader.take(1) != 0 { p1 } else { -p1 };
+            } else if run != 15 {
+                state.eob_run = 1 << run;
+                if run > 0 {
+                    state.eob_run += reader.take(run);
+                }
+                break;
+            }
+            // Pass `run` zeros (15 and one more for a ZRL) and the non-zero
+            // coefficients among them, stopping at the next zero; past the
+            // band's end when there are not that many (corrupt data).
+            let ahead = band & (u64::MAX << k);
+            let mut zeros = !nonzero & ahead;
+            for _ in 0..run {
+                zeros &= zeros.wrapping_sub(1);
+            }
+            let stop = if zeros == 0 {
+                se + 1
+            } else {
+                zeros.trailing_zeros() as usize
+            };
+            let passed = if stop >= 64 {
+                ahead
+            } else {
+                ahead & ((1 << stop) - 1)
+            };
+            reader.correct(block, nonzero & passed, p1);
+            k = stop;
+            if value != 0 {
+                block[NATURAL[k]] = value as i16;
+                if k < 64 {
+                    nonzero |= 1 << k;
+                }
+            }
+            k += 1;
+        }
+    }
+    if state.eob_run > 0 {
+        if k <= se {
+            reader.correct(block, nonzero & (u64::MAX << k), p1);
+        }
+        state.eob_run -= 1;
+    }
+}
+
+/// `HUFF_EXTEND`: the `size`-bit value `bits` as a signed difference.
+#[inline(always)]
+fn extend(bits: u32, size: u32) -> i32 {
+    let bits = bits as i32;
+    if bits < 1 << (size - 1) {
+        bits - (1 << size) + 1
+    } else {
+        bits
+    }
+}
+
+/// The bit stream of one MCU: the bits left over from the one before, and
+/// the input after them.
+struct Reader<'a> {
+    /// Unread bits at the top; below `count` all zero.
+    bits: u64,
+    count: u32,
+    input: &'a [u8],
+    /// Bytes of `input` moved into `bits`.
+    at: usize,
+    /// A marker ends the data: no more bytes (zeros stand in, as in libjpeg).
+    marker: bool,
+    /// The code of the marker met in this MCU's data (its two bytes read).
+    met: u8,
+    status: c_int,
+}
+
+impl Reader<'_> {
+    /// Tops the buffer up to at least 57 bits, or to the marker that ends
+    /// the data.
+    #[inline(always)]
+    fn fill(&mut self) {
+        if self.count <= 56 && !self.marker {
+            self.refill();
+        }
+    }
+
+    #[inline(never)]
+    fn refill(&mut self) {
+        while self.count <= 56 && !self.marker {
+            // Eight bytes without an 0xFF among them (nearly always): as
+            // many as fit, at once.
+            if let Some(word) = self.input.get(self.at..self.at + 8) {
+                let word = u64::from_be_bytes(word.try_into().unwrap_or_default());
+                let ff = (!word).wrapping_sub(0x0101_0101_0101_0101) & word & 0x8080_8080_8080_8080;
+                if ff == 0 {
+                    let n = (64 - self.count) / 8;
+                    let shift = 64 - 8 * n;
+                    self.bits |= (word >> shift << shift) >> self.count;
+                    self.count += 8 * n;
+                    self.at += n as usize;
+                    return;
+                }
+            }
+            let byte = self.next_byte();
+            let byte = if byte == 0xFF {
+                // Stuffed 0xFF 0x00 is a data byte 0xFF; any 0xFF fill bytes
+                // before a marker are skipped, as libjpeg does.
+                let mut code = self.next_byte();
+                while code == 0xFF {
+                    code = self.next_byte();
+                }
+                if code != 0 {
+                    self.marker = true;
+                    self.met = code;
+                    return;
+                }
+                0xFF
+            } else {
+                byte
+            };
+            self.bits |= u64::from(byte) << (56 - self.count);
+            self.count += 8;
+        }
+    }
+
+    fn next_byte(&mut self) -> u8 {
+        let Some(&byte) = self.input.get(self.at) else {
+            libjpeg::premature_end()
+        };
+        self.at += 1;
+        byte
+    }
+
+    /// Takes `n` bits (1 to 32), topping the buffer up first if it holds
+    /// fewer, as libjpeg's `GET_BITS(n)` does. Past a marker, the missing
+    /// bits are zeros and the MCU is marked as having run out.
+    #[inline(always)]
+    fn take(&mut self, n: u32) -> u32 {
+        if self.count < n {
+            self.fill();
+            if self.count < n {
+                self.status |= RAN_OUT;
+                self.count = n;
+            }
+        }
+        let value = (self.bits >> (64 - n)) as u32;
+        self.bits <<= n;
+        self.count -= n;
+        value
+    }
+
+    /// `n` bits (1 to 32) read as libjpeg reads them one at a time: the
+    /// buffer is topped up only when it is empty.
+    #[inline(always)]
+    fn take_bitwise(&mut self, n: u32) -> u32 {
+        let have = self.count;
+        if have >= n || have == 0 {
+            return self.take(n);
+        }
+        let high = self.take(have);
+        high << (n - have) | self.take(n - have)
+    }
+
+    /// Decodes one Huffman symbol; a bit pattern that is no code reads as
+    /// 0 (libjpeg's choice) and is reported.
+    ///
+    /// The buffer is topped up exactly when libjpeg's `HUFF_DECODE` tops
+    /// its own up (fewer than 8 bits; for a longer code, fewer than 9, then
+    /// empty), so that both have read the same bytes after every symbol and
+    /// count the same bytes left over at a restart marker or after a scan.
+    #[inline(always)]
+    fn symbol(&mut self, table: &Table) -> u8 {
+        if self.count < 8 {
+            self.fill();
+        }
+        // The bits below `count` are zeros, but an entry no longer than
+        // `count` was found by real bits alone (a prefix code).
+        let entry = table.fast[(self.bits >> (64 - LOOKAHEAD)) as usize];
+        let length = u32::from(entry >> 8);
+        if entry != 0 && length <= self.count {
+            self.take(length);
+            return entry as u8;
+        }
+        self.long_symbol(table)
+    }
+
+    /// libjpeg's `jpeg_huff_decode`, bit by bit: from 9 bits (1 when a
+    /// marker left fewer than 8).
+    #[inline(never)]
+    fn long_symbol(&mut self, table: &Table) -> u8 {
+        let mut length = if self.count < 8 { 1 } else { 9 };
+        let mut code = self.take(length) as i32;
+        // No code is longer than 16 bits; like libjpeg, a 17th bit is read
+        // before giving up.
+        while length <= 16 && code > table.max_code[length as usize] {
+            code = code << 1 | self.take(1) as i32;
+            length += 1;
+        }
+        if length > 16 {
+            self.status |= BAD_CODE;
+            return 0;
+        }
+        let index = (code + table.offset[length as usize]) as usize & 0xFF;
+        table.symbols[index]
+    }
+
+    /// One correction bit for each coefficient in `mask` (zig-zag order):
+    /// a 1 moves the coefficient one step of this scan's bit away from
+    /// zero, unless that bit is set already.
+    #[inline(always)]
+    fn correct(&mut self, block: &mut [i16; 64], mut mask: u64, p1: i32) {
+        while mask != 0 {
+            let n = mask.count_ones().min(32);
+            let bits = self.take_bitwise(n);
+            for i in (0..n).rev() {
+                let z = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                let c = i32::from(block[NATURAL[z]]);
+                let grow = (bits >> i) & 1 != 0 && c & p1 == 0;
+                let step = if c >= 0 { p1 } else { -p1 };
+                block[NATURAL[z]] = (c + if grow { step } else { 0 }) as i16;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mozjpeg_sys::jpeg_read_coefficients;
+
+    use super::*;
+    use crate::compress::libjpeg::{Decompress, Limits, encode_progressive, guarded};
+    use crate::compress::tests::{Rng, photo, progressive_grey};
+
+    /// Each component's blocks, row by row.
+    type Coefficients = Vec<Vec<[i16; 64]>>;
+
+    /// Every component's blocks as `jpeg_read_coefficients` leaves them,
+    /// read with the engine's decoder (`own`) or libjpeg's, and whether the
+    /// engine's was used.
+    fn coefficients(input: &[u8], own: bool) -> (Result<Coefficients, String>, bool) {
+        let (mut decompress, _) = match Decompress::new(input, 256 << 20, Limits::NONE) {
+            Ok(opened) => opened,
+            Err(e) => return (Err(e), false),
+        };
+        if !own {
+            decompress.keep_libjpeg_entropy_decoder();
+        }
+        let read = guarded(|| {
+            // SAFETY: the header has been read; each component's array is
+            // read row by row within its size in blocks, as libjpeg reports it.
+            unsafe {
+                let cinfo = decompress.raw();
+                let arrays = jpeg_read_coefficients(cinfo);
+                let access = (*cinfo.common.mem)
+                    .access_virt_barray
+                    .expect("memory manager");
+                let components =
+                    std::slice::from_raw_parts(cinfo.comp_info, cinfo.num_components as usize);
+                let mut all = Vec::new();
+                for (ci, c) in components.iter().enumerate() {
+                    let mut blocks = Vec::new();
+                    for row in 0..c.height_in_blocks {
+                        let rows = access(&mut cinfo.common, *arrays.add(ci), row, 1, 0);
+                        let width = c.width_in_blocks as usize;
+                        blocks.extend_from_slice(std::slice::from_raw_parts(*rows, width));
+                    }
+                    all.push(blocks);
+                }
+                all
+            }
+        });
+        let used = decompress.used_own_entropy_decoder();
+        (read, used)
+    }
+
+    /// The engine's decoder reads `input` and gets libjpeg's coefficients.
+    fn decodes_as_libjpeg(name: &str, input: &[u8]) {
+        let (own, used) = coefficients(input, true);
+        let (theirs, _) = coefficients(input, false);
+        assert!(used, "{name}: the engine's decoder was used");
+        let own = own.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let theirs = theirs.unwrap_or_else(|e| panic!("{name}: libjpeg: {e}"));
+        assert!(
+            own.iter().flatten().flatten().filter(|&&c| c != 0).count() > 1000,
+            "{name}: a picture, not zeros"
+        );
+        assert!(own == theirs, "{name}: coefficients differ from libjpeg's");
+    }
+
+    /// `photo` decoded to `channels` samples per pixel, cropped to
+    /// `width × height` from the top left.
+    fn pixels(name: &str, channels: u8, width: u32, height: u32) -> Vec<u8> {
+        let image = crate::compress::tests::decode(&photo(name));
+        let image = image.crop_imm(0, 0, width, height);
+        match channels {
+            1 => image.to_luma8().into_raw(),
+            _ => image.to_rgb8().into_raw(),
+        }
+    }
+
+    #[test]
+    fn progressive_files_decode_to_libjpegs_coefficients() {
+        decodes_as_libjpeg(
+            "mountain-meadow-progressive.jpg",
+            &photo("mountain-meadow-progressive.jpg"),
+        );
+        // libjpeg's standard script: interleaved DC scans, spectral bands,
+        // successive approximation (first and refinement scans of DC and AC),
+        // with and without restart markers, in whole and partial MCUs.
+        for (width, height) in [(600, 400), (301, 193)] {
+            for channels in [3, 1] {
+                let picture = pixels("coffee.jpg", channels, width, height);
+                for quality in [92, 35] {
+                    for restart in [0, 1, 7] {
+                        let jpeg = encode_progressive(
+                            &picture,
+                            (width, height, channels),
+                            quality,
+                            None,
+                            restart,
+                        )
+                        .expect("encodes");
+                        decodes_as_libjpeg(
+                            &format!("{width}×{height}×{channels} q{quality} restart {restart}"),
+                            &jpeg,
+                        );
+                    }
+                }
+            }
+        }
+        // One coefficient a scan, then refined: bands of one, and refinement
+        // scans where nearly every block is in an end-of-band run.
+        let most = crate::compress::libjpeg::MAX_SCANS as usize;
+        decodes_as_libjpeg(
+            "scans of one coefficient",
+            &progressive_grey(160, 120, most),
+        );
+    }
+
+    #[test]
+    fn long_end_of_band_runs_decode_to_libjpegs_coefficients() {
+        // 1024×1024 of nearly flat grey: refinement scans whose 16,384
+        // blocks are one or two runs (up to 32,767 blocks each).
+        let (width, height) = (1024u32, 1024u32);
+        let grey: Vec<u8> = (0..width * height)
+            .map(|i| 120 + u8::from(i % 7919 == 0) * 60)
+            .collect();
+        let jpeg = encode_progressive(&grey, (width, height, 1), 95, None, 0).expect("encodes");
+        let (own, used) = coefficients(&jpeg, true);
+        let (theirs, _) = coefficients(&jpeg, false);
+        assert!(used);
+        assert!(own.expect("decodes") == theirs.expect("libjpeg decodes"));
+    }
+
+    #[test]
+    fn sequential_files_keep_libjpegs_decoder() {
+        let (read, used) = coefficients(&photo("coffee.jpg"), true);
+        assert!(read.is_ok());
+        assert!(!used, "a baseline file is read by libjpeg's own decoder");
+    }
+
+    /// Corrupted progressive files: the engine's decoder fails where
+    /// libjpeg's does (a corrupt-data warning fails the image) and decodes
+    /// the same coefficients where libjpeg's decodes.
+    #[test]
+    fn corrupt_files_fail_or_decode_as_with_libjpeg() {
+        let picture = pixels("coffee.jpg", 3, 96, 64);
+        let sources = [
+            encode_progressive(&picture, (96, 64, 3), 80, None, 0).expect("encodes"),
+            encode_progressive(&picture, (96, 64, 3), 80, None, 2).expect("encodes"),
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut failed, mut decoded) = (0, 0);
+        for round in 0..3000 {
+            let source = &sources[round % 2];
+            // Past the first scan header, so that most cases reach the data.
+            let first_scan = source
+                .windows(2)
+                .position(|w| w == [0xFF, 0xDA])
+                .expect("a scan");
+            let mut bytes = source.clone();
+            let at = first_scan + (rng.next() as usize % (bytes.len() - first_scan));
+            match rng.next() % 4 {
+                0 => bytes[at] = rng.next() as u8,
+                1 => bytes[at] ^= 1 << (rng.next() % 8),
+                2 => bytes.truncate(at),
+                _ => {
+                    bytes.insert(at, rng.next() as u8);
+                }
+            }
+            let (own, _) = coefficients(&bytes, true);
+            let (theirs, _) = coefficients(&bytes, false);
+            match (&own, &theirs) {
+                (Ok(a), Ok(b)) => {
+                    assert!(a == b, "case {round}: both decode, differently");
+                    decoded += 1;
+                }
+                (Err(_), Err(_)) => failed += 1,
+                _ => panic!(
+                    "case {round} (byte {at}): engine {:?}, libjpeg {:?}",
+                    own.as_ref().err(),
+                    theirs.as_ref().err()
+                ),
+            }
+        }
+        // Both kinds of outcome occurred, or the test would prove little.
+        assert!(
+            failed > 100 && decoded > 100,
+            "{failed} failed, {decoded} decoded"
+        );
+    }
+
+    #[test]
+    fn tables_are_built_as_libjpeg_builds_them() {
+        // One code of length 1, one of 2, one of 3: 0, 10, 110 (111 is none:
+        // libjpeg allows no all-ones code).
+        // SAFETY: all-zero is a valid JHUFF_TBL (counts, symbols and a flag).
+        let mut table: JHUFF_TBL = unsafe { std::mem::zeroed() };
+        table.bits[1] = 1;
+        table.bits[2] = 1;
+        table.bits[3] = 1;
+        table.huffval[..3].copy_from_slice(&[5, 6, 7]);
+        let t = Table::new(&table, true).expect("valid");
+        assert_eq!(t.fast[0], 1 << 8 | 5);
+        assert_eq!(t.fast[(1 << (LOOKAHEAD - 1)) - 1], 1 << 8 | 5);
+        assert_eq!(t.fast[0b10 << (LOOKAHEAD - 2)], 2 << 8 | 6);
+        assert_eq!(t.fast[0b110 << (LOOKAHEAD - 3)], 3 << 8 | 7);
+        assert_eq!(t.fast[(1 << LOOKAHEAD) - 1], 0, "no code");
+        table.bits[3] = 2;
+        assert!(Table::new(&table, false).is_err(), "an all-ones code");
+        table.bits[3] = 1;
+        // Three codes of length 1 cannot exist; DC symbols above 15 neither.
+        table.bits[1] = 3;
+        assert!(Table::new(&table, false).is_err());
+        table.bits[1] = 1;
+        table.huffval[0] = 16;
+        assert!(Table::new(&table, true).is_err());
+        assert!(Table::new(&table, false).is_ok());
+    }
+}

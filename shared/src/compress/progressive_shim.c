@@ -1,0 +1,135 @@
+/*
+ * libjpeg's side of the engine's progressive Huffman decoder
+ * (`progressive.rs`). libjpeg keeps driving the file: it reads the markers,
+ * checks each scan's parameters and progression (its own decoder's
+ * `start_pass` still runs for every scan), walks the MCUs and reads the
+ * restart markers. Only the entropy-coded data between them is decoded in
+ * Rust. This part lives in C because it touches libjpeg's private structs
+ * (`jpegint.h`), whose layout only the headers libjpeg was built with know.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#define JPEG_INTERNALS
+#include "jpeglib.h"
+
+/* What the Rust decoder needs to know of a scan; `progressive.rs` declares
+ * the same struct. */
+typedef struct {
+  int Ss, Se, Ah, Al;
+  int blocks_in_MCU;
+  /* Per block of an MCU: its component's place in the scan, and the
+   * Huffman table it is decoded with (NULL for DC refinement, which has
+   * none). */
+  int component[D_MAX_BLOCKS_IN_MCU];
+  const JHUFF_TBL *table[D_MAX_BLOCKS_IN_MCU];
+  /* Where a marker met in the data is left for libjpeg's marker reader. */
+  int *unread_marker;
+} imgproc_scan;
+
+/* The Rust decoder's bits, in `progressive.rs`. */
+#define IMGPROC_RAN_OUT 1  /* a marker came before the MCU's last bit */
+#define IMGPROC_BAD_CODE 2 /* a bit pattern that is no Huffman code */
+extern size_t imgproc_scan_state_size(void);
+extern void imgproc_scan_start(void *state, const imgproc_scan *scan);
+extern int imgproc_scan_decode(void *state, j_decompress_ptr cinfo,
+                               JBLOCKROW *MCU_data);
+extern unsigned int imgproc_scan_discard(void *state);
+extern void imgproc_scan_restart(void *state);
+
+typedef struct {
+  struct jpeg_entropy_decoder pub; /* first: what cinfo->entropy points at */
+  struct jpeg_entropy_decoder *libjpeg; /* libjpeg's own progressive decoder */
+  unsigned int restarts_to_go;
+  void *state; /* the Rust decoder's, from the image pool */
+} imgproc_entropy;
+
+static void describe_scan(j_decompress_ptr cinfo, imgproc_entropy *e) {
+  imgproc_scan scan;
+  int blkn;
+  scan.Ss = cinfo->Ss;
+  scan.Se = cinfo->Se;
+  scan.Ah = cinfo->Ah;
+  scan.Al = cinfo->Al;
+  scan.blocks_in_MCU = cinfo->blocks_in_MCU;
+  for (blkn = 0; blkn < cinfo->blocks_in_MCU; blkn++) {
+    int ci = cinfo->MCU_membership[blkn];
+    jpeg_component_info *compptr = cinfo->cur_comp_info[ci];
+    scan.component[blkn] = ci;
+    /* libjpeg's start_pass has built its own tables from these (failing
+     * when one is missing), so the numbers are in range here. */
+    if (cinfo->Ss != 0)
+      scan.table[blkn] = cinfo->ac_huff_tbl_ptrs[compptr->ac_tbl_no];
+    else if (cinfo->Ah == 0)
+      scan.table[blkn] = cinfo->dc_huff_tbl_ptrs[compptr->dc_tbl_no];
+    else
+      scan.table[blkn] = NULL;
+  }
+  scan.unread_marker = &cinfo->unread_marker;
+  imgproc_scan_start(e->state, &scan);
+  e->restarts_to_go = cinfo->restart_interval;
+  e->pub.insufficient_data = FALSE;
+}
+
+METHODDEF(void) start_pass(j_decompress_ptr cinfo) {
+  imgproc_entropy *e = (imgproc_entropy *)cinfo->entropy;
+  /* libjpeg's decoder checks the scan against the progression so far and
+   * records it (`coef_bits`); it finds its own state through
+   * cinfo->entropy. */
+  cinfo->entropy = e->libjpeg;
+  (*e->libjpeg->start_pass)(cinfo);
+  cinfo->entropy = &e->pub;
+  describe_scan(cinfo, e);
+}
+
+/* As jdphuff.c's decode_mcu_*: restart markers, and after a marker met
+ * too early (a warning), the rest of the restart interval left zero. */
+METHODDEF(boolean) decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
+  imgproc_entropy *e = (imgproc_entropy *)cinfo->entropy;
+  if (cinfo->restart_interval) {
+    if (e->restarts_to_go == 0) {
+      /* Whole bytes the bits left over hold were not data: counted as
+       * skipped, as libjpeg does. */
+      cinfo->marker->discarded_bytes += imgproc_scan_discard(e->state);
+      if (!(*cinfo->marker->read_restart_marker)(cinfo))
+        ERREXIT(cinfo, JERR_CANT_SUSPEND);
+      imgproc_scan_restart(e->state);
+      e->restarts_to_go = cinfo->restart_interval;
+      if (cinfo->unread_marker == 0)
+        e->pub.insufficient_data = FALSE;
+    }
+    e->restarts_to_go--;
+  }
+  if (!e->pub.insufficient_data) {
+    int status = imgproc_scan_decode(e->state, cinfo, MCU_data);
+    if (status & IMGPROC_BAD_CODE)
+      WARNMS(cinfo, JWRN_HUFF_BAD_CODE);
+    if (status & IMGPROC_RAN_OUT) {
+      WARNMS(cinfo, JWRN_HIT_MARKER);
+      e->pub.insufficient_data = TRUE;
+    }
+  }
+  return TRUE;
+}
+
+/* Puts the Rust decoder in place of libjpeg's progressive Huffman decoder.
+ * To be called once the decompressor's modules exist (libjpeg's decoder
+ * has started the first scan) and before any of its data is read: at the
+ * first progress-monitor call of jpeg_read_coefficients or
+ * jpeg_start_decompress. Returns whether it did; other files (sequential,
+ * arithmetic-coded) keep libjpeg's decoder. */
+int imgproc_use_own_progressive_decoder(j_decompress_ptr cinfo) {
+  imgproc_entropy *e;
+  if (!cinfo->progressive_mode || cinfo->arith_code || cinfo->entropy == NULL ||
+      cinfo->entropy->start_pass == start_pass)
+    return 0;
+  e = (imgproc_entropy *)(*cinfo->mem->alloc_small)(
+      (j_common_ptr)cinfo, JPOOL_IMAGE, sizeof(imgproc_entropy));
+  e->state = (*cinfo->mem->alloc_small)((j_common_ptr)cinfo, JPOOL_IMAGE,
+                                        imgproc_scan_state_size());
+  e->libjpeg = cinfo->entropy;
+  e->pub.start_pass = start_pass;
+  e->pub.decode_mcu = decode_mcu;
+  cinfo->entropy = &e->pub;
+  describe_scan(cinfo, e);
+  return 1;
+}
