@@ -164,7 +164,28 @@ pub struct State {
     last_dc: [i32; 4],
     bits: u64,
     count: u32,
+    /// The input from where libjpeg's source stood when the scan (or the
+    /// restart interval) began, and how much of it has been read since:
+    /// libjpeg's source is moved on only when libjpeg reads from it next
+    /// (`imgproc_scan_sync`), not after every MCU.
+    input: *const u8,
+    input_len: usize,
+    at: usize,
     unread_marker: *mut c_int,
+}
+
+impl State {
+    /// Takes up the input where libjpeg's source stands.
+    ///
+    /// # Safety
+    /// As `libjpeg::unread_input`; the input outlives the decompressor.
+    unsafe fn rest_from(&mut self, cinfo: &jpeg_decompress_struct) {
+        // SAFETY: the caller's promises.
+        let input = unsafe { libjpeg::unread_input(cinfo) };
+        self.input = input.as_ptr();
+        self.input_len = input.len();
+        self.at = 0;
+    }
 }
 
 /// How many bytes the shim allocates for a `State`.
@@ -175,14 +196,20 @@ pub extern "C-unwind" fn imgproc_scan_state_size() -> usize {
     std::mem::size_of::<State>()
 }
 
-/// Starts a scan: libjpeg has accepted its parameters and tables.
+/// Starts a scan: libjpeg has accepted its parameters and tables, and its
+/// source stands at the scan's data.
 ///
 /// # Safety
 /// `state` points at `imgproc_scan_state_size()` bytes aligned as `double`
-/// (initialised or not); `scan` describes the decompressor's current scan,
-/// its table pointers live until the scan ends.
+/// (initialised or not); `scan` describes the current scan of `cinfo`, which
+/// was made by `libjpeg::Decompress::new`; the table pointers live until
+/// the scan ends.
 #[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn imgproc_scan_start(state: *mut State, scan: &Scan) {
+pub unsafe extern "C-unwind" fn imgproc_scan_start(
+    state: *mut State,
+    scan: &Scan,
+    cinfo: &jpeg_decompress_struct,
+) {
     let kind = match (scan.ss == 0, scan.ah == 0) {
         (true, true) => Kind::DcFirst,
         (true, false) => Kind::DcRefine,
@@ -247,9 +274,32 @@ pub unsafe extern "C-unwind" fn imgproc_scan_start(state: *mut State, scan: &Sca
             last_dc: [0; 4],
             bits: 0,
             count: 0,
+            input: std::ptr::null(),
+            input_len: 0,
+            at: 0,
             unread_marker: scan.unread_marker,
-        })
+        });
+        (*state).rest_from(cinfo);
     };
+}
+
+/// Moves libjpeg's source past what has been read, before libjpeg reads
+/// from it (a restart marker, or the markers after the scan's last MCU).
+///
+/// # Safety
+/// `state` was started by `imgproc_scan_start` for `cinfo`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn imgproc_scan_sync(
+    state: &mut State,
+    cinfo: &mut jpeg_decompress_struct,
+) {
+    // SAFETY: `at` bytes of the input taken up were read, and libjpeg has
+    // not moved its source since (it moves it only through this decoder
+    // while the scan's MCUs are read).
+    unsafe {
+        libjpeg::consume_input(cinfo, state.at);
+        state.rest_from(cinfo);
+    }
 }
 
 /// Empties the bit buffer and returns the whole bytes it held: at a restart
@@ -265,14 +315,20 @@ pub unsafe extern "C-unwind" fn imgproc_scan_discard(state: &mut State) -> c_uin
     bytes
 }
 
-/// After a restart marker: predictions and end-of-band runs start afresh.
+/// After libjpeg has read a restart marker: predictions and end-of-band
+/// runs start afresh, and the data after the marker.
 ///
 /// # Safety
-/// `state` was started by `imgproc_scan_start`.
+/// `state` was started by `imgproc_scan_start` for `cinfo`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn imgproc_scan_restart(state: &mut State) {
+pub unsafe extern "C-unwind" fn imgproc_scan_restart(
+    state: &mut State,
+    cinfo: &jpeg_decompress_struct,
+) {
     state.last_dc = [0; 4];
     state.eob_run = 0;
+    // SAFETY: the caller's promise.
+    unsafe { state.rest_from(cinfo) };
 }
 
 /// Decodes one MCU into `mcu`'s blocks, which hold what earlier scans
@@ -281,23 +337,25 @@ pub unsafe extern "C-unwind" fn imgproc_scan_restart(state: &mut State) {
 ///
 /// # Safety
 /// `state` was started by `imgproc_scan_start` for the decompressor's
-/// current scan; `cinfo` was made by `libjpeg::Decompress::new`; `mcu`
-/// holds `blocks_in_MCU` pointers to distinct blocks.
+/// current scan; `mcu` holds `blocks_in_MCU` pointers to distinct blocks.
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn imgproc_scan_decode(
     state: &mut State,
-    cinfo: &mut jpeg_decompress_struct,
     mcu: *const JBLOCKROW,
 ) -> c_int {
-    // SAFETY: the caller guarantees `cinfo`'s source; the slice is the
-    // input not yet read, which outlives this call, and libjpeg does not
-    // run until `consume_input` below.
-    let input = unsafe { libjpeg::unread_input(cinfo) };
+    if state.kind == Kind::AcFirst && state.eob_run > 0 {
+        // A block of zeros in an end-of-band run: nothing to read.
+        state.eob_run -= 1;
+        return 0;
+    }
+    // SAFETY: `input_len` bytes from `input` were the input unread when
+    // they were taken up (`rest_from`); the input outlives the decompressor.
+    let input = unsafe { std::slice::from_raw_parts(state.input, state.input_len) };
     let mut reader = Reader {
         bits: state.bits,
         count: state.count,
         input,
-        at: 0,
+        at: state.at,
         // SAFETY: the shim points it at the decompressor's `unread_marker`.
         marker: unsafe { *state.unread_marker } != 0,
         met: 0,
@@ -306,23 +364,7 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode(
     // SAFETY: the caller guarantees `blocks` distinct block pointers.
     let block = |b: usize| unsafe { &mut *(*mcu.add(b)).cast::<[i16; 64]>() };
     match state.kind {
-        Kind::DcFirst => {
-            for b in 0..state.blocks {
-                let table = &state.tables[usize::from(state.block_table[b])];
-                let size = u32::from(reader.symbol(table));
-                let difference = if size == 0 {
-                    0
-                } else {
-                    extend(reader.take(size), size)
-                };
-                let last = &mut state.last_dc[usize::from(state.block_component[b])];
-                let Some(dc) = last.checked_add(difference) else {
-                    libjpeg::fail("DCT coefficient out of range");
-                };
-                *last = dc;
-                block(b)[0] = ((dc as u32) << state.al) as i16;
-            }
-        }
+        Kind::DcFirst => first_dc(state, &mut reader, block),
         Kind::DcRefine => {
             let p1 = 1i16 << state.al;
             for b in 0..state.blocks {
@@ -331,44 +373,135 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode(
                 }
             }
         }
-        Kind::AcFirst => {
-            if state.eob_run > 0 {
-                state.eob_run -= 1;
-            } else {
-                let table = &state.tables[0];
-                let block = block(0);
-                let mut k = state.ss;
-                while k <= state.se {
-                    let symbol = reader.symbol(table);
-                    let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
-                    if size != 0 {
-                        k += run;
-                        let value = extend(reader.take(size), size);
-                        block[NATURAL[k]] = ((value as u32) << state.al) as i16;
-                    } else if run == 15 {
-                        k += 15;
-                    } else {
-                        state.eob_run = (1 << run) - 1;
-                        if run > 0 {
-                            state.eob_run += reader.take(run as u32);
-                        }
-                        break;
-                    }
-                    k += 1;
-                }
+        Kind::AcFirst => first_ac(state, &mut reader, block(0)),
+        Kind::AcRefine => {
+            #[cfg(target_arch = "x86_64")]
+            if fast_bit_deposit() {
+                // SAFETY: the CPU has the features (`fast_bit_deposit`).
+                unsafe { refine_ac_bmi2(state, &mut reader, block(0)) };
+                return finish(state, reader);
             }
+            refine_ac::<false>(state, &mut reader, block(0))
         }
-        Kind::AcRefine => refine_ac(state, &mut reader, block(0)),
     }
+    finish(state, reader)
+}
+
+/// Keeps the reader's position for the next MCU; the status for the shim.
+fn finish(state: &mut State, reader: Reader) -> c_int {
     state.bits = reader.bits;
     state.count = reader.count;
+    state.at = reader.at;
     if reader.met != 0 {
-        // SAFETY: as above; the marker met is left for libjpeg's reader.
+        // SAFETY: the shim points it at the decompressor's `unread_marker`;
+        // the marker met is left for libjpeg's reader.
         unsafe { *state.unread_marker = c_int::from(reader.met) };
     }
-    // SAFETY: `at` bytes of the unread input were read.
-    unsafe { libjpeg::consume_input(cinfo, reader.at) };
     reader.status
+}
+
+/// Whether the CPU has BMI2's bit deposit (`pdep`) and does it in a few
+/// cycles, with `popcnt` (which baseline x86-64 lacks: counting bits is a
+/// dozen instructions there). AMD's processors before Zen 3 have `pdep` in
+/// microcode, slower than the loop it replaces.
+#[cfg(target_arch = "x86_64")]
+fn fast_bit_deposit() -> bool {
+    use std::sync::OnceLock;
+    static FAST: OnceLock<bool> = OnceLock::new();
+    *FAST.get_or_init(|| {
+        if !(std::arch::is_x86_feature_detected!("bmi2")
+            && std::arch::is_x86_feature_detected!("popcnt"))
+        {
+            return false;
+        }
+        // SAFETY: `cpuid` exists on every x86-64 processor; leaves 0 and 1
+        // always do.
+        let (vendor, signature) = unsafe {
+            use std::arch::x86_64::__cpuid;
+            let leaf0 = __cpuid(0);
+            ([leaf0.ebx, leaf0.edx, leaf0.ecx], __cpuid(1).eax)
+        };
+        let amd = vendor == [0x6874_7541, 0x6974_6e65, 0x444d_4163]; // "AuthenticAMD"
+        let family = ((signature >> 8) & 0xF) + ((signature >> 20) & 0xFF);
+        !(amd && family < 0x19)
+    })
+}
+
+/// `refine_ac` with `pdep` and `popcnt`.
+///
+/// # Safety
+/// The CPU has BMI1, BMI2 and POPCNT (`fast_bit_deposit`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi1,bmi2,popcnt")]
+unsafe fn refine_ac_bmi2(state: &mut State, reader: &mut Reader, block: &mut [i16; 64]) {
+    refine_ac::<true>(state, reader, block)
+}
+
+/// Where the `n`-th (from 0) set bit of `x` is, if it has that many.
+#[inline(always)]
+fn nth_set_bit<const PDEP: bool>(mut x: u64, n: u32) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if PDEP {
+        // SAFETY: `PDEP` is true only under `refine_ac_bmi2`, whose CPU has
+        // BMI2.
+        let bit = unsafe { std::arch::x86_64::_pdep_u64(1 << n, x) };
+        return (bit != 0).then(|| bit.trailing_zeros() as usize);
+    }
+    for _ in 0..n {
+        x &= x.wrapping_sub(1);
+    }
+    (x != 0).then(|| x.trailing_zeros() as usize)
+}
+
+/// A DC first scan's MCU: each block's difference from the last DC of its
+/// component, scaled down by the scan's point transform.
+#[inline(never)]
+fn first_dc<'b>(
+    state: &mut State,
+    reader: &mut Reader,
+    block: impl Fn(usize) -> &'b mut [i16; 64],
+) {
+    for b in 0..state.blocks {
+        let table = &state.tables[usize::from(state.block_table[b])];
+        let size = u32::from(reader.symbol(table));
+        let difference = if size == 0 {
+            0
+        } else {
+            extend(reader.take(size), size)
+        };
+        let last = &mut state.last_dc[usize::from(state.block_component[b])];
+        let Some(dc) = last.checked_add(difference) else {
+            libjpeg::fail("DCT coefficient out of range");
+        };
+        *last = dc;
+        block(b)[0] = ((dc as u32) << state.al) as i16;
+    }
+}
+
+/// An AC first scan's MCU (one block, not in an end-of-band run): runs of
+/// zeros and values, as in a sequential scan, within the scan's band.
+#[inline(never)]
+fn first_ac(state: &mut State, reader: &mut Reader, block: &mut [i16; 64]) {
+    let table = &state.tables[0];
+    let mut k = state.ss;
+    while k <= state.se {
+        let symbol = reader.symbol(table);
+        let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+        if size != 0 {
+            k += run;
+            let value = extend(reader.take(size), size);
+            block[NATURAL[k]] = ((value as u32) << state.al) as i16;
+        } else if run == 15 {
+            k += 15;
+        } else {
+            state.eob_run = (1 << run) - 1;
+            if run > 0 {
+                state.eob_run += reader.take(run as u32);
+            }
+            break;
+        }
+        k += 1;
+    }
 }
 
 /// An AC refinement scan's MCU (one block), as `decode_mcu_AC_refine` of
@@ -376,11 +509,17 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode(
 /// coefficients to pass and whether the next one becomes ±1 at this bit;
 /// every already non-zero coefficient passed (and all the rest of the
 /// band after an end-of-band) takes one correction bit.
-fn refine_ac(state: &mut State, reader: &mut Reader, block: &mut [i16; 64]) {
+#[inline(always)]
+fn refine_ac<const PDEP: bool>(state: &mut State, reader: &mut Reader, block: &mut [i16; 64]) {
     let (ss, se) = (state.ss, state.se);
     let p1 = 1i32 << state.al;
     let band = (u64::MAX >> (63 - se)) & (u64::MAX << ss);
     let mut nonzero = nonzero_zigzag(block) & band;
+    // Correction bits are applied once the block's bits are read (a single
+    // loop, instead of one per symbol): the bits in order, last in the low
+    // bits, and the coefficients they belong to. Nothing read in between
+    // depends on them: they never make a coefficient zero or non-zero.
+    let mut corrections = Corrections::default();
     let mut k = ss;
     if state.eob_run == 0 {
         let table = &state.tables[0];
@@ -404,36 +543,78 @@ fn refine_ac(state: &mut State, reader: &mut Reader, block: &mut [i16; 64]) {
             // coefficients among them, stopping at the next zero; past the
             // band's end when there are not that many (corrupt data).
             let ahead = band & (u64::MAX << k);
-            let mut zeros = !nonzero & ahead;
-            for _ in 0..run {
-                zeros &= zeros.wrapping_sub(1);
-            }
-            let stop = if zeros == 0 {
-                se + 1
-            } else {
-                zeros.trailing_zeros() as usize
+            let Some(zero) = nth_set_bit::<PDEP>(!nonzero & ahead, run) else {
+                corrections.read(reader, nonzero & ahead);
+                k = se + 1;
+                if value != 0 {
+                    // Where libjpeg writes it (past the band; the last
+                    // coefficient at the very end), after the corrections.
+                    corrections.apply(block, p1);
+                    block[NATURAL[k]] = value as i16;
+                }
+                break;
             };
-            let passed = if stop >= 64 {
-                ahead
-            } else {
-                ahead & ((1 << stop) - 1)
-            };
-            reader.correct(block, nonzero & passed, p1);
-            k = stop;
+            k = zero;
+            corrections.read(reader, nonzero & ahead & ((1 << k) - 1));
             if value != 0 {
                 block[NATURAL[k]] = value as i16;
-                if k < 64 {
-                    nonzero |= 1 << k;
-                }
+                nonzero |= 1 << k;
             }
             k += 1;
         }
     }
     if state.eob_run > 0 {
         if k <= se {
-            reader.correct(block, nonzero & (u64::MAX << k), p1);
+            corrections.read(reader, nonzero & (u64::MAX << k));
         }
         state.eob_run -= 1;
+    }
+    corrections.apply(block, p1);
+}
+
+/// Correction bits of a refinement scan, read but not yet applied.
+#[derive(Default)]
+struct Corrections {
+    /// The bits in the order read, the last in the low bits.
+    bits: u64,
+    /// The coefficients they belong to (zig-zag order), in the same order.
+    of: u64,
+}
+
+impl Corrections {
+    /// Reads one bit for each coefficient in `mask` (which come after
+    /// those read before).
+    #[inline(always)]
+    fn read(&mut self, reader: &mut Reader, mask: u64) {
+        // No test for n = 0: reading no bits is harmless, and the test
+        // would be a branch no predictor gets right.
+        let n = mask.count_ones();
+        let bits = if n <= 32 {
+            u64::from(reader.take_bitwise(n))
+        } else {
+            let high = u64::from(reader.take_bitwise(32));
+            high << (n - 32) | u64::from(reader.take_bitwise(n - 32))
+        };
+        // At most 63 bits in all: one per coefficient of the band.
+        self.bits = self.bits << n | bits;
+        self.of |= mask;
+    }
+
+    /// A 1 moves its coefficient one step of this scan's bit away from
+    /// zero, unless that bit is set already.
+    #[inline(always)]
+    fn apply(&mut self, block: &mut [i16; 64], p1: i32) {
+        let mut left = self.of.count_ones();
+        while self.of != 0 {
+            left -= 1;
+            let z = self.of.trailing_zeros() as usize;
+            self.of &= self.of - 1;
+            let c = i32::from(block[NATURAL[z]]);
+            let grow = (self.bits >> left) & 1 != 0 && c & p1 == 0;
+            let step = if c >= 0 { p1 } else { -p1 };
+            block[NATURAL[z]] = (c + if grow { step } else { 0 }) as i16;
+        }
+        self.bits = 0;
     }
 }
 
@@ -521,7 +702,7 @@ impl Reader<'_> {
         byte
     }
 
-    /// Takes `n` bits (1 to 32), topping the buffer up first if it holds
+    /// Takes `n` bits (0 to 32), topping the buffer up first if it holds
     /// fewer, as libjpeg's `GET_BITS(n)` does. Past a marker, the missing
     /// bits are zeros and the MCU is marked as having run out.
     #[inline(always)]
@@ -533,13 +714,14 @@ impl Reader<'_> {
                 self.count = n;
             }
         }
-        let value = (self.bits >> (64 - n)) as u32;
+        // Two shifts, so that n = 0 gives 0.
+        let value = (self.bits >> 1 >> (63 - n)) as u32;
         self.bits <<= n;
         self.count -= n;
         value
     }
 
-    /// `n` bits (1 to 32) read as libjpeg reads them one at a time: the
+    /// `n` bits (0 to 32) read as libjpeg reads them one at a time: the
     /// buffer is topped up only when it is empty.
     #[inline(always)]
     fn take_bitwise(&mut self, n: u32) -> u32 {
@@ -592,25 +774,6 @@ impl Reader<'_> {
         }
         let index = (code + table.offset[length as usize]) as usize & 0xFF;
         table.symbols[index]
-    }
-
-    /// One correction bit for each coefficient in `mask` (zig-zag order):
-    /// a 1 moves the coefficient one step of this scan's bit away from
-    /// zero, unless that bit is set already.
-    #[inline(always)]
-    fn correct(&mut self, block: &mut [i16; 64], mut mask: u64, p1: i32) {
-        while mask != 0 {
-            let n = mask.count_ones().min(32);
-            let bits = self.take_bitwise(n);
-            for i in (0..n).rev() {
-                let z = mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                let c = i32::from(block[NATURAL[z]]);
-                let grow = (bits >> i) & 1 != 0 && c & p1 == 0;
-                let step = if c >= 0 { p1 } else { -p1 };
-                block[NATURAL[z]] = (c + if grow { step } else { 0 }) as i16;
-            }
-        }
     }
 }
 

@@ -30,17 +30,19 @@ typedef struct {
 #define IMGPROC_RAN_OUT 1  /* a marker came before the MCU's last bit */
 #define IMGPROC_BAD_CODE 2 /* a bit pattern that is no Huffman code */
 extern size_t imgproc_scan_state_size(void);
-extern void imgproc_scan_start(void *state, const imgproc_scan *scan);
-extern int imgproc_scan_decode(void *state, j_decompress_ptr cinfo,
-                               JBLOCKROW *MCU_data);
+extern void imgproc_scan_start(void *state, const imgproc_scan *scan,
+                               j_decompress_ptr cinfo);
+extern int imgproc_scan_decode(void *state, JBLOCKROW *MCU_data);
+extern void imgproc_scan_sync(void *state, j_decompress_ptr cinfo);
 extern unsigned int imgproc_scan_discard(void *state);
-extern void imgproc_scan_restart(void *state);
+extern void imgproc_scan_restart(void *state, j_decompress_ptr cinfo);
 
 typedef struct {
   struct jpeg_entropy_decoder pub; /* first: what cinfo->entropy points at */
   struct jpeg_entropy_decoder *libjpeg; /* libjpeg's own progressive decoder */
   unsigned int restarts_to_go;
-  void *state; /* the Rust decoder's, from the image pool */
+  JDIMENSION mcus_left; /* in this scan */
+  void *state;          /* the Rust decoder's, from the image pool */
 } imgproc_entropy;
 
 static void describe_scan(j_decompress_ptr cinfo, imgproc_entropy *e) {
@@ -65,8 +67,9 @@ static void describe_scan(j_decompress_ptr cinfo, imgproc_entropy *e) {
       scan.table[blkn] = NULL;
   }
   scan.unread_marker = &cinfo->unread_marker;
-  imgproc_scan_start(e->state, &scan);
+  imgproc_scan_start(e->state, &scan, cinfo);
   e->restarts_to_go = cinfo->restart_interval;
+  e->mcus_left = cinfo->MCUs_per_row * cinfo->MCU_rows_in_scan;
   e->pub.insufficient_data = FALSE;
 }
 
@@ -82,7 +85,10 @@ METHODDEF(void) start_pass(j_decompress_ptr cinfo) {
 }
 
 /* As jdphuff.c's decode_mcu_*: restart markers, and after a marker met
- * too early (a warning), the rest of the restart interval left zero. */
+ * too early (a warning), the rest of the restart interval left zero. The
+ * Rust decoder reads the input directly; libjpeg's source is moved past
+ * what it read before libjpeg reads from it again (a restart marker, the
+ * markers after the scan). */
 METHODDEF(boolean) decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
   imgproc_entropy *e = (imgproc_entropy *)cinfo->entropy;
   if (cinfo->restart_interval) {
@@ -90,9 +96,10 @@ METHODDEF(boolean) decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
       /* Whole bytes the bits left over hold were not data: counted as
        * skipped, as libjpeg does. */
       cinfo->marker->discarded_bytes += imgproc_scan_discard(e->state);
+      imgproc_scan_sync(e->state, cinfo);
       if (!(*cinfo->marker->read_restart_marker)(cinfo))
         ERREXIT(cinfo, JERR_CANT_SUSPEND);
-      imgproc_scan_restart(e->state);
+      imgproc_scan_restart(e->state, cinfo);
       e->restarts_to_go = cinfo->restart_interval;
       if (cinfo->unread_marker == 0)
         e->pub.insufficient_data = FALSE;
@@ -100,7 +107,7 @@ METHODDEF(boolean) decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
     e->restarts_to_go--;
   }
   if (!e->pub.insufficient_data) {
-    int status = imgproc_scan_decode(e->state, cinfo, MCU_data);
+    int status = imgproc_scan_decode(e->state, MCU_data);
     if (status & IMGPROC_BAD_CODE)
       WARNMS(cinfo, JWRN_HUFF_BAD_CODE);
     if (status & IMGPROC_RAN_OUT) {
@@ -108,6 +115,8 @@ METHODDEF(boolean) decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
       e->pub.insufficient_data = TRUE;
     }
   }
+  if (e->mcus_left > 0 && --e->mcus_left == 0)
+    imgproc_scan_sync(e->state, cinfo);
   return TRUE;
 }
 
