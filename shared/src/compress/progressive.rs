@@ -414,13 +414,9 @@ fn fast_bit_deposit() -> bool {
         {
             return false;
         }
-        // SAFETY: `cpuid` exists on every x86-64 processor; leaves 0 and 1
-        // always do.
-        let (vendor, signature) = unsafe {
-            use std::arch::x86_64::__cpuid;
-            let leaf0 = __cpuid(0);
-            ([leaf0.ebx, leaf0.edx, leaf0.ecx], __cpuid(1).eax)
-        };
+        let leaf0 = std::arch::x86_64::__cpuid(0);
+        let vendor = [leaf0.ebx, leaf0.edx, leaf0.ecx];
+        let signature = std::arch::x86_64::__cpuid(1).eax;
         let amd = vendor == [0x6874_7541, 0x6974_6e65, 0x444d_4163]; // "AuthenticAMD"
         let family = ((signature >> 8) & 0xF) + ((signature >> 20) & 0xFF);
         !(amd && family < 0x19)
