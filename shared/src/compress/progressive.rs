@@ -331,9 +331,10 @@ pub unsafe extern "C-unwind" fn imgproc_scan_restart(
     unsafe { state.rest_from(cinfo) };
 }
 
-/// Decodes one MCU into `mcu`'s blocks, which hold what earlier scans
-/// decoded (zeros at first). Returns `RAN_OUT` and/or `BAD_CODE` for the
-/// shim to warn about.
+/// Decodes one MCU of an interleaved scan (DC only: AC scans have one
+/// component) into `mcu`'s blocks, which hold what earlier scans decoded
+/// (zeros at first). Returns `RAN_OUT` and/or `BAD_CODE` for the shim to
+/// warn about.
 ///
 /// # Safety
 /// `state` was started by `imgproc_scan_start` for the decompressor's
@@ -343,48 +344,129 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode(
     state: &mut State,
     mcu: *const JBLOCKROW,
 ) -> c_int {
-    if state.kind == Kind::AcFirst && state.eob_run > 0 {
-        // A block of zeros in an end-of-band run: nothing to read.
-        state.eob_run -= 1;
-        return 0;
+    if matches!(state.kind, Kind::AcFirst | Kind::AcRefine) {
+        // SAFETY: one block, as the caller guarantees.
+        return unsafe { imgproc_scan_decode_row(state, (*mcu).cast(), 1) };
     }
-    // SAFETY: `input_len` bytes from `input` were the input unread when
-    // they were taken up (`rest_from`); the input outlives the decompressor.
-    let input = unsafe { std::slice::from_raw_parts(state.input, state.input_len) };
-    let mut reader = Reader {
-        bits: state.bits,
-        count: state.count,
-        input,
-        at: state.at,
-        // SAFETY: the shim points it at the decompressor's `unread_marker`.
-        marker: unsafe { *state.unread_marker } != 0,
-        met: 0,
-        status: 0,
-    };
-    // SAFETY: the caller guarantees `blocks` distinct block pointers.
-    let block = |b: usize| unsafe { &mut *(*mcu.add(b)).cast::<[i16; 64]>() };
+    // SAFETY: the reader lives for this call only. The caller guarantees
+    // `blocks` distinct block pointers.
+    unsafe {
+        let mut reader = state.reader();
+        dc_mcu(state, &mut reader, |b| (*mcu.add(b)).cast());
+        finish(state, reader)
+    }
+}
+
+/// Decodes `count` MCUs of a one-component scan: a run of consecutive
+/// blocks of a block row, with no restart marker among them. Stops after
+/// an MCU that ran out of data. Returns as `imgproc_scan_decode`.
+///
+/// # Safety
+/// As `imgproc_scan_decode`; the scan has one component and `blocks`
+/// points at `count` blocks.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn imgproc_scan_decode_row(
+    state: &mut State,
+    blocks: *mut [i16; 64],
+    count: usize,
+) -> c_int {
+    // SAFETY: the caller guarantees the blocks.
+    let blocks = unsafe { std::slice::from_raw_parts_mut(blocks, count) };
+    // SAFETY: the reader lives for this call only.
+    let mut reader = unsafe { state.reader() };
     match state.kind {
-        Kind::DcFirst => first_dc(state, &mut reader, block),
-        Kind::DcRefine => {
-            let p1 = 1i16 << state.al;
-            for b in 0..state.blocks {
-                if reader.take(1) != 0 {
-                    block(b)[0] |= p1;
+        Kind::DcFirst | Kind::DcRefine => {
+            for block in blocks {
+                let block: *mut [i16; 64] = block;
+                // SAFETY: one block per MCU, from the slice.
+                unsafe { dc_mcu(state, &mut reader, |_| block) };
+                if reader.status & RAN_OUT != 0 {
+                    break;
                 }
             }
         }
-        Kind::AcFirst => first_ac(state, &mut reader, block(0)),
+        Kind::AcFirst => {
+            let mut i = 0;
+            while i < blocks.len() && reader.status & RAN_OUT == 0 {
+                if state.eob_run > 0 {
+                    // Blocks of zeros in an end-of-band run: nothing to read.
+                    let skip = (state.eob_run as usize).min(blocks.len() - i);
+                    state.eob_run -= skip as u32;
+                    i += skip;
+                } else {
+                    first_ac(state, &mut reader, &mut blocks[i]);
+                    i += 1;
+                }
+            }
+        }
         Kind::AcRefine => {
             #[cfg(target_arch = "x86_64")]
             if fast_bit_deposit() {
                 // SAFETY: the CPU has the features (`fast_bit_deposit`).
-                unsafe { refine_ac_bmi2(state, &mut reader, block(0)) };
+                unsafe { refine_blocks_bmi2(state, &mut reader, blocks) };
                 return finish(state, reader);
             }
-            refine_ac::<false>(state, &mut reader, block(0))
+            refine_blocks::<false>(state, &mut reader, blocks)
         }
     }
     finish(state, reader)
+}
+
+impl State {
+    /// The bit stream where the last MCU left it.
+    ///
+    /// # Safety
+    /// The reader is dropped before the decompressor, whose input it reads.
+    unsafe fn reader<'a>(&self) -> Reader<'a> {
+        // SAFETY: `input_len` bytes from `input` were the input unread when
+        // they were taken up (`rest_from`); the caller keeps the input alive.
+        let input = unsafe { std::slice::from_raw_parts(self.input, self.input_len) };
+        Reader {
+            bits: self.bits,
+            count: self.count,
+            input,
+            at: self.at,
+            // SAFETY: the shim points it at the decompressor's `unread_marker`.
+            marker: unsafe { *self.unread_marker } != 0,
+            met: 0,
+            status: 0,
+        }
+    }
+}
+
+/// One MCU of a DC scan: first (differences) or refinement (one bit each).
+///
+/// # Safety
+/// `block(b)` for each of the MCU's blocks is a distinct, valid block.
+#[inline(always)]
+unsafe fn dc_mcu(state: &mut State, reader: &mut Reader, block: impl Fn(usize) -> *mut [i16; 64]) {
+    if state.kind == Kind::DcFirst {
+        // SAFETY: the caller's promise.
+        unsafe { first_dc(state, reader, block) };
+    } else {
+        let p1 = 1i16 << state.al;
+        for b in 0..state.blocks {
+            if reader.take(1) != 0 {
+                // SAFETY: the caller's promise.
+                unsafe { (*block(b))[0] |= p1 };
+            }
+        }
+    }
+}
+
+/// Refinement scans' blocks, stopping after one that ran out of data.
+#[inline(always)]
+fn refine_blocks<const PDEP: bool>(
+    state: &mut State,
+    reader: &mut Reader,
+    blocks: &mut [[i16; 64]],
+) {
+    for block in blocks {
+        refine_ac::<PDEP>(state, reader, block);
+        if reader.status & RAN_OUT != 0 {
+            break;
+        }
+    }
 }
 
 /// Keeps the reader's position for the next MCU; the status for the shim.
@@ -423,14 +505,14 @@ fn fast_bit_deposit() -> bool {
     })
 }
 
-/// `refine_ac` with `pdep` and `popcnt`.
+/// `refine_blocks` with `pdep` and `popcnt`.
 ///
 /// # Safety
 /// The CPU has BMI1, BMI2 and POPCNT (`fast_bit_deposit`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi1,bmi2,popcnt")]
-unsafe fn refine_ac_bmi2(state: &mut State, reader: &mut Reader, block: &mut [i16; 64]) {
-    refine_ac::<true>(state, reader, block)
+unsafe fn refine_blocks_bmi2(state: &mut State, reader: &mut Reader, blocks: &mut [[i16; 64]]) {
+    refine_blocks::<true>(state, reader, blocks)
 }
 
 /// Where the `n`-th (from 0) set bit of `x` is, if it has that many.
@@ -451,11 +533,14 @@ fn nth_set_bit<const PDEP: bool>(mut x: u64, n: u32) -> Option<usize> {
 
 /// A DC first scan's MCU: each block's difference from the last DC of its
 /// component, scaled down by the scan's point transform.
-#[inline(never)]
-fn first_dc<'b>(
+///
+/// # Safety
+/// As `dc_mcu`.
+#[inline(always)]
+unsafe fn first_dc(
     state: &mut State,
     reader: &mut Reader,
-    block: impl Fn(usize) -> &'b mut [i16; 64],
+    block: impl Fn(usize) -> *mut [i16; 64],
 ) {
     for b in 0..state.blocks {
         let table = &state.tables[usize::from(state.block_table[b])];
@@ -470,13 +555,14 @@ fn first_dc<'b>(
             libjpeg::fail("DCT coefficient out of range");
         };
         *last = dc;
-        block(b)[0] = ((dc as u32) << state.al) as i16;
+        // SAFETY: the caller's promise.
+        unsafe { (*block(b))[0] = ((dc as u32) << state.al) as i16 };
     }
 }
 
 /// An AC first scan's MCU (one block, not in an end-of-band run): runs of
 /// zeros and values, as in a sequential scan, within the scan's band.
-#[inline(never)]
+#[inline(always)]
 fn first_ac(state: &mut State, reader: &mut Reader, block: &mut [i16; 64]) {
     let table = &state.tables[0];
     let mut k = state.ss;
@@ -900,6 +986,23 @@ mod tests {
         let (theirs, _) = coefficients(&jpeg, false);
         assert!(used);
         assert!(own.expect("decodes") == theirs.expect("libjpeg decodes"));
+    }
+
+    #[test]
+    fn decoding_to_pixels_gives_libjpegs_pixels() {
+        let picture = pixels("coffee.jpg", 3, 301, 193);
+        let restarts = encode_progressive(&picture, (301, 193, 3), 90, None, 3).expect("encodes");
+        for input in [photo("mountain-meadow-progressive.jpg"), restarts] {
+            let decode = |own: bool| {
+                let (mut decompress, _) =
+                    Decompress::new(&input, 256 << 20, Limits::NONE).expect("header");
+                if !own {
+                    decompress.keep_libjpeg_entropy_decoder();
+                }
+                decompress.pixels().expect("decodes").data
+            };
+            assert!(decode(true) == decode(false));
+        }
     }
 
     #[test]

@@ -33,6 +33,8 @@ extern size_t imgproc_scan_state_size(void);
 extern void imgproc_scan_start(void *state, const imgproc_scan *scan,
                                j_decompress_ptr cinfo);
 extern int imgproc_scan_decode(void *state, JBLOCKROW *MCU_data);
+extern int imgproc_scan_decode_row(void *state, JBLOCKROW blocks,
+                                   size_t count);
 extern void imgproc_scan_sync(void *state, j_decompress_ptr cinfo);
 extern unsigned int imgproc_scan_discard(void *state);
 extern void imgproc_scan_restart(void *state, j_decompress_ptr cinfo);
@@ -84,40 +86,123 @@ METHODDEF(void) start_pass(j_decompress_ptr cinfo) {
   describe_scan(cinfo, e);
 }
 
-/* As jdphuff.c's decode_mcu_*: restart markers, and after a marker met
- * too early (a warning), the rest of the restart interval left zero. The
- * Rust decoder reads the input directly; libjpeg's source is moved past
- * what it read before libjpeg reads from it again (a restart marker, the
- * markers after the scan). */
+/* The next restart marker, when the interval's MCUs are done, as
+ * jdphuff.c's process_restart. The Rust decoder reads the input directly;
+ * libjpeg's source is moved past what it read before libjpeg reads from it
+ * again (a restart marker, the markers after the scan). */
+static void restart_if_due(j_decompress_ptr cinfo, imgproc_entropy *e) {
+  if (cinfo->restart_interval == 0 || e->restarts_to_go > 0)
+    return;
+  /* Whole bytes the bits left over hold were not data: counted as skipped,
+   * as libjpeg does. */
+  cinfo->marker->discarded_bytes += imgproc_scan_discard(e->state);
+  imgproc_scan_sync(e->state, cinfo);
+  if (!(*cinfo->marker->read_restart_marker)(cinfo))
+    ERREXIT(cinfo, JERR_CANT_SUSPEND);
+  imgproc_scan_restart(e->state, cinfo);
+  e->restarts_to_go = cinfo->restart_interval;
+  if (cinfo->unread_marker == 0)
+    e->pub.insufficient_data = FALSE;
+}
+
+/* Warns as jdphuff.c does; after a marker met too early, the rest of the
+ * restart interval is left as it is. */
+static void report(j_decompress_ptr cinfo, imgproc_entropy *e, int status) {
+  if (status & IMGPROC_BAD_CODE)
+    WARNMS(cinfo, JWRN_HUFF_BAD_CODE);
+  if (status & IMGPROC_RAN_OUT) {
+    WARNMS(cinfo, JWRN_HIT_MARKER);
+    e->pub.insufficient_data = TRUE;
+  }
+}
+
+/* `n` MCUs done: after the scan's last, libjpeg reads markers. */
+static void count_mcus(j_decompress_ptr cinfo, imgproc_entropy *e,
+                       JDIMENSION n) {
+  if (cinfo->restart_interval)
+    e->restarts_to_go -= n;
+  e->mcus_left = n < e->mcus_left ? e->mcus_left - n : 0;
+  if (e->mcus_left == 0)
+    imgproc_scan_sync(e->state, cinfo);
+}
+
+/* One MCU of an interleaved scan, as jdphuff.c's decode_mcu_*. */
 METHODDEF(boolean) decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
   imgproc_entropy *e = (imgproc_entropy *)cinfo->entropy;
-  if (cinfo->restart_interval) {
-    if (e->restarts_to_go == 0) {
-      /* Whole bytes the bits left over hold were not data: counted as
-       * skipped, as libjpeg does. */
-      cinfo->marker->discarded_bytes += imgproc_scan_discard(e->state);
-      imgproc_scan_sync(e->state, cinfo);
-      if (!(*cinfo->marker->read_restart_marker)(cinfo))
-        ERREXIT(cinfo, JERR_CANT_SUSPEND);
-      imgproc_scan_restart(e->state, cinfo);
-      e->restarts_to_go = cinfo->restart_interval;
-      if (cinfo->unread_marker == 0)
-        e->pub.insufficient_data = FALSE;
-    }
-    e->restarts_to_go--;
-  }
-  if (!e->pub.insufficient_data) {
-    int status = imgproc_scan_decode(e->state, MCU_data);
-    if (status & IMGPROC_BAD_CODE)
-      WARNMS(cinfo, JWRN_HUFF_BAD_CODE);
-    if (status & IMGPROC_RAN_OUT) {
-      WARNMS(cinfo, JWRN_HIT_MARKER);
-      e->pub.insufficient_data = TRUE;
-    }
-  }
-  if (e->mcus_left > 0 && --e->mcus_left == 0)
-    imgproc_scan_sync(e->state, cinfo);
+  restart_if_due(cinfo, e);
+  if (!e->pub.insufficient_data)
+    report(cinfo, e, imgproc_scan_decode(e->state, MCU_data));
+  count_mcus(cinfo, e, 1);
   return TRUE;
+}
+
+/* A row of a one-component scan's blocks (one block an MCU), handed to the
+ * Rust decoder a restart interval at a time. */
+static void decode_row(j_decompress_ptr cinfo, imgproc_entropy *e,
+                       JBLOCKROW row, JDIMENSION count) {
+  while (count > 0) {
+    JDIMENSION n = count;
+    restart_if_due(cinfo, e);
+    if (cinfo->restart_interval && n > e->restarts_to_go)
+      n = e->restarts_to_go;
+    if (!e->pub.insufficient_data)
+      report(cinfo, e, imgproc_scan_decode_row(e->state, row, n));
+    count_mcus(cinfo, e, n);
+    row += n;
+    count -= n;
+  }
+}
+
+/* jdcoefct.c's consume_data (the whole-image buffer's), with a
+ * one-component scan's block rows decoded a row at a time instead of an
+ * MCU at a time: one iMCU row of the current scan. */
+METHODDEF(int) consume_data(j_decompress_ptr cinfo) {
+  imgproc_entropy *e = (imgproc_entropy *)cinfo->entropy;
+  JBLOCKARRAY buffer[MAX_COMPS_IN_SCAN];
+  JBLOCKROW MCU_buffer[D_MAX_BLOCKS_IN_MCU];
+  jpeg_component_info *compptr;
+  int ci, rows, yoffset, yindex, xindex, blkn;
+  JDIMENSION col;
+
+  for (ci = 0; ci < cinfo->comps_in_scan; ci++) {
+    compptr = cinfo->cur_comp_info[ci];
+    buffer[ci] = (*cinfo->mem->access_virt_barray)(
+        (j_common_ptr)cinfo, cinfo->coef->coef_arrays[compptr->component_index],
+        cinfo->input_iMCU_row * compptr->v_samp_factor,
+        (JDIMENSION)compptr->v_samp_factor, TRUE);
+  }
+  compptr = cinfo->cur_comp_info[0];
+  if (cinfo->comps_in_scan > 1)
+    rows = 1;
+  else if (cinfo->input_iMCU_row < cinfo->total_iMCU_rows - 1)
+    rows = compptr->v_samp_factor;
+  else
+    rows = compptr->last_row_height;
+
+  for (yoffset = 0; yoffset < rows; yoffset++) {
+    if (!e->pub.insufficient_data)
+      cinfo->master->last_good_iMCU_row = cinfo->input_iMCU_row;
+    if (cinfo->comps_in_scan == 1) {
+      decode_row(cinfo, e, buffer[0][yoffset], cinfo->MCUs_per_row);
+      continue;
+    }
+    for (col = 0; col < cinfo->MCUs_per_row; col++) {
+      blkn = 0;
+      for (ci = 0; ci < cinfo->comps_in_scan; ci++) {
+        compptr = cinfo->cur_comp_info[ci];
+        for (yindex = 0; yindex < compptr->MCU_height; yindex++) {
+          JBLOCKROW block = buffer[ci][yindex + yoffset] + col * compptr->MCU_width;
+          for (xindex = 0; xindex < compptr->MCU_width; xindex++)
+            MCU_buffer[blkn++] = block++;
+        }
+      }
+      decode_mcu(cinfo, MCU_buffer);
+    }
+  }
+  if (++(cinfo->input_iMCU_row) < cinfo->total_iMCU_rows)
+    return JPEG_ROW_COMPLETED;
+  (*cinfo->inputctl->finish_input_pass)(cinfo);
+  return JPEG_SCAN_COMPLETED;
 }
 
 /* Puts the Rust decoder in place of libjpeg's progressive Huffman decoder.
@@ -140,5 +225,9 @@ int imgproc_use_own_progressive_decoder(j_decompress_ptr cinfo) {
   e->pub.decode_mcu = decode_mcu;
   cinfo->entropy = &e->pub;
   describe_scan(cinfo, e);
+  /* The input controller takes the coefficient controller's method at
+   * each scan's start; the first scan has started. */
+  cinfo->coef->consume_data = consume_data;
+  cinfo->inputctl->consume_input = consume_data;
   return 1;
 }
