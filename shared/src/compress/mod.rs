@@ -10,7 +10,6 @@
 
 mod chroma;
 mod cpu;
-mod entropy_decoder;
 mod huffman;
 mod icc;
 mod jmem;
@@ -19,6 +18,7 @@ mod libjpeg;
 pub mod memory;
 mod pixels;
 mod png_input;
+mod progressive;
 mod sniff;
 mod transcode;
 mod trellis;

@@ -1,6 +1,6 @@
 /*
- * libjpeg's side of the engine's Huffman decoder (`entropy_decoder.rs`).
- * libjpeg keeps driving the file: it reads the markers,
+ * libjpeg's side of the engine's progressive Huffman decoder
+ * (`progressive.rs`). libjpeg keeps driving the file: it reads the markers,
  * checks each scan's parameters and progression (its own decoder's
  * `start_pass` still runs for every scan), walks the MCUs and reads the
  * restart markers. Only the entropy-coded data between them is decoded in
@@ -15,15 +15,13 @@
 /* What the Rust decoder needs to know of a scan; `progressive.rs` declares
  * the same struct. */
 typedef struct {
-  int progressive;
   int Ss, Se, Ah, Al;
   int blocks_in_MCU;
   /* Per block of an MCU: its component's place in the scan, and the
    * Huffman table it is decoded with (NULL for DC refinement, which has
-   * none; in a sequential scan the DC table, and `ac_table` the AC one). */
+   * none). */
   int component[D_MAX_BLOCKS_IN_MCU];
   const JHUFF_TBL *table[D_MAX_BLOCKS_IN_MCU];
-  const JHUFF_TBL *ac_table[D_MAX_BLOCKS_IN_MCU];
   /* Where a marker met in the data is left for libjpeg's marker reader. */
   int *unread_marker;
 } imgproc_scan;
@@ -52,7 +50,6 @@ typedef struct {
 static void describe_scan(j_decompress_ptr cinfo, imgproc_entropy *e) {
   imgproc_scan scan;
   int blkn;
-  scan.progressive = cinfo->progressive_mode;
   scan.Ss = cinfo->Ss;
   scan.Se = cinfo->Se;
   scan.Ah = cinfo->Ah;
@@ -64,10 +61,7 @@ static void describe_scan(j_decompress_ptr cinfo, imgproc_entropy *e) {
     scan.component[blkn] = ci;
     /* libjpeg's start_pass has built its own tables from these (failing
      * when one is missing), so the numbers are in range here. */
-    scan.ac_table[blkn] = cinfo->ac_huff_tbl_ptrs[compptr->ac_tbl_no];
-    if (!cinfo->progressive_mode)
-      scan.table[blkn] = cinfo->dc_huff_tbl_ptrs[compptr->dc_tbl_no];
-    else if (cinfo->Ss != 0)
+    if (cinfo->Ss != 0)
       scan.table[blkn] = cinfo->ac_huff_tbl_ptrs[compptr->ac_tbl_no];
     else if (cinfo->Ah == 0)
       scan.table[blkn] = cinfo->dc_huff_tbl_ptrs[compptr->dc_tbl_no];
@@ -215,22 +209,16 @@ METHODDEF(int) consume_data(j_decompress_ptr cinfo) {
   return JPEG_SCAN_COMPLETED;
 }
 
-/* Puts the Rust decoder in place of libjpeg's Huffman decoder. To be
- * called once the decompressor's modules exist (libjpeg's decoder has
- * started the first scan) and before any of its data is read: at the first
- * progress-monitor call of jpeg_read_coefficients or jpeg_start_decompress.
- * Only where the whole image's coefficients are kept (the driver above):
- * progressive files, and sequential ones read for their coefficients
- * (where every component is wanted whole; decoding those to pixels goes
- * an MCU at a time through other paths). Arithmetic-coded files keep
- * libjpeg's decoder. Returns whether it did. */
-int imgproc_use_own_entropy_decoder(j_decompress_ptr cinfo) {
+/* Puts the Rust decoder in place of libjpeg's progressive Huffman decoder.
+ * To be called once the decompressor's modules exist (libjpeg's decoder
+ * has started the first scan) and before any of its data is read: at the
+ * first progress-monitor call of jpeg_read_coefficients or
+ * jpeg_start_decompress. Returns whether it did; other files (sequential,
+ * arithmetic-coded) keep libjpeg's decoder. */
+int imgproc_use_own_progressive_decoder(j_decompress_ptr cinfo) {
   imgproc_entropy *e;
-  if (cinfo->arith_code || cinfo->entropy == NULL || cinfo->coef == NULL ||
-      cinfo->coef->coef_arrays == NULL ||
+  if (!cinfo->progressive_mode || cinfo->arith_code || cinfo->entropy == NULL ||
       cinfo->entropy->start_pass == start_pass)
-    return 0;
-  if (!cinfo->progressive_mode && cinfo->global_state != DSTATE_RDCOEFS)
     return 0;
   e = (imgproc_entropy *)(*cinfo->mem->alloc_small)(
       (j_common_ptr)cinfo, JPOOL_IMAGE, sizeof(imgproc_entropy));
