@@ -704,11 +704,10 @@ impl Corrections {
 #[inline(always)]
 fn extend(bits: u32, size: u32) -> i32 {
     let bits = bits as i32;
-    if bits < 1 << (size - 1) {
-        bits - (1 << size) + 1
-    } else {
-        bits
-    }
+    // Without a branch: the sign is a coin toss no predictor gets right.
+    // All ones when the top bit of the value is clear (a negative value).
+    let negative = (bits - (1 << (size - 1))) >> 31;
+    bits + (negative & (1 - (1 << size)))
 }
 
 /// The bit stream of one MCU: the bits left over from the one before, and
