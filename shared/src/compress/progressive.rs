@@ -3,18 +3,19 @@
 //! corpus — most of it in refinement scans, where libjpeg visits every
 //! coefficient of the band one at a time, reading a bit and branching
 //! twice for each. Here a block's non-zero coefficients are a 64-bit mask
-//! in zig-zag order: the correction bits of all of them are read at once,
-//! only the set bits are visited, and a run of zeros is found by counting
-//! bits instead of stepping through them. Huffman codes are looked up ten
-//! bits at a time from a 64-bit bit buffer.
+//! in zig-zag order: a run of zeros is found by counting bits instead of
+//! stepping through them, and the correction bits are applied once per
+//! block, to the set bits only. Huffman codes are looked up ten bits at a
+//! time from a 64-bit bit buffer. A one-component scan (every AC scan) is
+//! decoded a block row at a time, end-of-band runs skipped whole.
 //!
 //! libjpeg still drives the file (`progressive_shim.c`): markers, each
 //! scan's checks against the progression so far (its own decoder's
-//! `start_pass`), the walk over the MCUs and restart markers. This module
-//! decodes one MCU at a time for it, with libjpeg's exact semantics —
-//! including what it does with corrupt data, so that the two decoders
-//! agree on every file (tested on the corpus, on crafted scan scripts, and
-//! on thousands of corrupted files).
+//! `start_pass`), the walk over the image and restart markers. This module
+//! decodes the data between them with libjpeg's exact semantics, reading
+//! ahead exactly as far — including what it does with corrupt data, so
+//! that the two decoders agree on every file (tested on real and crafted
+//! files and on thousands of corrupted ones).
 
 use std::ffi::{c_int, c_uint};
 
@@ -401,7 +402,7 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode_row(
         }
         Kind::AcRefine => {
             #[cfg(target_arch = "x86_64")]
-            if fast_bit_deposit() {
+            if fast_bit_deposit() && !portable_forced() {
                 // SAFETY: the CPU has the features (`fast_bit_deposit`).
                 unsafe { refine_blocks_bmi2(state, &mut reader, blocks) };
                 return finish(state, reader);
@@ -710,7 +711,7 @@ fn extend(bits: u32, size: u32) -> i32 {
     bits + (negative & (1 - (1 << size)))
 }
 
-/// The bit stream of one MCU: the bits left over from the one before, and
+/// The bit stream of one call: the bits left over from the one before, and
 /// the input after them.
 struct Reader<'a> {
     /// Unread bits at the top; below `count` all zero.
@@ -858,8 +859,27 @@ impl Reader<'_> {
     }
 }
 
+/// Whether a test has asked for the portable refinement path.
+#[cfg(not(test))]
+#[inline(always)]
+fn portable_forced() -> bool {
+    false
+}
+
+#[cfg(test)]
+fn portable_forced() -> bool {
+    tests::PORTABLE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set by `the_portable_path_decodes_as_libjpeg`: the refinement scans
+    /// take the path of CPUs without fast BMI2. Both paths give the same
+    /// coefficients, so other tests running meanwhile are unaffected.
+    pub(super) static PORTABLE: AtomicBool = AtomicBool::new(false);
+
     use mozjpeg_sys::jpeg_read_coefficients;
 
     use super::*;
@@ -1060,6 +1080,42 @@ mod tests {
             failed > 100 && decoded > 100,
             "{failed} failed, {decoded} decoded"
         );
+    }
+
+    #[test]
+    fn the_portable_path_decodes_as_libjpeg() {
+        PORTABLE.store(true, Ordering::Relaxed);
+        let picture = pixels("coffee.jpg", 3, 600, 400);
+        let jpeg = encode_progressive(&picture, (600, 400, 3), 92, None, 0).expect("encodes");
+        decodes_as_libjpeg("portable path", &jpeg);
+        decodes_as_libjpeg("portable path, 100 scans", &progressive_grey(160, 120, 100));
+        PORTABLE.store(false, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn the_nth_set_bit_is_found_with_and_without_pdep() {
+        let naive = |x: u64, n: u32| (0..64).filter(|&i| x >> i & 1 == 1).nth(n as usize);
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for round in 0..20_000 {
+            let x = match round % 3 {
+                0 => rng.next(),
+                1 => rng.next() & rng.next() & rng.next(),
+                _ => !(rng.next() & rng.next()),
+            };
+            let n = (rng.next() % 20) as u32;
+            let expected = naive(x, n);
+            // The portable path: what CPUs without fast BMI2 run.
+            assert_eq!(nth_set_bit::<false>(x, n), expected, "{x:#x}, {n}");
+            #[cfg(target_arch = "x86_64")]
+            if fast_bit_deposit() {
+                #[target_feature(enable = "bmi2")]
+                fn with_pdep(x: u64, n: u32) -> Option<usize> {
+                    nth_set_bit::<true>(x, n)
+                }
+                // SAFETY: the CPU has BMI2 (`fast_bit_deposit`).
+                assert_eq!(unsafe { with_pdep(x, n) }, expected, "{x:#x}, {n}");
+            }
+        }
     }
 
     #[test]
