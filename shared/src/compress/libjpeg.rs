@@ -443,9 +443,12 @@ pub(super) fn premature_end() -> ! {
 /// much it took (`consume_input`).
 ///
 /// # Safety
-/// `cinfo` was made by `Decompress::new`, so its source is a `SliceSource`;
-/// the slice is not used after the next call into libjpeg or
-/// `consume_input`.
+/// `cinfo` was made by `Decompress::new`, so its source is a `SliceSource`.
+/// The bytes belong to the input, which outlives the decompressor: the
+/// slice must not outlive the decompressor. It is the *unread* part only
+/// until libjpeg reads from its source again or `consume_input` is called;
+/// the engine's decoder holds it across libjpeg's calls of the decoder
+/// within a scan, during which libjpeg does not read its source.
 pub(super) unsafe fn unread_input<'a>(cinfo: &jpeg_decompress_struct) -> &'a [u8] {
     // SAFETY: the caller guarantees the source; `rest` points at `rest_len`
     // bytes of the input, and the buffer (once filled) ends where `rest`
@@ -900,29 +903,11 @@ pub fn encode_rows(
     let mut band = vec![0u8; stride * BAND.min(height as usize)];
     let mut c = Compress::new(limits)?;
     guarded(|| {
-        // SAFETY: `comp_info` has 3 entries after `jpeg_set_defaults` for
-        // RGB input. Each row pointer handed to `jpeg_write_scanlines` points
+        // SAFETY: each row pointer handed to `jpeg_write_scanlines` points
         // at `stride` bytes of `band`, as many as libjpeg reads per row.
         unsafe {
             let cinfo = c.raw();
-            cinfo.image_width = width;
-            cinfo.image_height = height;
-            cinfo.input_components = c_int::from(channels);
-            cinfo.in_color_space = if channels == 1 {
-                J_COLOR_SPACE::JCS_GRAYSCALE
-            } else {
-                J_COLOR_SPACE::JCS_RGB
-            };
-            jpeg_set_defaults(cinfo);
-            jpeg_set_quality(cinfo, c_int::from(quality), 1);
-            cinfo.optimize_coding = 1;
-            if channels == 3 {
-                let comps = std::slice::from_raw_parts_mut(cinfo.comp_info, 3);
-                (comps[0].h_samp_factor, comps[0].v_samp_factor) = (2, 2);
-                for chroma in &mut comps[1..] {
-                    (chroma.h_samp_factor, chroma.v_samp_factor) = (1, 1);
-                }
-            }
+            set_up(cinfo, width, height, channels, quality);
             jpeg_start_compress(cinfo, 1);
             write_icc(cinfo, icc);
             let mut rows: Vec<*const u8> = Vec::with_capacity(BAND);
@@ -940,6 +925,42 @@ pub fn encode_rows(
         }
     })??;
     Ok(c.into_bytes())
+}
+
+/// The encoder's parameters for `channels` (1: grey, 3: RGB, stored as
+/// 4:2:0 YCbCr) of `width × height` at `quality`, Huffman tables optimised.
+///
+/// # Safety
+/// `cinfo` was made by `Compress::new`; `channels` is 1 or 3.
+unsafe fn set_up(
+    cinfo: &mut jpeg_compress_struct,
+    width: u32,
+    height: u32,
+    channels: u8,
+    quality: u8,
+) {
+    cinfo.image_width = width;
+    cinfo.image_height = height;
+    cinfo.input_components = c_int::from(channels);
+    cinfo.in_color_space = if channels == 1 {
+        J_COLOR_SPACE::JCS_GRAYSCALE
+    } else {
+        J_COLOR_SPACE::JCS_RGB
+    };
+    // SAFETY: `comp_info` has 3 entries after `jpeg_set_defaults` for RGB
+    // input.
+    unsafe {
+        jpeg_set_defaults(cinfo);
+        jpeg_set_quality(cinfo, c_int::from(quality), 1);
+        cinfo.optimize_coding = 1;
+        if channels == 3 {
+            let comps = std::slice::from_raw_parts_mut(cinfo.comp_info, 3);
+            (comps[0].h_samp_factor, comps[0].v_samp_factor) = (2, 2);
+            for chroma in &mut comps[1..] {
+                (chroma.h_samp_factor, chroma.v_samp_factor) = (1, 1);
+            }
+        }
+    }
 }
 
 /// A greyscale JPEG with the given scan script, as a test input: libjpeg
@@ -977,21 +998,10 @@ pub(super) fn encode_progressive(
     let mut c = Compress::new(Limits::NONE)?;
     guarded(|| {
         // SAFETY: `scans` outlives the compression; each row pointer points
-        // at `stride` bytes of `pixels`; `comp_info` has 3 entries after
-        // `jpeg_set_defaults` for RGB input.
+        // at `stride` bytes of `pixels`.
         unsafe {
             let cinfo = c.raw();
-            cinfo.image_width = width;
-            cinfo.image_height = height;
-            cinfo.input_components = c_int::from(channels);
-            cinfo.in_color_space = if channels == 1 {
-                J_COLOR_SPACE::JCS_GRAYSCALE
-            } else {
-                J_COLOR_SPACE::JCS_RGB
-            };
-            jpeg_set_defaults(cinfo);
-            jpeg_set_quality(cinfo, c_int::from(quality), 1);
-            cinfo.optimize_coding = 1;
+            set_up(cinfo, width, height, channels, quality);
             cinfo.restart_interval = restart_interval;
             match scans {
                 Some(scans) => {

@@ -521,8 +521,9 @@ unsafe fn refine_blocks_bmi2(state: &mut State, reader: &mut Reader, blocks: &mu
 fn nth_set_bit<const PDEP: bool>(mut x: u64, n: u32) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if PDEP {
-        // SAFETY: `PDEP` is true only under `refine_ac_bmi2`, whose CPU has
-        // BMI2.
+        // SAFETY: `PDEP` is true only inside functions compiled with BMI2
+        // (`refine_blocks_bmi2`, and a test's), called only when the CPU
+        // has it.
         let bit = unsafe { std::arch::x86_64::_pdep_u64(1 << n, x) };
         return (bit != 0).then(|| bit.trailing_zeros() as usize);
     }
@@ -875,16 +876,17 @@ fn portable_forced() -> bool {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// Set by `the_portable_path_decodes_as_libjpeg`: the refinement scans
-    /// take the path of CPUs without fast BMI2. Both paths give the same
-    /// coefficients, so other tests running meanwhile are unaffected.
-    pub(super) static PORTABLE: AtomicBool = AtomicBool::new(false);
-
-    use mozjpeg_sys::jpeg_read_coefficients;
+    use mozjpeg_sys::{jpeg_read_coefficients, jpeg_start_decompress};
 
     use super::*;
     use crate::compress::libjpeg::{Decompress, Limits, encode_progressive, guarded};
     use crate::compress::tests::{Rng, photo, progressive_grey};
+    use crate::compress::transcode::block_row;
+
+    /// Set by `the_portable_path_decodes_as_libjpeg`: the refinement scans
+    /// take the path of CPUs without fast BMI2. Both paths give the same
+    /// coefficients, so other tests running meanwhile are unaffected.
+    pub(super) static PORTABLE: AtomicBool = AtomicBool::new(false);
 
     /// Each component's blocks, row by row.
     type Coefficients = Vec<Vec<[i16; 64]>>;
@@ -906,24 +908,22 @@ mod tests {
             unsafe {
                 let cinfo = decompress.raw();
                 let arrays = jpeg_read_coefficients(cinfo);
-                let access = (*cinfo.common.mem)
-                    .access_virt_barray
-                    .expect("memory manager");
                 let components =
                     std::slice::from_raw_parts(cinfo.comp_info, cinfo.num_components as usize);
                 let mut all = Vec::new();
                 for (ci, c) in components.iter().enumerate() {
                     let mut blocks = Vec::new();
                     for row in 0..c.height_in_blocks {
-                        let rows = access(&mut cinfo.common, *arrays.add(ci), row, 1, 0);
+                        let row = block_row(&mut cinfo.common, *arrays.add(ci), row, false)?;
                         let width = c.width_in_blocks as usize;
-                        blocks.extend_from_slice(std::slice::from_raw_parts(*rows, width));
+                        blocks.extend_from_slice(std::slice::from_raw_parts(row, width));
                     }
                     all.push(blocks);
                 }
-                all
+                Ok(all)
             }
-        });
+        })
+        .and_then(|read| read);
         let used = decompress.used_own_entropy_decoder();
         (read, used)
     }
@@ -994,17 +994,14 @@ mod tests {
 
     #[test]
     fn long_end_of_band_runs_decode_to_libjpegs_coefficients() {
-        // 1024×1024 of nearly flat grey: refinement scans whose 16,384
-        // blocks are one or two runs (up to 32,767 blocks each).
+        // 1024×1024 of nearly flat grey: AC scans whose 16,384 blocks are
+        // nearly all in end-of-band runs (up to 32,767 blocks each).
         let (width, height) = (1024u32, 1024u32);
         let grey: Vec<u8> = (0..width * height)
             .map(|i| 120 + u8::from(i % 7919 == 0) * 60)
             .collect();
         let jpeg = encode_progressive(&grey, (width, height, 1), 95, None, 0).expect("encodes");
-        let (own, used) = coefficients(&jpeg, true);
-        let (theirs, _) = coefficients(&jpeg, false);
-        assert!(used);
-        assert!(own.expect("decodes") == theirs.expect("libjpeg decodes"));
+        decodes_as_libjpeg("near-flat grey", &jpeg);
     }
 
     #[test]
@@ -1012,6 +1009,15 @@ mod tests {
         let picture = pixels("coffee.jpg", 3, 301, 193);
         let restarts = encode_progressive(&picture, (301, 193, 3), 90, None, 3).expect("encodes");
         for input in [photo("mountain-meadow-progressive.jpg"), restarts] {
+            // The pixel path (`jpeg_start_decompress`) takes the engine's
+            // decoder too, or the comparison below would be libjpeg's with
+            // itself.
+            let (mut decompress, _) =
+                Decompress::new(&input, 256 << 20, Limits::NONE).expect("header");
+            // SAFETY: the header has been read.
+            guarded(|| unsafe { jpeg_start_decompress(decompress.raw()) }).expect("starts");
+            assert!(decompress.used_own_entropy_decoder());
+
             let decode = |own: bool| {
                 let (mut decompress, _) =
                     Decompress::new(&input, 256 << 20, Limits::NONE).expect("header");
@@ -1041,15 +1047,18 @@ mod tests {
             encode_progressive(&picture, (96, 64, 3), 80, None, 0).expect("encodes"),
             encode_progressive(&picture, (96, 64, 3), 80, None, 2).expect("encodes"),
         ];
+        // Past the first scan header, so that most cases reach the data.
+        let first_scan = |jpeg: &[u8]| {
+            jpeg.windows(2)
+                .position(|w| w == [0xFF, 0xDA])
+                .expect("a scan")
+        };
+        let sources = sources.map(|jpeg| (first_scan(&jpeg), jpeg));
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let (mut failed, mut decoded) = (0, 0);
         for round in 0..3000 {
-            let source = &sources[round % 2];
-            // Past the first scan header, so that most cases reach the data.
-            let first_scan = source
-                .windows(2)
-                .position(|w| w == [0xFF, 0xDA])
-                .expect("a scan");
+            let (first_scan, source) = &sources[round % 2];
+            let first_scan = *first_scan;
             let mut bytes = source.clone();
             let at = first_scan + (rng.next() as usize % (bytes.len() - first_scan));
             match rng.next() % 4 {

@@ -217,7 +217,10 @@ METHODDEF(int) consume_data(j_decompress_ptr cinfo) {
  * arithmetic-coded) keep libjpeg's decoder. */
 int imgproc_use_own_progressive_decoder(j_decompress_ptr cinfo) {
   imgproc_entropy *e;
+  /* The driver below works in the whole-image coefficient buffer, which a
+   * progressive file always has. */
   if (!cinfo->progressive_mode || cinfo->arith_code || cinfo->entropy == NULL ||
+      cinfo->coef == NULL || cinfo->coef->coef_arrays == NULL ||
       cinfo->entropy->start_pass == start_pass)
     return 0;
   e = (imgproc_entropy *)(*cinfo->mem->alloc_small)(

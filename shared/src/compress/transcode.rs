@@ -370,7 +370,7 @@ thread_local! {
 /// taken with `writable` set. (libjpeg's default memory manager keeps every
 /// array wholly in memory — with no backing store, an array that does not
 /// fit is an error — so no row pointer is ever invalidated by another.)
-unsafe fn block_row(
+pub(super) unsafe fn block_row(
     owner: &mut jpeg_common_struct,
     array: jvirt_barray_ptr,
     row: JDIMENSION,
