@@ -22,6 +22,7 @@ mod progressive;
 mod sniff;
 mod transcode;
 mod trellis;
+mod webp_input;
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -247,6 +248,24 @@ pub fn compress_within(
                 }
             }
         }
+        ImageFormat::WebP => {
+            let opened = webp_input::open(input, settings)?;
+            let _lease = admit(
+                memory,
+                settings,
+                opened.dimensions(),
+                opened.need(input.len()),
+            )?;
+            let image = opened.read()?;
+            encode_pixels(
+                image,
+                opened.orientation,
+                opened.icc,
+                settings,
+                limits,
+                started,
+            )
+        }
         _ => {
             let mut reader = ImageReader::with_format(Cursor::new(input), format);
             let mut image_limits = Limits::default();
@@ -261,8 +280,8 @@ pub fn compress_within(
             let icc = decoder.icc_profile().ok().flatten();
             let color = decoder.color_type();
             let flat = pixels::flat_channels(color.channel_count());
-            // GIF and WebP decoders work on a frame or a canvas of up to 4
-            // bytes a pixel beside their output.
+            // The GIF decoder works on a frame or a canvas of up to 4 bytes
+            // a pixel beside its output.
             let decoded = pixels * (u64::from(color.bytes_per_pixel()) + 4);
             let need = memory::pixel_path_bytes(
                 width,

@@ -107,7 +107,7 @@ pub(crate) fn crc32(data: &[u8]) -> u32 {
 }
 
 /// Peak signal-to-noise ratio of two same-sized images, over RGB.
-fn psnr(a: &DynamicImage, b: &DynamicImage) -> f64 {
+pub(super) fn psnr(a: &DynamicImage, b: &DynamicImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
     let (a, b) = (a.to_rgb8(), b.to_rgb8());
     let mse = a
