@@ -53,7 +53,8 @@ use mozjpeg_sys::{
     jpeg_error_mgr, jpeg_finish_compress, jpeg_finish_decompress, jpeg_progress_mgr,
     jpeg_read_header, jpeg_read_scanlines, jpeg_resync_to_restart, jpeg_save_markers,
     jpeg_set_defaults, jpeg_set_quality, jpeg_source_mgr, jpeg_start_compress,
-    jpeg_start_decompress, jpeg_std_error, jpeg_write_icc_profile, jpeg_write_scanlines,
+    jpeg_start_decompress, jpeg_std_error, jpeg_write_icc_profile, jpeg_write_raw_data,
+    jpeg_write_scanlines,
 };
 
 use super::cpu::CpuDeadline;
@@ -907,7 +908,7 @@ pub fn encode_rows(
         // at `stride` bytes of `band`, as many as libjpeg reads per row.
         unsafe {
             let cinfo = c.raw();
-            set_up(cinfo, width, height, channels, quality);
+            set_up(cinfo, width, height, Input::of_channels(channels), quality);
             jpeg_start_compress(cinfo, 1);
             write_icc(cinfo, icc);
             let mut rows: Vec<*const u8> = Vec::with_capacity(BAND);
@@ -927,32 +928,176 @@ pub fn encode_rows(
     Ok(c.into_bytes())
 }
 
-/// The encoder's parameters for `channels` (1: grey, 3: RGB, stored as
-/// 4:2:0 YCbCr) of `width × height` at `quality`, Huffman tables optimised.
+/// A picture as full-range (JFIF) YCbCr 4:2:0 planes, laid out for
+/// libjpeg's raw-data input, which reads whole blocks: each plane's rows
+/// are padded to a multiple of 8 samples and its row count to a whole
+/// number of 16-row luma bands, the padding repeating the picture's edge
+/// (`pad_edges`), as libjpeg's own downsampler pads.
+pub struct Ycbcr420 {
+    width: u32,
+    height: u32,
+    /// Luma, then Cb and Cr.
+    pub planes: [Plane; 3],
+}
+
+pub struct Plane {
+    pub samples: Vec<u8>,
+    /// Samples per row, padding included.
+    pub stride: usize,
+    /// Rows of the picture in this plane (before padding).
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Ycbcr420 {
+    /// Zeroed planes for a `width × height` picture.
+    pub fn new(width: u32, height: u32) -> Self {
+        let (w, h) = (width as usize, height as usize);
+        let bands = h.div_ceil(16);
+        let plane = |width: usize, height: usize, rows: usize| {
+            let stride = width.div_ceil(8) * 8;
+            Plane {
+                samples: vec![0; stride * rows],
+                stride,
+                width,
+                height,
+            }
+        };
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        Self {
+            width,
+            height,
+            planes: [
+                plane(w, h, bands * 16),
+                plane(cw, ch, bands * 8),
+                plane(cw, ch, bands * 8),
+            ],
+        }
+    }
+
+    /// Bytes the planes take.
+    pub fn bytes(width: u32, height: u32) -> u64 {
+        let (w, h) = (u64::from(width), u64::from(height));
+        let bands = h.div_ceil(16);
+        w.div_ceil(8) * 8 * bands * 16 + 2 * w.div_ceil(2).div_ceil(8) * 8 * bands * 8
+    }
+
+    /// Repeats each plane's last column into its padding columns, then its
+    /// last row into its padding rows.
+    pub fn pad_edges(&mut self) {
+        for plane in &mut self.planes {
+            let (stride, width, height) = (plane.stride, plane.width, plane.height);
+            if width == 0 || height == 0 {
+                continue;
+            }
+            for row in plane.samples.chunks_exact_mut(stride).take(height) {
+                let edge = row[width - 1];
+                row[width..].fill(edge);
+            }
+            let (picture, padding) = plane.samples.split_at_mut(stride * height);
+            let last = &picture[stride * (height - 1)..];
+            for row in padding.chunks_exact_mut(stride) {
+                row.copy_from_slice(last);
+            }
+        }
+    }
+}
+
+/// Encodes YCbCr 4:2:0 planes as they are (no colour conversion, no
+/// downsampling): otherwise as `encode`.
+pub fn encode_ycbcr_420(
+    picture: &Ycbcr420,
+    quality: u8,
+    icc: Option<&[u8]>,
+    limits: Limits,
+) -> Result<Vec<u8>, String> {
+    let (width, height) = (picture.width, picture.height);
+    if width == 0 || height == 0 {
+        return Err(format!("cannot encode {width}×{height} pixels"));
+    }
+    let mut c = Compress::new(limits)?;
+    guarded(|| {
+        // SAFETY: raw-data input reads, per call, one band of 16 luma rows
+        // and 8 rows of each chroma plane, each of at most the component's
+        // blocks × 8 samples; every row pointer handed over points at a row
+        // of `stride` (the blocks × 8) samples inside its plane, whose row
+        // count `Ycbcr420::new` rounded up to whole bands.
+        unsafe {
+            let cinfo = c.raw();
+            set_up(cinfo, width, height, Input::Ycbcr420, quality);
+            jpeg_start_compress(cinfo, 1);
+            write_icc(cinfo, icc);
+            let mut rows: [Vec<*const u8>; 3] = Default::default();
+            let mut band = 0;
+            while (cinfo.next_scanline as usize) < height as usize {
+                for ((rows, plane), count) in rows.iter_mut().zip(&picture.planes).zip([16, 8, 8]) {
+                    rows.clear();
+                    rows.extend(
+                        plane
+                            .samples
+                            .chunks_exact(plane.stride)
+                            .skip(band * count)
+                            .take(count)
+                            .map(<[u8]>::as_ptr),
+                    );
+                    if rows.len() != count {
+                        return Err("the planes end before the picture".to_string());
+                    }
+                }
+                let mut image = [rows[0].as_ptr(), rows[1].as_ptr(), rows[2].as_ptr()];
+                jpeg_write_raw_data(cinfo, image.as_mut_ptr().cast(), 16);
+                band += 1;
+            }
+            jpeg_finish_compress(cinfo);
+            Ok::<_, String>(())
+        }
+    })??;
+    Ok(c.into_bytes())
+}
+
+/// What the encoder is given.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Grey,
+    /// Converted to YCbCr and downsampled to 4:2:0 by libjpeg.
+    Rgb,
+    /// 4:2:0 planes written as they are (`raw_data_in`).
+    Ycbcr420,
+}
+
+impl Input {
+    fn of_channels(channels: u8) -> Self {
+        if channels == 1 { Self::Grey } else { Self::Rgb }
+    }
+}
+
+/// The encoder's parameters for `input` of `width × height` at `quality`,
+/// Huffman tables optimised; colour is stored as 4:2:0 YCbCr.
 ///
 /// # Safety
-/// `cinfo` was made by `Compress::new`; `channels` is 1 or 3.
+/// `cinfo` was made by `Compress::new`.
 unsafe fn set_up(
     cinfo: &mut jpeg_compress_struct,
     width: u32,
     height: u32,
-    channels: u8,
+    input: Input,
     quality: u8,
 ) {
     cinfo.image_width = width;
     cinfo.image_height = height;
-    cinfo.input_components = c_int::from(channels);
-    cinfo.in_color_space = if channels == 1 {
-        J_COLOR_SPACE::JCS_GRAYSCALE
-    } else {
-        J_COLOR_SPACE::JCS_RGB
+    (cinfo.input_components, cinfo.in_color_space) = match input {
+        Input::Grey => (1, J_COLOR_SPACE::JCS_GRAYSCALE),
+        Input::Rgb => (3, J_COLOR_SPACE::JCS_RGB),
+        Input::Ycbcr420 => (3, J_COLOR_SPACE::JCS_YCbCr),
     };
+    let channels = cinfo.input_components;
     // SAFETY: `comp_info` has 3 entries after `jpeg_set_defaults` for RGB
     // input.
     unsafe {
         jpeg_set_defaults(cinfo);
         jpeg_set_quality(cinfo, c_int::from(quality), 1);
         cinfo.optimize_coding = 1;
+        cinfo.raw_data_in = c_int::from(input == Input::Ycbcr420);
         if channels == 3 {
             let comps = std::slice::from_raw_parts_mut(cinfo.comp_info, 3);
             (comps[0].h_samp_factor, comps[0].v_samp_factor) = (2, 2);
@@ -1001,7 +1146,7 @@ pub(super) fn encode_progressive(
         // at `stride` bytes of `pixels`.
         unsafe {
             let cinfo = c.raw();
-            set_up(cinfo, width, height, channels, quality);
+            set_up(cinfo, width, height, Input::of_channels(channels), quality);
             cinfo.restart_interval = restart_interval;
             match scans {
                 Some(scans) => {

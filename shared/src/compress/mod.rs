@@ -256,15 +256,30 @@ pub fn compress_within(
                 opened.dimensions(),
                 opened.need(input.len()),
             )?;
-            let image = opened.read()?;
-            encode_pixels(
-                image,
-                opened.orientation,
-                opened.icc,
-                settings,
-                limits,
-                started,
-            )
+            match opened.read(settings, limits)? {
+                webp_input::Read::Encoded { bytes, decoding } => {
+                    let (width, height) = opened.dimensions();
+                    let timings = StageTimings {
+                        decode: decoding,
+                        encode: started.elapsed().saturating_sub(decoding),
+                    };
+                    Ok(Encoded {
+                        bytes,
+                        width,
+                        height,
+                        original_kept: false,
+                        timings,
+                    })
+                }
+                webp_input::Read::Pixels(image) => encode_pixels(
+                    image,
+                    opened.orientation,
+                    opened.icc,
+                    settings,
+                    limits,
+                    started,
+                ),
+            }
         }
         _ => {
             let mut reader = ImageReader::with_format(Cursor::new(input), format);

@@ -1,20 +1,30 @@
 //! WebP inputs, decoded by libwebp, the format's reference decoder (with
-//! its SSE2 and NEON code): a still picture — lossy or lossless, with or
-//! without alpha — straight into a buffer of ours; an animation's first
-//! frame as libwebp's animation decoder composes it on the canvas. libwebp's
-//! demuxer reads the container first: the canvas size, checked against the
-//! pixel cap before anything is decoded, the EXIF orientation and the
-//! colour profile.
+//! its SSE2 and NEON code). libwebp's demuxer reads the container first:
+//! the canvas size, checked against the pixel cap before anything is
+//! decoded, the EXIF orientation and the colour profile.
+//!
+//! A lossy picture without alpha that needs no turning — what photographs
+//! saved as WebP nearly all are — never becomes RGB: VP8 stores YCbCr 4:2:0,
+//! the layout the JPEG is written in, so libwebp's planes go to the encoder
+//! as they are, moved from the studio range VP8 uses to JPEG's full range.
+//! That skips libwebp's chroma upsampling and colour conversion and
+//! libjpeg's colour conversion and downsampling, and the output's chroma is
+//! the source's own rather than a box-filtered copy of its upsampled form.
+//! Everything else — alpha, lossless, animations (their first frame, as
+//! libwebp's animation decoder composes it on the canvas), pictures to be
+//! turned — is decoded to RGB or RGBA and takes the pixel path.
 
 use std::ffi::c_int;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::time::{Duration, Instant};
 
 use image::metadata::Orientation;
 use image::{DynamicImage, RgbImage, RgbaImage};
 use libwebp_sys as webp;
 
-use super::{CompressError, Settings, memory, pixels::flat_channels};
+use super::libjpeg::{self, Ycbcr420};
+use super::{CompressError, Settings, icc, memory, pixels::flat_channels};
 
 pub struct Opened<'a> {
     input: &'a [u8],
@@ -22,8 +32,18 @@ pub struct Opened<'a> {
     height: u32,
     alpha: bool,
     animated: bool,
+    /// A VP8 (lossy) bitstream, not VP8L.
+    lossy: bool,
     pub orientation: Orientation,
     pub icc: Option<Vec<u8>>,
+}
+
+pub enum Read {
+    /// Encoded from libwebp's YCbCr planes; `decoding` is the time spent
+    /// in libwebp.
+    Encoded { bytes: Vec<u8>, decoding: Duration },
+    /// Decoded to RGB or RGBA, in stored orientation.
+    Pixels(DynamicImage),
 }
 
 /// Reads the container and checks the pixel cap; decodes nothing.
@@ -38,6 +58,13 @@ pub fn open<'a>(input: &'a [u8], settings: &Settings) -> Result<Opened<'a>, Comp
     settings.check_pixels(width, height)?;
     let flags = demuxer.get(webp::WebPFormatFeature::WEBP_FF_FORMAT_FLAGS);
     let has = |flag: webp::WebPFeatureFlags| flags & flag as u32 != 0;
+    // SAFETY: all-zero is a valid struct for libwebp to fill.
+    let mut features: webp::WebPBitstreamFeatures = unsafe { std::mem::zeroed() };
+    // SAFETY: reads the input's headers only, within its length.
+    let status = unsafe { webp::WebPGetFeatures(input.as_ptr(), input.len(), &mut features) };
+    if status != webp::VP8StatusCode::VP8_STATUS_OK {
+        return Err(status_error(status));
+    }
     let orientation = demuxer
         .chunk(b"EXIF")
         .and_then(Orientation::from_exif_chunk)
@@ -48,6 +75,8 @@ pub fn open<'a>(input: &'a [u8], settings: &Settings) -> Result<Opened<'a>, Comp
         height,
         alpha: has(webp::WebPFeatureFlags::ALPHA_FLAG),
         animated: has(webp::WebPFeatureFlags::ANIMATION_FLAG),
+        // `format`: 1 lossy, 2 lossless, 0 mixed (animations).
+        lossy: features.format == 1,
         orientation,
         icc: demuxer.chunk(b"ICCP").map(<[u8]>::to_vec),
     })
@@ -64,9 +93,23 @@ impl Opened<'_> {
         if self.alpha || self.animated { 4 } else { 3 }
     }
 
+    /// Whether the picture goes to the encoder as YCbCr planes.
+    fn as_planes(&self) -> bool {
+        self.lossy && !self.alpha && !self.animated && self.orientation == Orientation::NoTransforms
+    }
+
     /// Memory this picture needs, from its container.
     pub fn need(&self, input_len: usize) -> u64 {
         let (w, h) = (self.width, self.height);
+        let tail = memory::output_bytes(w, h, input_len) + memory::FIXED_BYTES;
+        if self.as_planes() {
+            // The planes and the encoder's buffers; libwebp's own rows
+            // (about 40 samples a column) and per-macroblock state.
+            return Ycbcr420::bytes(w, h)
+                + memory::encoder_bytes(w, h, 3)
+                + u64::from(w) * 64
+                + tail;
+        }
         let pixels = memory::pixels(w, h);
         let output = pixels * u64::from(self.channels());
         // Beside the output, a lossless bitstream is decoded into 4 bytes a
@@ -85,17 +128,83 @@ impl Opened<'_> {
             decoded,
             flat_channels(self.channels()),
             self.orientation != Orientation::NoTransforms,
-        ) + memory::output_bytes(w, h, input_len)
-            + memory::FIXED_BYTES
+        ) + tail
     }
 
-    /// The picture in stored orientation: RGB, or RGBA with alpha.
-    pub fn read(&self) -> Result<DynamicImage, CompressError> {
+    /// The JPEG, or the picture in stored orientation (RGB, or RGBA with
+    /// alpha) for the pixel path.
+    pub fn read(
+        &self,
+        settings: &Settings,
+        limits: libjpeg::Limits,
+    ) -> Result<Read, CompressError> {
         if self.animated {
-            self.first_frame()
-        } else {
-            self.still()
+            return self.first_frame().map(Read::Pixels);
         }
+        if !self.as_planes() {
+            return self.still().map(Read::Pixels);
+        }
+        let started = Instant::now();
+        let picture = self.planes()?;
+        let decoding = started.elapsed();
+        let icc = self.icc.as_deref().filter(|p| !icc::is_plain_srgb(p));
+        let bytes = libjpeg::encode_ycbcr_420(&picture, settings.quality, icc, limits)
+            .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
+        Ok(Read::Encoded { bytes, decoding })
+    }
+
+    /// A lossy bitstream's planes, as JPEG takes them.
+    fn planes(&self) -> Result<Ycbcr420, CompressError> {
+        let mut picture = Ycbcr420::new(self.width, self.height);
+        let mut config = webp::WebPDecoderConfig::new()
+            .map_err(|()| CompressError::Decode("libwebp refused its own version".into()))?;
+        config.output.colorspace = webp::WEBP_CSP_MODE::MODE_YUV;
+        config.output.is_external_memory = 1;
+        let [y, u, v] = &mut picture.planes;
+        let stride = |plane: &libjpeg::Plane| {
+            c_int::try_from(plane.stride).map_err(|_| too_wide(self.width))
+        };
+        config.output.u.YUVA = webp::WebPYUVABuffer {
+            y: y.samples.as_mut_ptr(),
+            u: u.samples.as_mut_ptr(),
+            v: v.samples.as_mut_ptr(),
+            a: std::ptr::null_mut(),
+            y_stride: stride(y)?,
+            u_stride: stride(u)?,
+            v_stride: stride(v)?,
+            a_stride: 0,
+            y_size: y.samples.len(),
+            u_size: u.samples.len(),
+            v_size: v.samples.len(),
+            a_size: 0,
+        };
+        // SAFETY: as in `still`: libwebp checks each plane's size and stride
+        // against the bitstream's dimensions before writing, and writes the
+        // picture's rows and columns only (the planes' padding is ours).
+        let status =
+            unsafe { webp::WebPDecode(self.input.as_ptr(), self.input.len(), &mut config) };
+        // SAFETY: as in `still`.
+        unsafe { webp::WebPFreeDecBuffer(&mut config.output) };
+        if status != webp::VP8StatusCode::VP8_STATUS_OK {
+            return Err(status_error(status));
+        }
+        self.check_size(&config.input)?;
+        let [y, u, v] = &mut picture.planes;
+        to_full_range(&mut y.samples, Range::Luma);
+        to_full_range(&mut u.samples, Range::Chroma);
+        to_full_range(&mut v.samples, Range::Chroma);
+        picture.pad_edges();
+        Ok(picture)
+    }
+
+    fn check_size(&self, decoded: &webp::WebPBitstreamFeatures) -> Result<(), CompressError> {
+        if (decoded.width, decoded.height) == (self.width as c_int, self.height as c_int) {
+            return Ok(());
+        }
+        Err(CompressError::Decode(format!(
+            "the WebP bitstream is {}×{}, its container says {}×{}",
+            decoded.width, decoded.height, self.width, self.height
+        )))
     }
 
     fn still(&self) -> Result<DynamicImage, CompressError> {
@@ -130,13 +239,7 @@ impl Opened<'_> {
         if status != webp::VP8StatusCode::VP8_STATUS_OK {
             return Err(status_error(status));
         }
-        if (config.input.width, config.input.height) != (self.width as c_int, self.height as c_int)
-        {
-            return Err(CompressError::Decode(format!(
-                "the WebP bitstream is {}×{}, its container says {}×{}",
-                config.input.width, config.input.height, self.width, self.height
-            )));
-        }
+        self.check_size(&config.input)?;
         image_from(pixels, self.width, self.height, channels)
     }
 
@@ -164,6 +267,30 @@ fn image_from(
         RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8)
     }
     .ok_or_else(|| CompressError::Decode("decoded data does not match the image size".into()))
+}
+
+#[derive(Clone, Copy)]
+enum Range {
+    Luma,
+    Chroma,
+}
+
+/// VP8 stores BT.601 YCbCr in studio range (luma 16–235, chroma 16–240
+/// about 128), JPEG (JFIF) in full range, with the same matrix otherwise:
+/// one affine map per plane makes a JPEG decoder's colours those of
+/// libwebp's own YUV-to-RGB conversion. The factors are libwebp's, in 14-bit
+/// fixed point: 19077 (1.164, luma), and chroma 1.596 / 1.402 (Cr) =
+/// 2.018 / 1.772 (Cb) = 1.1384, 18651. Samples out of range are clamped, as
+/// libwebp clamps the RGB it computes.
+fn to_full_range(samples: &mut [u8], range: Range) {
+    let (offset, factor, centre) = match range {
+        Range::Luma => (16, 19077, 0),
+        Range::Chroma => (128, 18651, 128),
+    };
+    for s in samples {
+        let v = ((i32::from(*s) - offset) * factor + (1 << 13)) >> 14;
+        *s = (v + centre).clamp(0, 255) as u8;
+    }
 }
 
 fn too_wide(width: u32) -> CompressError {
@@ -317,8 +444,8 @@ mod tests {
     use image_webp::{ColorType, WebPEncoder};
     use libwebp_sys as webp;
 
-    use super::super::tests::{SETTINGS, decode, photo};
-    use super::super::{CompressError, Sniffed, compress, sniff};
+    use super::super::tests::{SETTINGS, decode, photo, psnr};
+    use super::super::{CompressError, Sniffed, compress, libjpeg, sniff};
     use crate::domain::ErrorCode;
 
     /// A photograph's top-left corner, `width × height`, as RGBA with a
@@ -437,9 +564,16 @@ mod tests {
         }
     }
 
+    /// The picture as the pixel path gets it: RGB, or RGBA with alpha.
     fn read(input: &[u8]) -> image::DynamicImage {
         super::open(input, &SETTINGS)
-            .and_then(|opened| opened.read())
+            .and_then(|opened| {
+                if opened.animated {
+                    opened.first_frame()
+                } else {
+                    opened.still()
+                }
+            })
             .unwrap_or_else(|e| panic!("libwebp decodes: {e}"))
     }
 
@@ -467,6 +601,81 @@ mod tests {
         assert!(
             read(&lossless(&with_alpha, None, None)).as_bytes() == with_alpha.as_raw().as_slice()
         );
+    }
+
+    #[test]
+    fn a_lossy_picture_goes_to_the_encoder_as_planes_and_loses_less() {
+        // The bundled photo, and an odd size (padding in both planes).
+        let odd = image::DynamicImage::ImageRgb8(opaque(&photo_with_alpha(241, 163))).to_rgba8();
+        for (name, input) in [
+            ("paint-brushes.webp", photo("paint-brushes.webp")),
+            ("241×163", libwebp_lossy(&odd, false)),
+        ] {
+            assert!(
+                super::open(&input, &SETTINGS).unwrap().as_planes(),
+                "{name}"
+            );
+            let source = read(&input);
+            let (w, h) = source.dimensions();
+            let planes = decode(&compress(&input, &SETTINGS).unwrap().bytes);
+            assert_eq!(planes.dimensions(), (w, h), "{name}");
+            // The pixel path on libwebp's RGB, for comparison.
+            let pixels =
+                libjpeg::encode(source.as_bytes(), w, h, 3, 50, None, libjpeg::Limits::NONE)
+                    .unwrap();
+            let (by_planes, by_pixels) = (psnr(&source, &planes), psnr(&source, &decode(&pixels)));
+            eprintln!("{name}: planes {by_planes:.2} dB, pixels {by_pixels:.2} dB");
+            assert!(by_planes > 30.0, "{name}: {by_planes:.2} dB");
+            assert!(
+                by_planes >= by_pixels - 0.05,
+                "{name}: {by_planes:.2} < {by_pixels:.2} dB"
+            );
+        }
+    }
+
+    #[test]
+    fn planes_keep_libwebps_colours() {
+        // Flat patches of saturated and extreme colours: a JPEG decoder's
+        // colours are libwebp's (a missing or wrong range map is off by
+        // 10–40 on most of them).
+        let colours: [[u8; 3]; 8] = [
+            [255, 255, 255],
+            [0, 0, 0],
+            [255, 0, 0],
+            [0, 255, 0],
+            [0, 0, 255],
+            [255, 255, 0],
+            [40, 200, 220],
+            [128, 128, 128],
+        ];
+        let rgba = RgbaImage::from_fn(8 * 32, 32, |x, _| {
+            let [r, g, b] = colours[(x / 32) as usize];
+            image::Rgba([r, g, b, 255])
+        });
+        let input = libwebp_lossy(&rgba, false);
+        assert!(super::open(&input, &SETTINGS).unwrap().as_planes());
+        let source = read(&input).to_rgb8();
+        let out = decode(&compress(&input, &SETTINGS).unwrap().bytes).to_rgb8();
+        for i in 0..8 {
+            let (x, y) = (i * 32 + 16, 16);
+            let (ours, libwebps) = (out.get_pixel(x, y).0, source.get_pixel(x, y).0);
+            for k in 0..3 {
+                assert!(
+                    (i32::from(ours[k]) - i32::from(libwebps[k])).abs() <= 4,
+                    "patch {i}: {ours:?} against libwebp's {libwebps:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_range_map_spans_jpegs_range() {
+        let mut luma = [0, 16, 125, 235, 255];
+        super::to_full_range(&mut luma, super::Range::Luma);
+        assert_eq!(luma, [0, 0, 127, 255, 255]);
+        let mut chroma = [0, 16, 128, 240, 255];
+        super::to_full_range(&mut chroma, super::Range::Chroma);
+        assert_eq!(chroma, [0, 1, 128, 255, 255]);
     }
 
     #[test]
@@ -514,7 +723,7 @@ mod tests {
         let result = decode(&out.bytes);
         assert_eq!(result.dimensions(), (160, 240));
         assert!(
-            super::super::tests::psnr(&turned, &result) > 30.0,
+            psnr(&turned, &result) > 30.0,
             "the output is the stored picture turned 90° clockwise"
         );
     }
