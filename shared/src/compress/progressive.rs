@@ -860,14 +860,15 @@ impl Reader<'_> {
     }
 }
 
-/// Whether a test has asked for the portable refinement path.
-#[cfg(not(test))]
+/// Whether a test has asked for the portable refinement path (the only
+/// one on other architectures).
+#[cfg(all(not(test), target_arch = "x86_64"))]
 #[inline(always)]
 fn portable_forced() -> bool {
     false
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 fn portable_forced() -> bool {
     tests::PORTABLE.load(std::sync::atomic::Ordering::Relaxed)
 }
