@@ -944,7 +944,7 @@ pub struct Plane {
     pub samples: Vec<u8>,
     /// Samples per row, padding included.
     pub stride: usize,
-    /// Rows of the picture in this plane (before padding).
+    /// The picture's columns and rows in this plane, padding excluded.
     pub width: usize,
     pub height: usize,
 }
