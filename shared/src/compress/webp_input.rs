@@ -604,7 +604,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lossy_picture_goes_to_the_encoder_as_planes_and_loses_less() {
+    fn a_lossy_picture_goes_to_the_encoder_as_planes_at_the_pixel_paths_quality() {
         // The bundled photo, and an odd size (padding in both planes).
         let odd = image::DynamicImage::ImageRgb8(opaque(&photo_with_alpha(241, 163))).to_rgba8();
         for (name, input) in [
