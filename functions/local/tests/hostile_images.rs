@@ -518,6 +518,26 @@ fn layouts(width: u32, height: u32) -> Vec<(String, Vec<u8>)> {
     image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
         .encode(&rgba, width, height, image::ExtendedColorType::Rgba8)
         .expect("WebP");
+    // Lossy, from libwebp at its defaults (quality 75): opaque, which the
+    // engine writes from its YCbCr planes, and with alpha, which it decodes
+    // to RGBA.
+    let lossy = |with_alpha: bool| {
+        let (w, h) = (width as i32, height as i32);
+        let mut out: *mut u8 = std::ptr::null_mut();
+        // SAFETY: the pixels are `w × h` of 3 or 4 bytes at that stride;
+        // `out` is libwebp's, copied, then freed once.
+        unsafe {
+            let len = if with_alpha {
+                libwebp_sys::WebPEncodeRGBA(rgba.as_ptr(), w, h, 4 * w, 75.0, &mut out)
+            } else {
+                libwebp_sys::WebPEncodeRGB(rgb.as_ptr(), w, h, 3 * w, 75.0, &mut out)
+            };
+            assert!(len > 0 && !out.is_null(), "libwebp encodes");
+            let bytes = std::slice::from_raw_parts(out, len).to_vec();
+            libwebp_sys::WebPFree(out.cast());
+            bytes
+        }
+    };
     let mut gif = Vec::new();
     {
         let palette: Vec<u8> = (0..=255u8).flat_map(|i| [i, 255 - i, i / 2]).collect();
@@ -589,6 +609,8 @@ fn layouts(width: u32, height: u32) -> Vec<(String, Vec<u8>)> {
             ),
         ),
         ("WebP lossless".into(), webp),
+        ("WebP lossy".into(), lossy(false)),
+        ("WebP lossy alpha".into(), lossy(true)),
         ("GIF".into(), gif),
     ]
 }
