@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use memory::DecodeMemory;
 pub use sniff::{Sniffed, sniff};
@@ -197,17 +197,7 @@ pub fn compress_within(
                     rotated,
                     reading,
                 } => {
-                    let timings = StageTimings {
-                        decode: reading,
-                        encode: started.elapsed().saturating_sub(reading),
-                    };
-                    let out = Encoded {
-                        bytes,
-                        width,
-                        height,
-                        original_kept: false,
-                        timings,
-                    };
+                    let out = encoded(bytes, (width, height), reading, started);
                     Ok(keep_smaller(input, out, rotated))
                 }
                 jpeg::Read::Pixels {
@@ -226,60 +216,17 @@ pub fn compress_within(
         }
         ImageFormat::Png => {
             let opened = png_input::open(input, settings)?;
-            let (width, height) = opened.dimensions();
-            let _lease = admit(memory, settings, (width, height), opened.need(input.len()))?;
-            let (orientation, icc) = (opened.orientation, opened.icc.clone());
-            match opened.read(settings, limits)? {
-                png_input::Read::Encoded { bytes, decoding } => {
-                    let timings = StageTimings {
-                        decode: decoding,
-                        encode: started.elapsed().saturating_sub(decoding),
-                    };
-                    Ok(Encoded {
-                        bytes,
-                        width,
-                        height,
-                        original_kept: false,
-                        timings,
-                    })
-                }
-                png_input::Read::Pixels(image) => {
-                    encode_pixels(image, orientation, icc, settings, limits, started)
-                }
-            }
+            let dimensions = opened.dimensions();
+            let _lease = admit(memory, settings, dimensions, opened.need(input.len()))?;
+            let read = opened.read(settings, limits)?;
+            finish(read, dimensions, settings, limits, started)
         }
         ImageFormat::WebP => {
             let opened = webp_input::open(input, settings)?;
-            let _lease = admit(
-                memory,
-                settings,
-                opened.dimensions(),
-                opened.need(input.len()),
-            )?;
-            match opened.read(settings, limits)? {
-                webp_input::Read::Encoded { bytes, decoding } => {
-                    let (width, height) = opened.dimensions();
-                    let timings = StageTimings {
-                        decode: decoding,
-                        encode: started.elapsed().saturating_sub(decoding),
-                    };
-                    Ok(Encoded {
-                        bytes,
-                        width,
-                        height,
-                        original_kept: false,
-                        timings,
-                    })
-                }
-                webp_input::Read::Pixels(image) => encode_pixels(
-                    image,
-                    opened.orientation,
-                    opened.icc,
-                    settings,
-                    limits,
-                    started,
-                ),
-            }
+            let dimensions = opened.dimensions();
+            let _lease = admit(memory, settings, dimensions, opened.need(input.len()))?;
+            let read = opened.read(settings, limits)?;
+            finish(read, dimensions, settings, limits, started)
         }
         _ => {
             let mut reader = ImageReader::with_format(Cursor::new(input), format);
@@ -310,6 +257,58 @@ pub fn compress_within(
             let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
             encode_pixels(image, orientation, icc, settings, limits, started)
         }
+    }
+}
+
+/// What a PNG or WebP input made of its picture.
+enum Read {
+    /// Encoded by the input's own path (a PNG's rows streamed into the
+    /// encoder, a lossy WebP's planes); `decoding` is the time its decoder
+    /// took.
+    Encoded { bytes: Vec<u8>, decoding: Duration },
+    /// Decoded whole, in stored orientation, for `encode_pixels`.
+    Pixels {
+        image: DynamicImage,
+        orientation: Orientation,
+        icc: Option<Vec<u8>>,
+    },
+}
+
+/// The end of a PNG's or WebP's way: encoded already, or through pixels.
+fn finish(
+    read: Read,
+    dimensions: (u32, u32),
+    settings: &Settings,
+    limits: libjpeg::Limits,
+    started: Instant,
+) -> Result<Encoded, CompressError> {
+    match read {
+        Read::Encoded { bytes, decoding } => Ok(encoded(bytes, dimensions, decoding, started)),
+        Read::Pixels {
+            image,
+            orientation,
+            icc,
+        } => encode_pixels(image, orientation, icc, settings, limits, started),
+    }
+}
+
+/// An output its input's own path encoded, `decoding` of the time since
+/// `started` spent reading the input.
+fn encoded(
+    bytes: Vec<u8>,
+    (width, height): (u32, u32),
+    decoding: Duration,
+    started: Instant,
+) -> Encoded {
+    Encoded {
+        bytes,
+        width,
+        height,
+        original_kept: false,
+        timings: StageTimings {
+            decode: decoding,
+            encode: started.elapsed().saturating_sub(decoding),
+        },
     }
 }
 

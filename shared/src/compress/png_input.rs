@@ -13,7 +13,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, GrayAlphaImage, GrayImage, RgbImage, RgbaImage};
 
 use super::pixels::{flat_channels, flatten_row};
-use super::{CompressError, Settings, libjpeg, memory};
+use super::{CompressError, Read, Settings, libjpeg, memory};
 
 /// Metadata chunks (text, ICC profile, EXIF) the decoder may hold.
 const METADATA_LIMIT: usize = 16 << 20;
@@ -24,16 +24,8 @@ pub struct Opened<'a> {
     height: u32,
     /// Samples per pixel as decoded: 1 to 4, 8 bits each.
     channels: u8,
-    pub orientation: Orientation,
-    pub icc: Option<Vec<u8>>,
-}
-
-pub enum Read {
-    /// Streamed straight into the encoder; `decoding` is the time spent in
-    /// the PNG decoder.
-    Encoded { bytes: Vec<u8>, decoding: Duration },
-    /// Decoded whole (interlaced, or to be turned), in stored orientation.
-    Pixels(DynamicImage),
+    orientation: Orientation,
+    icc: Option<Vec<u8>>,
 }
 
 /// Reads everything up to the pixel data and checks the pixel cap.
@@ -107,7 +99,12 @@ impl Opened<'_> {
         limits: libjpeg::Limits,
     ) -> Result<Read, CompressError> {
         if !self.streams() {
-            return self.decode_whole().map(Read::Pixels);
+            let (orientation, icc) = (self.orientation, self.icc.take());
+            return self.decode_whole().map(|image| Read::Pixels {
+                image,
+                orientation,
+                icc,
+            });
         }
         let (channels, flat) = (self.channels, flat_channels(self.channels));
         let icc = self
@@ -247,7 +244,7 @@ mod tests {
             .and_then(|o| o.read(&SETTINGS, libjpeg::Limits::NONE))
         {
             Ok(Read::Encoded { bytes, .. }) => bytes,
-            Ok(Read::Pixels(_)) => panic!("a plain PNG streams"),
+            Ok(Read::Pixels { .. }) => panic!("a plain PNG streams"),
             Err(e) => panic!("{e}"),
         };
         assert_eq!(streamed(&sixteen), streamed(&eight));

@@ -17,14 +17,14 @@
 use std::ffi::c_int;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, RgbImage, RgbaImage};
 use libwebp_sys as webp;
 
 use super::libjpeg::{self, Ycbcr420};
-use super::{CompressError, Settings, icc, memory, pixels::flat_channels};
+use super::{CompressError, Read, Settings, icc, memory, pixels::flat_channels};
 
 pub struct Opened<'a> {
     input: &'a [u8],
@@ -34,16 +34,8 @@ pub struct Opened<'a> {
     animated: bool,
     /// A VP8 (lossy) bitstream, not VP8L.
     lossy: bool,
-    pub orientation: Orientation,
-    pub icc: Option<Vec<u8>>,
-}
-
-pub enum Read {
-    /// Encoded from libwebp's YCbCr planes; `decoding` is the time spent
-    /// in libwebp.
-    Encoded { bytes: Vec<u8>, decoding: Duration },
-    /// Decoded to RGB or RGBA, in stored orientation.
-    Pixels(DynamicImage),
+    orientation: Orientation,
+    icc: Option<Vec<u8>>,
 }
 
 /// Reads the container and checks the pixel cap; decodes nothing.
@@ -133,16 +125,18 @@ impl Opened<'_> {
 
     /// The JPEG, or the picture in stored orientation (RGB, or RGBA with
     /// alpha) for the pixel path.
-    pub fn read(
-        &self,
-        settings: &Settings,
-        limits: libjpeg::Limits,
-    ) -> Result<Read, CompressError> {
-        if self.animated {
-            return self.first_frame().map(Read::Pixels);
-        }
+    pub fn read(self, settings: &Settings, limits: libjpeg::Limits) -> Result<Read, CompressError> {
         if !self.as_planes() {
-            return self.still().map(Read::Pixels);
+            let image = if self.animated {
+                self.first_frame()?
+            } else {
+                self.still()?
+            };
+            return Ok(Read::Pixels {
+                image,
+                orientation: self.orientation,
+                icc: self.icc,
+            });
         }
         let started = Instant::now();
         let picture = self.planes()?;
@@ -156,15 +150,11 @@ impl Opened<'_> {
     /// A lossy bitstream's planes, as JPEG takes them.
     fn planes(&self) -> Result<Ycbcr420, CompressError> {
         let mut picture = Ycbcr420::new(self.width, self.height);
-        let mut config = webp::WebPDecoderConfig::new()
-            .map_err(|()| CompressError::Decode("libwebp refused its own version".into()))?;
-        config.output.colorspace = webp::WEBP_CSP_MODE::MODE_YUV;
-        config.output.is_external_memory = 1;
         let [y, u, v] = &mut picture.planes;
         let stride = |plane: &libjpeg::Plane| {
             c_int::try_from(plane.stride).map_err(|_| too_wide(self.width))
         };
-        config.output.u.YUVA = webp::WebPYUVABuffer {
+        let planes = webp::WebPYUVABuffer {
             y: y.samples.as_mut_ptr(),
             u: u.samples.as_mut_ptr(),
             v: v.samples.as_mut_ptr(),
@@ -178,17 +168,15 @@ impl Opened<'_> {
             v_size: v.samples.len(),
             a_size: 0,
         };
-        // SAFETY: as in `still`: libwebp checks each plane's size and stride
-        // against the bitstream's dimensions before writing, and writes the
-        // picture's rows and columns only (the planes' padding is ours).
-        let status =
-            unsafe { webp::WebPDecode(self.input.as_ptr(), self.input.len(), &mut config) };
-        // SAFETY: as in `still`.
-        unsafe { webp::WebPFreeDecBuffer(&mut config.output) };
-        if status != webp::VP8StatusCode::VP8_STATUS_OK {
-            return Err(status_error(status));
+        // SAFETY: the three planes are ours, of the sizes and strides given,
+        // and live through the call; libwebp writes the picture's rows and
+        // columns only (the planes' padding is ours).
+        unsafe {
+            self.decode_into(|output| {
+                output.colorspace = webp::WEBP_CSP_MODE::MODE_YUV;
+                output.u.YUVA = planes;
+            })?;
         }
-        self.check_size(&config.input)?;
         let [y, u, v] = &mut picture.planes;
         to_full_range(&mut y.samples, Range::Luma);
         to_full_range(&mut u.samples, Range::Chroma);
@@ -197,40 +185,24 @@ impl Opened<'_> {
         Ok(picture)
     }
 
-    fn check_size(&self, decoded: &webp::WebPBitstreamFeatures) -> Result<(), CompressError> {
-        if (decoded.width, decoded.height) == (self.width as c_int, self.height as c_int) {
-            return Ok(());
-        }
-        Err(CompressError::Decode(format!(
-            "the WebP bitstream is {}×{}, its container says {}×{}",
-            decoded.width, decoded.height, self.width, self.height
-        )))
-    }
-
-    fn still(&self) -> Result<DynamicImage, CompressError> {
-        let channels = usize::from(self.channels());
-        let (width, height) = (self.width as usize, self.height as usize);
-        let stride = width * channels;
-        let mut pixels = vec![0u8; stride * height];
+    /// libwebp's decoder, on this thread, into memory of ours that `output`
+    /// describes (its colour space and buffers).
+    ///
+    /// # Safety
+    /// The buffers `output` names are valid for writes of the sizes it
+    /// gives, for the whole call. libwebp checks those sizes and strides
+    /// against the bitstream's dimensions before it writes (`CheckDecBuffer`).
+    unsafe fn decode_into(
+        &self,
+        output: impl FnOnce(&mut webp::WebPDecBuffer),
+    ) -> Result<(), CompressError> {
         let mut config = webp::WebPDecoderConfig::new()
             .map_err(|()| CompressError::Decode("libwebp refused its own version".into()))?;
-        config.output.colorspace = if channels == 4 {
-            webp::WEBP_CSP_MODE::MODE_RGBA
-        } else {
-            webp::WEBP_CSP_MODE::MODE_RGB
-        };
+        output(&mut config.output);
         config.output.is_external_memory = 1;
-        config.output.u.RGBA = webp::WebPRGBABuffer {
-            rgba: pixels.as_mut_ptr(),
-            // At most 16,383 pixels of 4 bytes: the format's widest row.
-            stride: c_int::try_from(stride).map_err(|_| too_wide(self.width))?,
-            size: pixels.len(),
-        };
         // SAFETY: `input` is read-only and outlives the call; the output
-        // is our buffer of `stride × height` bytes, which libwebp checks
-        // against the bitstream's size before writing (`CheckDecBuffer`)
-        // and writes no further than; `config` was initialised by libwebp
-        // for this version of its ABI.
+        // buffers are the caller's promise; `config` was initialised by
+        // libwebp for this version of its ABI.
         let status =
             unsafe { webp::WebPDecode(self.input.as_ptr(), self.input.len(), &mut config) };
         // SAFETY: `config.output` was set up by `WebPDecode`; with external
@@ -239,7 +211,39 @@ impl Opened<'_> {
         if status != webp::VP8StatusCode::VP8_STATUS_OK {
             return Err(status_error(status));
         }
-        self.check_size(&config.input)?;
+        let decoded = (config.input.width, config.input.height);
+        if decoded != (self.width as c_int, self.height as c_int) {
+            return Err(CompressError::Decode(format!(
+                "the WebP bitstream is {}×{}, its container says {}×{}",
+                decoded.0, decoded.1, self.width, self.height
+            )));
+        }
+        Ok(())
+    }
+
+    fn still(&self) -> Result<DynamicImage, CompressError> {
+        let channels = usize::from(self.channels());
+        let (width, height) = (self.width as usize, self.height as usize);
+        let stride = width * channels;
+        let mut pixels = vec![0u8; stride * height];
+        let buffer = webp::WebPRGBABuffer {
+            rgba: pixels.as_mut_ptr(),
+            // At most 16,383 pixels of 4 bytes: the format's widest row.
+            stride: c_int::try_from(stride).map_err(|_| too_wide(self.width))?,
+            size: pixels.len(),
+        };
+        // SAFETY: `pixels` is ours, `stride × height` bytes, and lives
+        // through the call.
+        unsafe {
+            self.decode_into(|output| {
+                output.colorspace = if channels == 4 {
+                    webp::WEBP_CSP_MODE::MODE_RGBA
+                } else {
+                    webp::WEBP_CSP_MODE::MODE_RGB
+                };
+                output.u.RGBA = buffer;
+            })?;
+        }
         image_from(pixels, self.width, self.height, channels)
     }
 
