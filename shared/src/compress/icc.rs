@@ -1,5 +1,11 @@
 //! Which colour profiles are worth carrying into the output.
 
+/// The profile to write into the output: the input's, unless it is plain
+/// sRGB (`is_plain_srgb`).
+pub fn worth_keeping(profile: Option<&[u8]>) -> Option<&[u8]> {
+    profile.filter(|p| !is_plain_srgb(p))
+}
+
 /// A profile that only says "this is sRGB" changes nothing — browsers and
 /// viewers assume sRGB for an image without one — so it is dropped, which
 /// saves about 3 KB per image. Recognised by its header (an RGB display
@@ -55,8 +61,13 @@ fn description(profile: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A plain sRGB display profile as the engine recognises it.
+    pub(crate) fn plain_srgb() -> Vec<u8> {
+        profile(b"mntrRGB ", &v2_desc("sRGB IEC61966-2.1"))
+    }
 
     /// A minimal profile: header, one `desc` tag of the given type.
     fn profile(class_space: &[u8; 8], tag: &[u8]) -> Vec<u8> {

@@ -137,10 +137,7 @@ impl<'a> Opened<'a> {
             plan,
         } = self;
         let decompress = if let Some(chroma) = plan {
-            let icc = header
-                .icc
-                .as_deref()
-                .filter(|p| !super::icc::is_plain_srgb(p));
+            let icc = super::icc::worth_keeping(header.icc.as_deref());
             match transcode::transcode(
                 decompress,
                 settings.quality,

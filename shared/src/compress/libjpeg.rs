@@ -950,36 +950,41 @@ pub struct Plane {
 }
 
 impl Ycbcr420 {
-    /// Zeroed planes for a `width × height` picture.
-    pub fn new(width: u32, height: u32) -> Self {
+    /// Each plane's columns and rows of picture, stride and rows in all,
+    /// for a `width × height` picture.
+    fn layout(width: u32, height: u32) -> [[usize; 4]; 3] {
         let (w, h) = (width as usize, height as usize);
         let bands = h.div_ceil(16);
-        let plane = |width: usize, height: usize, rows: usize| {
-            let stride = width.div_ceil(8) * 8;
-            Plane {
-                samples: vec![0; stride * rows],
-                stride,
-                width,
-                height,
-            }
-        };
         let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let stride = |columns: usize| columns.div_ceil(8) * 8;
+        [
+            [w, h, stride(w), bands * 16],
+            [cw, ch, stride(cw), bands * 8],
+            [cw, ch, stride(cw), bands * 8],
+        ]
+    }
+
+    /// Zeroed planes for a `width × height` picture.
+    pub fn new(width: u32, height: u32) -> Self {
+        let planes = Self::layout(width, height).map(|[width, height, stride, rows]| Plane {
+            samples: vec![0; stride * rows],
+            stride,
+            width,
+            height,
+        });
         Self {
             width,
             height,
-            planes: [
-                plane(w, h, bands * 16),
-                plane(cw, ch, bands * 8),
-                plane(cw, ch, bands * 8),
-            ],
+            planes,
         }
     }
 
-    /// Bytes the planes take.
+    /// Bytes the planes of a `width × height` picture take.
     pub fn bytes(width: u32, height: u32) -> u64 {
-        let (w, h) = (u64::from(width), u64::from(height));
-        let bands = h.div_ceil(16);
-        w.div_ceil(8) * 8 * bands * 16 + 2 * w.div_ceil(2).div_ceil(8) * 8 * bands * 8
+        Self::layout(width, height)
+            .iter()
+            .map(|&[_, _, stride, rows]| (stride * rows) as u64)
+            .sum()
     }
 
     /// Repeats each plane's last column into its padding columns, then its
@@ -1091,8 +1096,8 @@ unsafe fn set_up(
         Input::Ycbcr420 => (3, J_COLOR_SPACE::JCS_YCbCr),
     };
     let channels = cinfo.input_components;
-    // SAFETY: `comp_info` has 3 entries after `jpeg_set_defaults` for RGB
-    // input.
+    // SAFETY: `comp_info` has 3 entries after `jpeg_set_defaults` for
+    // three-component (RGB or YCbCr) input.
     unsafe {
         jpeg_set_defaults(cinfo);
         jpeg_set_quality(cinfo, c_int::from(quality), 1);

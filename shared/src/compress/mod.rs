@@ -349,7 +349,6 @@ fn encode_pixels(
     }
     .ok_or_else(|| CompressError::Decode("decoded data does not match the image size".into()))?;
     image.apply_orientation(orientation);
-    let icc = icc.filter(|p| !icc::is_plain_srgb(p));
 
     let (width, height) = (image.width(), image.height());
     if width > JPEG_MAX_DIMENSION || height > JPEG_MAX_DIMENSION {
@@ -368,10 +367,10 @@ fn encode_pixels(
         height,
         channels,
         settings.quality,
-        icc.as_deref(),
+        icc::worth_keeping(icc.as_deref()),
         limits,
     )
-    .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
+    .map_err(encoding_failed)?;
     let timings = StageTimings {
         decode: decoded - started,
         encode: decoded.elapsed(),
@@ -383,6 +382,11 @@ fn encode_pixels(
         original_kept: false,
         timings,
     })
+}
+
+/// libjpeg refused to encode what it was given.
+fn encoding_failed(e: String) -> CompressError {
+    CompressError::Decode(format!("JPEG encoding failed: {e}"))
 }
 
 /// The largest side libjpeg writes.

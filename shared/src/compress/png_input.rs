@@ -107,10 +107,7 @@ impl Opened<'_> {
             });
         }
         let (channels, flat) = (self.channels, flat_channels(self.channels));
-        let icc = self
-            .icc
-            .as_deref()
-            .filter(|p| !super::icc::is_plain_srgb(p));
+        let icc = super::icc::worth_keeping(self.icc.as_deref());
         let mut decoding = Duration::ZERO;
         let mut failure = None;
         let mut rows = 0u32;
@@ -155,7 +152,7 @@ impl Opened<'_> {
         match (encoded, failure) {
             (Ok(bytes), _) => Ok(Read::Encoded { bytes, decoding }),
             (Err(_), Some(decode)) => Err(decode),
-            (Err(e), None) => Err(CompressError::Decode(format!("JPEG encoding failed: {e}"))),
+            (Err(e), None) => Err(super::encoding_failed(e)),
         }
     }
 

@@ -141,9 +141,9 @@ impl Opened<'_> {
         let started = Instant::now();
         let picture = self.planes()?;
         let decoding = started.elapsed();
-        let icc = self.icc.as_deref().filter(|p| !icc::is_plain_srgb(p));
+        let icc = icc::worth_keeping(self.icc.as_deref());
         let bytes = libjpeg::encode_ycbcr_420(&picture, settings.quality, icc, limits)
-            .map_err(|e| CompressError::Decode(format!("JPEG encoding failed: {e}")))?;
+            .map_err(super::encoding_failed)?;
         Ok(Read::Encoded { bytes, decoding })
     }
 
@@ -746,6 +746,48 @@ mod tests {
         let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(&none.bytes));
         decoder.decode().unwrap();
         assert_eq!(decoder.icc_profile(), None);
+    }
+
+    /// `simple` (a `RIFF…WEBPVP8 ` file) in the extended container, with
+    /// an ICC profile chunk.
+    fn with_profile(simple: &[u8], (width, height): (u32, u32), icc: &[u8]) -> Vec<u8> {
+        let chunk = |fourcc: &[u8; 4], payload: &[u8]| {
+            let mut c = fourcc.to_vec();
+            c.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            c.extend_from_slice(payload);
+            if payload.len() % 2 == 1 {
+                c.push(0);
+            }
+            c
+        };
+        let mut vp8x = vec![0x20, 0, 0, 0]; // ICC profile present
+        vp8x.extend_from_slice(&(width - 1).to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&(height - 1).to_le_bytes()[..3]);
+        let mut body = b"WEBP".to_vec();
+        body.extend(chunk(b"VP8X", &vp8x));
+        body.extend(chunk(b"ICCP", icc));
+        body.extend_from_slice(&simple[12..]);
+        let mut file = b"RIFF".to_vec();
+        file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        file.extend(body);
+        file
+    }
+
+    #[test]
+    fn a_lossy_webp_keeps_its_colour_profile_unless_plain_srgb() {
+        // The planes path writes the profile itself.
+        let rgba = image::DynamicImage::ImageRgb8(opaque(&photo_with_alpha(64, 48))).to_rgba8();
+        let simple = libwebp_lossy(&rgba, false);
+        let own: Vec<u8> = (0..3001u32).map(|i| (i % 251) as u8).collect();
+        let srgb = crate::compress::icc::tests::plain_srgb();
+        for (icc, kept) in [(own.clone(), Some(own)), (srgb, None)] {
+            let input = with_profile(&simple, (64, 48), &icc);
+            assert!(super::open(&input, &SETTINGS).unwrap().as_planes());
+            let out = compress(&input, &SETTINGS).unwrap();
+            let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(&out.bytes));
+            decoder.decode().unwrap();
+            assert_eq!(decoder.icc_profile(), kept);
+        }
     }
 
     #[test]
