@@ -6,7 +6,7 @@
 //!    build stops here unless nasm works or the user opts out explicitly
 //!    with `IMGPROC_ALLOW_NO_SIMD=1`. (`imgproc-local --version` says which
 //!    build a binary is.)
-//! 2. `src/compress/transupp_shim.c` and `progressive_shim.c` are compiled
+//! 2. `src/compress/transupp_shim.c` and `entropy_decoder_shim.c` are compiled
 //!    against libjpeg-turbo's own headers, which `mozjpeg-sys` exports
 //!    (`DEP_JPEG_INCLUDE`).
 //!
@@ -51,7 +51,7 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let includes = env::var_os("DEP_JPEG_INCLUDE").expect("mozjpeg-sys exports its include path");
     let mut build = cc::Build::new();
-    for name in ["transupp_shim.c", "progressive_shim.c"] {
+    for name in ["transupp_shim.c", "entropy_decoder_shim.c"] {
         let shim = ["src/compress", "../shared/src/compress"]
             .iter()
             .map(|dir| manifest.join(dir).join(name))

@@ -212,9 +212,9 @@ const DSTATE_PRELOAD: c_int = 203;
 const DSTATE_RDCOEFS: c_int = 209;
 
 unsafe extern "C-unwind" {
-    /// `progressive_shim.c`: puts the engine's progressive Huffman decoder
-    /// (`progressive.rs`) in place of libjpeg's; does nothing for other files.
-    fn imgproc_use_own_progressive_decoder(cinfo: *mut jpeg_decompress_struct) -> c_int;
+    /// `entropy_decoder_shim.c`: puts the engine's Huffman decoder
+    /// (`entropy_decoder.rs`) in place of libjpeg's where it can.
+    fn imgproc_use_own_entropy_decoder(cinfo: *mut jpeg_decompress_struct) -> c_int;
 }
 
 /// The monitor's type as C declares it (`void (*)(j_common_ptr)`); the
@@ -254,7 +254,7 @@ unsafe extern "C-unwind" fn progress_monitor(cinfo: *mut jpeg_common_struct) {
         // before the first `consume_input`, and this is the first call in
         // them); `Decompress::new` made it, so its source is a
         // `SliceSource`, as the engine's decoder requires.
-        progress.own_decoder = unsafe { imgproc_use_own_progressive_decoder(cinfo.cast()) } != 0;
+        progress.own_decoder = unsafe { imgproc_use_own_entropy_decoder(cinfo.cast()) } != 0;
     }
     if i64::from(scan) > i64::from(progress.limits.max_scans) {
         resume_unwind(Box::new(Fatal(format!(
@@ -1123,15 +1123,15 @@ pub(super) fn encode_grey_with_scans(
     height: u32,
     scans: &[mozjpeg_sys::jpeg_scan_info],
 ) -> Result<Vec<u8>, String> {
-    encode_progressive(grey, (width, height, 1), 90, Some(scans), 0)
+    encode_with_scans(grey, (width, height, 1), 90, Some(scans), 0)
 }
 
-/// A progressive JPEG as a test input: grey or RGB `pixels` (`channels` 1
-/// or 3, colour as 4:2:0), with the scan script given (at most 64 scans) or
-/// libjpeg's standard one, and a restart marker every `restart_interval`
-/// MCUs (0: none).
+/// A JPEG as a test input: grey or RGB `pixels` (`channels` 1 or 3,
+/// colour as 4:2:0), with the scan script given (at most 64 scans;
+/// sequential if every scan is whole) or libjpeg's standard progressive
+/// one, and a restart marker every `restart_interval` MCUs (0: none).
 #[cfg(test)]
-pub(super) fn encode_progressive(
+pub(super) fn encode_with_scans(
     pixels: &[u8],
     (width, height, channels): (u32, u32, u8),
     quality: u8,

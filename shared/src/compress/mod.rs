@@ -10,6 +10,7 @@
 
 mod chroma;
 mod cpu;
+mod entropy_decoder;
 mod huffman;
 mod icc;
 mod jmem;
@@ -18,7 +19,6 @@ mod libjpeg;
 pub mod memory;
 mod pixels;
 mod png_input;
-mod progressive;
 mod sniff;
 mod transcode;
 mod trellis;

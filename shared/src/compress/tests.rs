@@ -59,7 +59,7 @@ pub(super) fn decode(bytes: &[u8]) -> DynamicImage {
 
 /// `pixels` (`width` × `height`, of `color`) as a baseline JPEG from
 /// `jpeg-encoder`, with the given chroma sampling.
-fn encode_jpeg(
+pub(super) fn encode_jpeg(
     pixels: &[u8],
     (width, height): (u32, u32),
     color: ColorType,

@@ -1,15 +1,23 @@
-//! The entropy decoding of progressive JPEGs, in place of libjpeg's
-//! (`jdphuff.c`), which took a third of the engine's time on the benchmark
-//! corpus — most of it in refinement scans, where libjpeg visits every
-//! coefficient of the band one at a time, reading a bit and branching
-//! twice for each. Here a block's non-zero coefficients are a 64-bit mask
-//! in zig-zag order: a run of zeros is found by counting bits instead of
-//! stepping through them, and the correction bits are applied once per
-//! block, to the set bits only. Huffman codes are looked up ten bits at a
-//! time from a 64-bit bit buffer. A one-component scan (every AC scan) is
-//! decoded a block row at a time, end-of-band runs skipped whole.
+//! The entropy decoding of JPEGs read whole (progressive files, and
+//! sequential ones read for their coefficients), in place of libjpeg's
+//! (`jdphuff.c`, `jdhuff.c`). Progressive decoding took a third of the
+//! engine's time on the benchmark corpus, most of it in refinement scans,
+//! where libjpeg visits every coefficient of the band one at a time,
+//! reading a bit and branching twice for each. Here a block's non-zero
+//! coefficients are a 64-bit mask in zig-zag order: a run of zeros is found
+//! by counting bits instead of stepping through them, and the correction
+//! bits are applied once per block to the set bits only. Huffman codes are
+//! looked up ten bits at a time from a 64-bit bit buffer; a one-component
+//! scan is decoded a block row at a time, end-of-band runs skipped whole.
 //!
-//! libjpeg still drives the file (`progressive_shim.c`): markers, each
+//! Sequential files took libjpeg-turbo's careful decoder (`decode_mcu_slow`)
+//! a quarter of their time: its fast one reads a corrupt code as a zero
+//! without a warning, so the engine never lets it run (see `libjpeg.rs`).
+//! Here a code and the value bits after it are decoded with one lookup
+//! when both are in the next ten bits (`Table::combined`), and a row of
+//! MCUs is decoded in one call.
+//!
+//! libjpeg still drives the file (`entropy_decoder_shim.c`): markers, each
 //! scan's checks against the progression so far (its own decoder's
 //! `start_pass`), the walk over the image and restart markers. This module
 //! decodes the data between them with libjpeg's exact semantics, reading
@@ -45,9 +53,21 @@ const NATURAL: [usize; 80] = {
     table
 };
 
+/// `NATURAL` in bytes, for the hot loop of sequential blocks.
+const NATURAL_U8: [u8; 80] = {
+    let mut table = [0; 80];
+    let mut z = 0;
+    while z < 80 {
+        table[z] = NATURAL[z] as u8;
+        z += 1;
+    }
+    table
+};
+
 /// A scan as the shim describes it (`imgproc_scan` there).
 #[repr(C)]
 pub struct Scan {
+    progressive: c_int,
     ss: c_int,
     se: c_int,
     ah: c_int,
@@ -55,6 +75,10 @@ pub struct Scan {
     blocks_in_mcu: c_int,
     component: [c_int; MAX_BLOCKS_IN_MCU],
     table: [*const JHUFF_TBL; MAX_BLOCKS_IN_MCU],
+    ac_table: [*const JHUFF_TBL; MAX_BLOCKS_IN_MCU],
+    /// Per block of an MCU: how many blocks its component's row advances
+    /// from one MCU to the next (the component's MCU width).
+    step: [c_int; MAX_BLOCKS_IN_MCU],
     unread_marker: *mut c_int,
 }
 
@@ -73,6 +97,46 @@ struct Table {
     /// What turns a code of each length into an index into `symbols`.
     offset: [i32; 17],
     symbols: [u8; 256],
+    /// For a sequential scan, by the next `LOOKAHEAD` bits: a code and the
+    /// value bits after it, when both are among those bits (most of a
+    /// photograph's coefficients), decoded at once. See `Coefficient`.
+    combined: [u32; 1 << LOOKAHEAD],
+}
+
+/// An entry of `Table::combined`: bits 0–6 the bits it takes (`ABSENT`
+/// when the code or its value is longer than the lookup, or is a run of 16
+/// zeros: those take the symbol-by-symbol path), bit 7 an end of block,
+/// bits 8–11 the zeros before the coefficient, bits 16–31 its value.
+#[derive(Clone, Copy)]
+struct Coefficient(u32);
+
+impl Coefficient {
+    const ABSENT: Coefficient = Coefficient(0x7F);
+    const END: u32 = 0x80;
+
+    fn new(length: u32, run: u32, value: i32) -> Coefficient {
+        Coefficient(length | run << 8 | u32::from(value as i16 as u16) << 16)
+    }
+
+    #[inline(always)]
+    fn length(self) -> u32 {
+        self.0 & 0x7F
+    }
+
+    #[inline(always)]
+    fn is_end(self) -> bool {
+        self.0 & Self::END != 0
+    }
+
+    #[inline(always)]
+    fn run(self) -> usize {
+        (self.0 >> 8 & 15) as usize
+    }
+
+    #[inline(always)]
+    fn value(self) -> i16 {
+        (self.0 >> 16) as i16
+    }
 }
 
 impl Table {
@@ -81,6 +145,7 @@ impl Table {
         max_code: [-1; 17],
         offset: [0; 17],
         symbols: [0; 256],
+        combined: [Coefficient::ABSENT.0; 1 << LOOKAHEAD],
     };
 
     /// As libjpeg's `jpeg_make_d_derived_tbl`, which has already accepted
@@ -138,10 +203,44 @@ impl Table {
         }
         Ok(t)
     }
+
+    /// Fills `combined` for a sequential scan's DC (`dc`) or AC table.
+    fn combine(&mut self, dc: bool) {
+        for (bits, entry) in self.combined.iter_mut().enumerate() {
+            *entry = Coefficient::ABSENT.0;
+            let fast = self.fast[bits];
+            let length = u32::from(fast >> 8);
+            if fast == 0 {
+                continue;
+            }
+            let symbol = fast as u8;
+            let (run, size) = if dc {
+                (0, u32::from(symbol))
+            } else {
+                (u32::from(symbol >> 4), u32::from(symbol & 15))
+            };
+            *entry = if !dc && size == 0 {
+                if run == 15 {
+                    continue;
+                }
+                Coefficient(length | Coefficient::END).0
+            } else if length + size > LOOKAHEAD {
+                continue;
+            } else if size == 0 {
+                Coefficient::new(length, run, 0).0
+            } else {
+                let value = (bits as u32 >> (LOOKAHEAD - length - size)) & ((1 << size) - 1);
+                Coefficient::new(length + size, run, extend(value, size)).0
+            };
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// A sequential scan: each block's DC difference and all its AC
+    /// coefficients at once.
+    Sequential,
     DcFirst,
     DcRefine,
     AcFirst,
@@ -152,10 +251,13 @@ enum Kind {
 /// Lives in libjpeg's image pool (allocated by the shim, so it holds
 /// nothing that needs dropping).
 pub struct State {
-    tables: [Table; 4],
-    /// Per block of an MCU: its table and its component's place in the scan.
+    tables: [Table; 8],
+    /// Per block of an MCU: its tables (the AC one only in a sequential
+    /// scan) and its component's place in the scan.
     block_table: [u8; MAX_BLOCKS_IN_MCU],
+    block_ac_table: [u8; MAX_BLOCKS_IN_MCU],
     block_component: [u8; MAX_BLOCKS_IN_MCU],
+    block_step: [usize; MAX_BLOCKS_IN_MCU],
     blocks: usize,
     kind: Kind,
     ss: usize,
@@ -211,53 +313,66 @@ pub unsafe extern "C-unwind" fn imgproc_scan_start(
     scan: &Scan,
     cinfo: &jpeg_decompress_struct,
 ) {
-    let kind = match (scan.ss == 0, scan.ah == 0) {
-        (true, true) => Kind::DcFirst,
-        (true, false) => Kind::DcRefine,
-        (false, true) => Kind::AcFirst,
-        (false, false) => Kind::AcRefine,
+    let kind = match (scan.progressive != 0, scan.ss == 0, scan.ah == 0) {
+        (false, _, _) => Kind::Sequential,
+        (true, true, true) => Kind::DcFirst,
+        (true, true, false) => Kind::DcRefine,
+        (true, false, true) => Kind::AcFirst,
+        (true, false, false) => Kind::AcRefine,
     };
     let blocks = usize::try_from(scan.blocks_in_mcu).unwrap_or(0);
     let in_range = |v: c_int, max: c_int| (0..=max).contains(&v);
+    // A sequential scan's band and point transform are not used (libjpeg
+    // only warns when they are not the whole block, and decodes it whole).
+    let band_in_range = kind == Kind::Sequential
+        || (in_range(scan.ss, 63) && in_range(scan.se, 63) && in_range(scan.al, 13));
     if blocks > MAX_BLOCKS_IN_MCU
-        || !in_range(scan.ss, 63)
-        || !in_range(scan.se, 63)
-        || !in_range(scan.al, 13)
+        || !band_in_range
         || scan.component[..blocks].iter().any(|&c| !in_range(c, 3))
     {
         // libjpeg's own checks (jdinput.c, jdphuff.c) refuse such scans first.
-        libjpeg::fail("Invalid progressive scan parameters");
+        libjpeg::fail("Invalid scan parameters");
     }
-    let mut tables = [Table::EMPTY; 4];
-    let mut sources: [*const JHUFF_TBL; 4] = [std::ptr::null(); 4];
+    let mut tables = [Table::EMPTY; 8];
+    // Each distinct table once: (its source, whether it is a DC table).
+    let mut sources: [(*const JHUFF_TBL, bool); 8] = [(std::ptr::null(), false); 8];
     let mut used = 0;
+    let mut table_for = |source: *const JHUFF_TBL, dc: bool| -> u8 {
+        if let Some(i) = sources[..used].iter().position(|&s| s == (source, dc)) {
+            return i as u8;
+        }
+        // SAFETY: the caller guarantees the table pointers; libjpeg has
+        // checked that each is present.
+        let Some(table) = (unsafe { source.as_ref() }) else {
+            libjpeg::fail("Huffman table not defined");
+        };
+        if used == tables.len() {
+            libjpeg::fail("Invalid scan parameters");
+        }
+        let mut decoded = Table::new(table, dc).unwrap_or_else(|message| libjpeg::fail(message));
+        if kind == Kind::Sequential {
+            decoded.combine(dc);
+        }
+        tables[used] = decoded;
+        sources[used] = (source, dc);
+        used += 1;
+        used as u8 - 1
+    };
     let mut block_table = [0u8; MAX_BLOCKS_IN_MCU];
+    let mut block_ac_table = [0u8; MAX_BLOCKS_IN_MCU];
     let mut block_component = [0u8; MAX_BLOCKS_IN_MCU];
+    let mut block_step = [0usize; MAX_BLOCKS_IN_MCU];
     for b in 0..blocks {
         block_component[b] = scan.component[b] as u8;
-        let source = scan.table[b];
-        if kind == Kind::DcRefine {
-            continue;
-        }
-        let index = match sources[..used].iter().position(|&s| s == source) {
-            Some(i) => i,
-            None => {
-                // SAFETY: the caller guarantees the table pointers; libjpeg
-                // has checked that each is present.
-                let Some(table) = (unsafe { source.as_ref() }) else {
-                    libjpeg::fail("Huffman table not defined");
-                };
-                if used == tables.len() {
-                    libjpeg::fail("Invalid progressive scan parameters");
-                }
-                tables[used] = Table::new(table, kind == Kind::DcFirst)
-                    .unwrap_or_else(|message| libjpeg::fail(message));
-                sources[used] = source;
-                used += 1;
-                used - 1
+        block_step[b] = usize::try_from(scan.step[b]).unwrap_or(0);
+        match kind {
+            Kind::DcRefine => {}
+            Kind::Sequential => {
+                block_table[b] = table_for(scan.table[b], true);
+                block_ac_table[b] = table_for(scan.ac_table[b], false);
             }
-        };
-        block_table[b] = index as u8;
+            _ => block_table[b] = table_for(scan.table[b], kind == Kind::DcFirst),
+        }
     }
     // SAFETY: the caller guarantees room and alignment; `write` does not
     // read what was there.
@@ -265,7 +380,9 @@ pub unsafe extern "C-unwind" fn imgproc_scan_start(
         state.write(State {
             tables,
             block_table,
+            block_ac_table,
             block_component,
+            block_step,
             blocks,
             kind,
             ss: scan.ss as usize,
@@ -349,11 +466,12 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode(
         // SAFETY: one block, as the caller guarantees.
         return unsafe { imgproc_scan_decode_row(state, (*mcu).cast(), 1) };
     }
+    // Interleaved: DC scans and sequential ones.
     // SAFETY: the reader lives for this call only. The caller guarantees
     // `blocks` distinct block pointers.
     unsafe {
         let mut reader = state.reader();
-        dc_mcu(state, &mut reader, |b| (*mcu.add(b)).cast());
+        mcu_of_blocks(state, &mut reader, |b| (*mcu.add(b)).cast());
         finish(state, reader)
     }
 }
@@ -376,11 +494,11 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode_row(
     // SAFETY: the reader lives for this call only.
     let mut reader = unsafe { state.reader() };
     match state.kind {
-        Kind::DcFirst | Kind::DcRefine => {
+        Kind::Sequential | Kind::DcFirst | Kind::DcRefine => {
             for block in blocks {
                 let block: *mut [i16; 64] = block;
                 // SAFETY: one block per MCU, from the slice.
-                unsafe { dc_mcu(state, &mut reader, |_| block) };
+                unsafe { mcu_of_blocks(state, &mut reader, |_| block) };
                 if reader.status & RAN_OUT != 0 {
                     break;
                 }
@@ -413,6 +531,87 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode_row(
     finish(state, reader)
 }
 
+/// Decodes `count` consecutive MCUs of an interleaved sequential scan,
+/// with no restart marker among them: `first` holds the first MCU's
+/// blocks, and each block of the next MCU lies its component's MCU width
+/// further along its row. Stops after an MCU that ran out of data.
+/// Returns as `imgproc_scan_decode`.
+///
+/// # Safety
+/// As `imgproc_scan_decode` for each of the `count` MCUs, which lie within
+/// their rows.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn imgproc_scan_decode_mcus(
+    state: &mut State,
+    first: *const JBLOCKROW,
+    count: usize,
+) -> c_int {
+    if state.kind != Kind::Sequential {
+        libjpeg::fail("Invalid scan parameters");
+    }
+    let mut blocks = [std::ptr::null_mut::<[i16; 64]>(); MAX_BLOCKS_IN_MCU];
+    for (b, block) in blocks.iter_mut().enumerate().take(state.blocks) {
+        // SAFETY: the caller guarantees `blocks` pointers.
+        *block = unsafe { *first.add(b) }.cast();
+    }
+    // SAFETY: the reader lives for this call only.
+    let mut reader = unsafe { state.reader() };
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("bmi2") {
+        // SAFETY: the CPU has BMI2; the caller's promises.
+        unsafe { sequential_mcus_bmi2(state, &mut reader, &mut blocks, count) };
+        return finish(state, reader);
+    }
+    // SAFETY: the caller's promises.
+    unsafe { sequential_mcus(state, &mut reader, &mut blocks, count) };
+    finish(state, reader)
+}
+
+/// `imgproc_scan_decode_mcus`'s loop, from the first MCU's `blocks`.
+///
+/// # Safety
+/// As `imgproc_scan_decode_mcus`.
+#[inline(always)]
+unsafe fn sequential_mcus(
+    state: &mut State,
+    reader: &mut Reader,
+    blocks: &mut [*mut [i16; 64]; MAX_BLOCKS_IN_MCU],
+    count: usize,
+) {
+    for _ in 0..count {
+        for b in 0..state.blocks {
+            // SAFETY: the caller guarantees that each MCU's blocks are
+            // distinct and valid; the next MCU's lie a step along the row
+            // (one past its end after the last: not dereferenced).
+            unsafe {
+                sequential_block(state, reader, b, &mut *blocks[b]);
+                blocks[b] = blocks[b].wrapping_add(state.block_step[b]);
+            }
+        }
+        if reader.status & RAN_OUT != 0 {
+            break;
+        }
+    }
+}
+
+/// `sequential_mcus` where the CPU has BMI2, whose shifts by a register
+/// (`shlx`) are one cycle without flags: each code's shift is on the
+/// decoder's critical path.
+///
+/// # Safety
+/// As `sequential_mcus`; the CPU has BMI2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+unsafe fn sequential_mcus_bmi2(
+    state: &mut State,
+    reader: &mut Reader,
+    blocks: &mut [*mut [i16; 64]; MAX_BLOCKS_IN_MCU],
+    count: usize,
+) {
+    // SAFETY: the caller's promises.
+    unsafe { sequential_mcus(state, reader, blocks, count) }
+}
+
 impl State {
     /// The bit stream where the last MCU left it.
     ///
@@ -435,13 +634,23 @@ impl State {
     }
 }
 
-/// One MCU of a DC scan: first (differences) or refinement (one bit each).
+/// One MCU of a sequential scan or a DC scan: first (differences) or
+/// refinement (one bit each).
 ///
 /// # Safety
 /// `block(b)` for each of the MCU's blocks is a distinct, valid block.
 #[inline(always)]
-unsafe fn dc_mcu(state: &mut State, reader: &mut Reader, block: impl Fn(usize) -> *mut [i16; 64]) {
-    if state.kind == Kind::DcFirst {
+unsafe fn mcu_of_blocks(
+    state: &mut State,
+    reader: &mut Reader,
+    block: impl Fn(usize) -> *mut [i16; 64],
+) {
+    if state.kind == Kind::Sequential {
+        for b in 0..state.blocks {
+            // SAFETY: the caller's promise.
+            sequential_block(state, reader, b, unsafe { &mut *block(b) });
+        }
+    } else if state.kind == Kind::DcFirst {
         // SAFETY: the caller's promise.
         unsafe { first_dc(state, reader, block) };
     } else {
@@ -531,6 +740,76 @@ fn nth_set_bit<const PDEP: bool>(mut x: u64, n: u32) -> Option<usize> {
         x &= x.wrapping_sub(1);
     }
     (x != 0).then(|| x.trailing_zeros() as usize)
+}
+
+/// Block `b` of a sequential scan's MCU, as `decode_mcu_slow` of
+/// libjpeg-turbo's `jdhuff.c`: the DC difference from the last DC of its
+/// component, then runs of zeros and values up to the end of the block
+/// (whatever the scan's band says: libjpeg only warns about a sequential
+/// scan that names another). A code whose value bits are in the buffer
+/// with it is decoded with them in one lookup (`Table::combined`); the
+/// buffer is topped up exactly where libjpeg tops its own up, so that both
+/// read the same bytes (`Reader::symbol`).
+#[inline(always)]
+fn sequential_block(state: &mut State, reader: &mut Reader, b: usize, block: &mut [i16; 64]) {
+    let dc_table = &state.tables[usize::from(state.block_table[b])];
+    let entry = reader.coefficient(dc_table);
+    let difference = if entry.length() != Coefficient::ABSENT.length() {
+        i32::from(entry.value())
+    } else {
+        let size = u32::from(reader.symbol(dc_table));
+        if size == 0 {
+            0
+        } else {
+            extend(reader.take(size), size)
+        }
+    };
+    let last = &mut state.last_dc[usize::from(state.block_component[b])];
+    // libjpeg-turbo adds without an overflow check (on purpose, for
+    // malformed files that repeat the largest difference): it wraps.
+    *last = last.wrapping_add(difference);
+    block[0] = *last as i16;
+    let ac_table = &state.tables[usize::from(state.block_ac_table[b])];
+    // The bit buffer in locals while the block's coefficients are read
+    // (the reader itself is in memory: its slow paths take it by
+    // reference), written back around those paths.
+    let (mut bits, mut count) = (reader.bits, reader.count);
+    let mut k = 1;
+    while k < 64 {
+        if count < 8 {
+            (reader.bits, reader.count) = (bits, count);
+            reader.fill();
+            (bits, count) = (reader.bits, reader.count);
+        }
+        let entry = Coefficient(ac_table.combined[(bits >> (64 - LOOKAHEAD)) as usize]);
+        let length = entry.length();
+        if length <= count {
+            bits <<= length;
+            count -= length;
+            if entry.is_end() {
+                break;
+            }
+            k += entry.run();
+            block[usize::from(NATURAL_U8[k]) & 63] = entry.value();
+            k += 1;
+            continue;
+        }
+        (reader.bits, reader.count) = (bits, count);
+        let symbol = reader.symbol(ac_table);
+        let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+        if size != 0 {
+            k += run;
+            block[NATURAL[k]] = extend(reader.take(size), size) as i16;
+        } else if run == 15 {
+            k += 15;
+        } else {
+            (bits, count) = (reader.bits, reader.count);
+            break;
+        }
+        (bits, count) = (reader.bits, reader.count);
+        k += 1;
+    }
+    (reader.bits, reader.count) = (bits, count);
 }
 
 /// A DC first scan's MCU: each block's difference from the last DC of its
@@ -839,6 +1118,26 @@ impl Reader<'_> {
         self.long_symbol(table)
     }
 
+    /// A sequential scan's next code and its value bits, when the buffer
+    /// holds both and they are short enough for `Table::combined`; else
+    /// `ABSENT`, nothing read, for `symbol` and `take`. Tops the buffer up
+    /// as `symbol` does; libjpeg tops up for the value bits only when it
+    /// holds fewer than they need, which a combined entry never does.
+    #[inline(always)]
+    fn coefficient(&mut self, table: &Table) -> Coefficient {
+        if self.count < 8 {
+            self.fill();
+        }
+        let entry = Coefficient(table.combined[(self.bits >> (64 - LOOKAHEAD)) as usize]);
+        let length = entry.length();
+        if length > self.count {
+            return Coefficient::ABSENT;
+        }
+        self.bits <<= length;
+        self.count -= length;
+        entry
+    }
+
     /// libjpeg's `jpeg_huff_decode`, bit by bit: from 9 bits (1 when a
     /// marker left fewer than 8).
     #[inline(never)]
@@ -880,8 +1179,8 @@ mod tests {
     use mozjpeg_sys::{jpeg_read_coefficients, jpeg_start_decompress};
 
     use super::*;
-    use crate::compress::libjpeg::{Decompress, Limits, encode_progressive, guarded};
-    use crate::compress::tests::{Rng, photo, progressive_grey};
+    use crate::compress::libjpeg::{Decompress, Limits, encode_with_scans, guarded};
+    use crate::compress::tests::{Rng, encode_jpeg, photo, progressive_grey};
     use crate::compress::transcode::block_row;
 
     /// Set by `the_portable_path_decodes_as_libjpeg`: the refinement scans
@@ -968,7 +1267,7 @@ mod tests {
                 let picture = pixels("coffee.jpg", channels, width, height);
                 for quality in [92, 35] {
                     for restart in [0, 1, 7] {
-                        let jpeg = encode_progressive(
+                        let jpeg = encode_with_scans(
                             &picture,
                             (width, height, channels),
                             quality,
@@ -1001,14 +1300,14 @@ mod tests {
         let grey: Vec<u8> = (0..width * height)
             .map(|i| 120 + u8::from(i % 7919 == 0) * 60)
             .collect();
-        let jpeg = encode_progressive(&grey, (width, height, 1), 95, None, 0).expect("encodes");
+        let jpeg = encode_with_scans(&grey, (width, height, 1), 95, None, 0).expect("encodes");
         decodes_as_libjpeg("near-flat grey", &jpeg);
     }
 
     #[test]
     fn decoding_to_pixels_gives_libjpegs_pixels() {
         let picture = pixels("coffee.jpg", 3, 301, 193);
-        let restarts = encode_progressive(&picture, (301, 193, 3), 90, None, 3).expect("encodes");
+        let restarts = encode_with_scans(&picture, (301, 193, 3), 90, None, 3).expect("encodes");
         for input in [photo("mountain-meadow-progressive.jpg"), restarts] {
             // The pixel path (`jpeg_start_decompress`) takes the engine's
             // decoder too, or the comparison below would be libjpeg's with
@@ -1031,22 +1330,98 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sequential_files_keep_libjpegs_decoder() {
-        let (read, used) = coefficients(&photo("coffee.jpg"), true);
-        assert!(read.is_ok());
-        assert!(!used, "a baseline file is read by libjpeg's own decoder");
+    /// A sequential script: all components in one scan, or one scan each.
+    fn sequential(interleaved: bool) -> Vec<mozjpeg_sys::jpeg_scan_info> {
+        let whole = |components: &[i32]| mozjpeg_sys::jpeg_scan_info {
+            comps_in_scan: components.len() as i32,
+            component_index: std::array::from_fn(|i| components.get(i).copied().unwrap_or(0)),
+            Ss: 0,
+            Se: 63,
+            Ah: 0,
+            Al: 0,
+        };
+        if interleaved {
+            vec![whole(&[0, 1, 2])]
+        } else {
+            vec![whole(&[0]), whole(&[1]), whole(&[2])]
+        }
     }
 
-    /// Corrupted progressive files: the engine's decoder fails where
-    /// libjpeg's does (a corrupt-data warning fails the image) and decodes
-    /// the same coefficients where libjpeg's decodes.
+    #[test]
+    fn sequential_files_decode_to_libjpegs_coefficients() {
+        for name in ["coffee.jpg", "astronaut-portrait-exif6.jpg"] {
+            decodes_as_libjpeg(name, &photo(name));
+        }
+        let picture = pixels("coffee.jpg", 3, 301, 193);
+        for interleaved in [true, false] {
+            for restart in [0, 5] {
+                let jpeg = encode_with_scans(
+                    &picture,
+                    (301, 193, 3),
+                    75,
+                    Some(&sequential(interleaved)),
+                    restart,
+                )
+                .expect("encodes");
+                decodes_as_libjpeg(
+                    &format!("interleaved {interleaved}, restart {restart}"),
+                    &jpeg,
+                );
+            }
+        }
+        let grey = pixels("coffee.jpg", 1, 301, 193);
+        let script = [mozjpeg_sys::jpeg_scan_info {
+            comps_in_scan: 1,
+            ..sequential(true)[0]
+        }];
+        let jpeg = encode_with_scans(&grey, (301, 193, 1), 75, Some(&script), 0).expect("encodes");
+        decodes_as_libjpeg("grey", &jpeg);
+        // Every chroma layout (MCUs one to four blocks wide), and qualities
+        // whose values are mostly too long for the one-lookup path (100)
+        // or nearly all short (10).
+        use jpeg_encoder::{ColorType, SamplingFactor};
+        for sampling in [
+            SamplingFactor::R_4_4_4,
+            SamplingFactor::R_4_2_2,
+            SamplingFactor::R_4_4_0,
+            SamplingFactor::R_4_1_1,
+        ] {
+            for quality in [100, 10] {
+                let jpeg = encode_jpeg(&picture, (301, 193), ColorType::Rgb, sampling, quality);
+                decodes_as_libjpeg(&format!("{sampling:?} q{quality}"), &jpeg);
+            }
+        }
+    }
+
+    #[test]
+    fn sequential_files_decoded_to_pixels_keep_libjpegs_decoder() {
+        // Decoding to pixels goes an MCU at a time, not through the
+        // whole-image buffer this decoder works in.
+        let input = photo("coffee.jpg");
+        let (mut decompress, _) = Decompress::new(&input, 256 << 20, Limits::NONE).expect("header");
+        // SAFETY: the header has been read.
+        let pixels = guarded(|| unsafe {
+            mozjpeg_sys::jpeg_start_decompress(decompress.raw());
+        });
+        assert!(pixels.is_ok());
+        assert!(!decompress.used_own_entropy_decoder());
+    }
+
+    /// Corrupted files: the engine's decoder fails where libjpeg's does (a
+    /// corrupt-data warning fails the image) and decodes the same
+    /// coefficients where libjpeg's decodes.
     #[test]
     fn corrupt_files_fail_or_decode_as_with_libjpeg() {
         let picture = pixels("coffee.jpg", 3, 96, 64);
         let sources = [
-            encode_progressive(&picture, (96, 64, 3), 80, None, 0).expect("encodes"),
-            encode_progressive(&picture, (96, 64, 3), 80, None, 2).expect("encodes"),
+            encode_with_scans(&picture, (96, 64, 3), 80, None, 0).expect("encodes"),
+            encode_with_scans(&picture, (96, 64, 3), 80, None, 2).expect("encodes"),
+            encode_with_scans(&picture, (96, 64, 3), 80, Some(&sequential(true)), 0)
+                .expect("encodes"),
+            encode_with_scans(&picture, (96, 64, 3), 80, Some(&sequential(true)), 2)
+                .expect("encodes"),
+            encode_with_scans(&picture, (96, 64, 3), 80, Some(&sequential(false)), 3)
+                .expect("encodes"),
         ];
         // Past the first scan header, so that most cases reach the data.
         let first_scan = |jpeg: &[u8]| {
@@ -1057,8 +1432,8 @@ mod tests {
         let sources = sources.map(|jpeg| (first_scan(&jpeg), jpeg));
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let (mut failed, mut decoded) = (0, 0);
-        for round in 0..3000 {
-            let (first_scan, source) = &sources[round % 2];
+        for round in 0..5000 {
+            let (first_scan, source) = &sources[round % sources.len()];
             let first_scan = *first_scan;
             let mut bytes = source.clone();
             let at = first_scan + (rng.next() as usize % (bytes.len() - first_scan));
@@ -1104,7 +1479,7 @@ mod tests {
         PORTABLE.store(true, Ordering::Relaxed);
         let _portable = Portable;
         let picture = pixels("coffee.jpg", 3, 600, 400);
-        let jpeg = encode_progressive(&picture, (600, 400, 3), 92, None, 0).expect("encodes");
+        let jpeg = encode_with_scans(&picture, (600, 400, 3), 92, None, 0).expect("encodes");
         decodes_as_libjpeg("portable path", &jpeg);
         decodes_as_libjpeg("portable path, 100 scans", &progressive_grey(160, 120, 100));
     }

@@ -1,6 +1,6 @@
 /*
- * libjpeg's side of the engine's progressive Huffman decoder
- * (`progressive.rs`). libjpeg keeps driving the file: it reads the markers,
+ * libjpeg's side of the engine's Huffman decoder (`entropy_decoder.rs`).
+ * libjpeg keeps driving the file: it reads the markers,
  * checks each scan's parameters and progression (its own decoder's
  * `start_pass` still runs for every scan), walks the MCUs and reads the
  * restart markers. Only the entropy-coded data between them is decoded in
@@ -12,21 +12,26 @@
 #define JPEG_INTERNALS
 #include "jpeglib.h"
 
-/* What the Rust decoder needs to know of a scan; `progressive.rs` declares
+/* What the Rust decoder needs to know of a scan; `entropy_decoder.rs` declares
  * the same struct. */
 typedef struct {
+  int progressive;
   int Ss, Se, Ah, Al;
   int blocks_in_MCU;
   /* Per block of an MCU: its component's place in the scan, and the
    * Huffman table it is decoded with (NULL for DC refinement, which has
-   * none). */
+   * none; in a sequential scan the DC table, and `ac_table` the AC one). */
   int component[D_MAX_BLOCKS_IN_MCU];
   const JHUFF_TBL *table[D_MAX_BLOCKS_IN_MCU];
+  const JHUFF_TBL *ac_table[D_MAX_BLOCKS_IN_MCU];
+  /* Per block of an MCU: its component's MCU width, the blocks its row
+   * advances from one MCU to the next. */
+  int step[D_MAX_BLOCKS_IN_MCU];
   /* Where a marker met in the data is left for libjpeg's marker reader. */
   int *unread_marker;
 } imgproc_scan;
 
-/* The Rust decoder's bits, in `progressive.rs`. */
+/* The Rust decoder's bits, in `entropy_decoder.rs`. */
 #define IMGPROC_RAN_OUT 1  /* a marker came before the MCU's last bit */
 #define IMGPROC_BAD_CODE 2 /* a bit pattern that is no Huffman code */
 extern size_t imgproc_scan_state_size(void);
@@ -35,13 +40,15 @@ extern void imgproc_scan_start(void *state, const imgproc_scan *scan,
 extern int imgproc_scan_decode(void *state, JBLOCKROW *MCU_data);
 extern int imgproc_scan_decode_row(void *state, JBLOCKROW blocks,
                                    size_t count);
+extern int imgproc_scan_decode_mcus(void *state, JBLOCKROW *first,
+                                    size_t count);
 extern void imgproc_scan_sync(void *state, j_decompress_ptr cinfo);
 extern unsigned int imgproc_scan_discard(void *state);
 extern void imgproc_scan_restart(void *state, j_decompress_ptr cinfo);
 
 typedef struct {
   struct jpeg_entropy_decoder pub; /* first: what cinfo->entropy points at */
-  struct jpeg_entropy_decoder *libjpeg; /* libjpeg's own progressive decoder */
+  struct jpeg_entropy_decoder *libjpeg; /* libjpeg's own decoder */
   unsigned int restarts_to_go;
   JDIMENSION mcus_left; /* in this scan */
   void *state;          /* the Rust decoder's, from the image pool */
@@ -50,6 +57,7 @@ typedef struct {
 static void describe_scan(j_decompress_ptr cinfo, imgproc_entropy *e) {
   imgproc_scan scan;
   int blkn;
+  scan.progressive = cinfo->progressive_mode;
   scan.Ss = cinfo->Ss;
   scan.Se = cinfo->Se;
   scan.Ah = cinfo->Ah;
@@ -59,9 +67,13 @@ static void describe_scan(j_decompress_ptr cinfo, imgproc_entropy *e) {
     int ci = cinfo->MCU_membership[blkn];
     jpeg_component_info *compptr = cinfo->cur_comp_info[ci];
     scan.component[blkn] = ci;
+    scan.step[blkn] = compptr->MCU_width;
     /* libjpeg's start_pass has built its own tables from these (failing
      * when one is missing), so the numbers are in range here. */
-    if (cinfo->Ss != 0)
+    scan.ac_table[blkn] = cinfo->ac_huff_tbl_ptrs[compptr->ac_tbl_no];
+    if (!cinfo->progressive_mode)
+      scan.table[blkn] = cinfo->dc_huff_tbl_ptrs[compptr->dc_tbl_no];
+    else if (cinfo->Ss != 0)
       scan.table[blkn] = cinfo->ac_huff_tbl_ptrs[compptr->ac_tbl_no];
     else if (cinfo->Ah == 0)
       scan.table[blkn] = cinfo->dc_huff_tbl_ptrs[compptr->dc_tbl_no];
@@ -153,6 +165,30 @@ static void decode_row(j_decompress_ptr cinfo, imgproc_entropy *e,
   }
 }
 
+/* `count` MCUs of an interleaved sequential scan, the first's blocks in
+ * `first`, handed to the Rust decoder a restart interval at a time. */
+static void decode_mcus(j_decompress_ptr cinfo, imgproc_entropy *e,
+                        JBLOCKROW *first, JDIMENSION count) {
+  JBLOCKROW mcu[D_MAX_BLOCKS_IN_MCU];
+  int blkn;
+  for (blkn = 0; blkn < cinfo->blocks_in_MCU; blkn++)
+    mcu[blkn] = first[blkn];
+  while (count > 0) {
+    JDIMENSION n = count;
+    restart_if_due(cinfo, e);
+    if (cinfo->restart_interval && n > e->restarts_to_go)
+      n = e->restarts_to_go;
+    if (!e->pub.insufficient_data)
+      report(cinfo, e, imgproc_scan_decode_mcus(e->state, mcu, n));
+    count_mcus(cinfo, e, n);
+    count -= n;
+    if (count == 0)
+      break;
+    for (blkn = 0; blkn < cinfo->blocks_in_MCU; blkn++)
+      mcu[blkn] += n * cinfo->cur_comp_info[cinfo->MCU_membership[blkn]]->MCU_width;
+  }
+}
+
 /* jdcoefct.c's consume_data (the whole-image buffer's), with a
  * one-component scan's block rows decoded a row at a time instead of an
  * MCU at a time: one iMCU row of the current scan. */
@@ -186,6 +222,19 @@ METHODDEF(int) consume_data(j_decompress_ptr cinfo) {
       decode_row(cinfo, e, buffer[0][yoffset], cinfo->MCUs_per_row);
       continue;
     }
+    if (!cinfo->progressive_mode) {
+      /* A sequential scan's MCUs hold whole blocks: the Rust decoder walks
+       * the row itself, from the first MCU's blocks. */
+      blkn = 0;
+      for (ci = 0; ci < cinfo->comps_in_scan; ci++) {
+        compptr = cinfo->cur_comp_info[ci];
+        for (yindex = 0; yindex < compptr->MCU_height; yindex++)
+          for (xindex = 0; xindex < compptr->MCU_width; xindex++)
+            MCU_buffer[blkn++] = buffer[ci][yindex + yoffset] + xindex;
+      }
+      decode_mcus(cinfo, e, MCU_buffer, cinfo->MCUs_per_row);
+      continue;
+    }
     for (col = 0; col < cinfo->MCUs_per_row; col++) {
       blkn = 0;
       for (ci = 0; ci < cinfo->comps_in_scan; ci++) {
@@ -209,19 +258,22 @@ METHODDEF(int) consume_data(j_decompress_ptr cinfo) {
   return JPEG_SCAN_COMPLETED;
 }
 
-/* Puts the Rust decoder in place of libjpeg's progressive Huffman decoder.
- * To be called once the decompressor's modules exist (libjpeg's decoder
- * has started the first scan) and before any of its data is read: at the
- * first progress-monitor call of jpeg_read_coefficients or
- * jpeg_start_decompress. Returns whether it did; other files (sequential,
- * arithmetic-coded) keep libjpeg's decoder. */
-int imgproc_use_own_progressive_decoder(j_decompress_ptr cinfo) {
+/* Puts the Rust decoder in place of libjpeg's Huffman decoder. To be
+ * called once the decompressor's modules exist (libjpeg's decoder has
+ * started the first scan) and before any of its data is read: at the first
+ * progress-monitor call of jpeg_read_coefficients or jpeg_start_decompress.
+ * Only where the whole image's coefficients are kept (the driver above):
+ * progressive files, and sequential ones read for their coefficients
+ * (where every component is wanted whole; decoding those to pixels goes
+ * an MCU at a time through other paths). Arithmetic-coded files keep
+ * libjpeg's decoder. Returns whether it did. */
+int imgproc_use_own_entropy_decoder(j_decompress_ptr cinfo) {
   imgproc_entropy *e;
-  /* The driver below works in the whole-image coefficient buffer, which a
-   * progressive file always has. */
-  if (!cinfo->progressive_mode || cinfo->arith_code || cinfo->entropy == NULL ||
-      cinfo->coef == NULL || cinfo->coef->coef_arrays == NULL ||
+  if (cinfo->arith_code || cinfo->entropy == NULL || cinfo->coef == NULL ||
+      cinfo->coef->coef_arrays == NULL ||
       cinfo->entropy->start_pass == start_pass)
+    return 0;
+  if (!cinfo->progressive_mode && cinfo->global_state != DSTATE_RDCOEFS)
     return 0;
   e = (imgproc_entropy *)(*cinfo->mem->alloc_small)(
       (j_common_ptr)cinfo, JPOOL_IMAGE, sizeof(imgproc_entropy));
