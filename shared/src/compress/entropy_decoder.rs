@@ -449,40 +449,16 @@ pub unsafe extern "C-unwind" fn imgproc_scan_restart(
     unsafe { state.rest_from(cinfo) };
 }
 
-/// Decodes one MCU of an interleaved scan (DC only: AC scans have one
-/// component) into `mcu`'s blocks, which hold what earlier scans decoded
-/// (zeros at first). Returns `RAN_OUT` and/or `BAD_CODE` for the shim to
+/// Decodes `count` MCUs of a one-component scan: a run of consecutive
+/// blocks of a block row, with no restart marker among them, which hold
+/// what earlier scans decoded (zeros at first). Stops after an MCU that
+/// ran out of data. Returns `RAN_OUT` and/or `BAD_CODE` for the shim to
 /// warn about.
 ///
 /// # Safety
 /// `state` was started by `imgproc_scan_start` for the decompressor's
-/// current scan; `mcu` holds `blocks_in_MCU` pointers to distinct blocks.
-#[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn imgproc_scan_decode(
-    state: &mut State,
-    mcu: *const JBLOCKROW,
-) -> c_int {
-    if matches!(state.kind, Kind::AcFirst | Kind::AcRefine) {
-        // SAFETY: one block, as the caller guarantees.
-        return unsafe { imgproc_scan_decode_row(state, (*mcu).cast(), 1) };
-    }
-    // Interleaved: DC scans and sequential ones.
-    // SAFETY: the reader lives for this call only. The caller guarantees
-    // `blocks` distinct block pointers.
-    unsafe {
-        let mut reader = state.reader();
-        mcu_of_blocks(state, &mut reader, |b| (*mcu.add(b)).cast());
-        finish(state, reader)
-    }
-}
-
-/// Decodes `count` MCUs of a one-component scan: a run of consecutive
-/// blocks of a block row, with no restart marker among them. Stops after
-/// an MCU that ran out of data. Returns as `imgproc_scan_decode`.
-///
-/// # Safety
-/// As `imgproc_scan_decode`; the scan has one component and `blocks`
-/// points at `count` blocks.
+/// current scan, which has one component; `blocks` points at `count`
+/// distinct blocks.
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn imgproc_scan_decode_row(
     state: &mut State,
@@ -531,22 +507,22 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode_row(
     finish(state, reader)
 }
 
-/// Decodes `count` consecutive MCUs of an interleaved sequential scan,
-/// with no restart marker among them: `first` holds the first MCU's
-/// blocks, and each block of the next MCU lies its component's MCU width
-/// further along its row. Stops after an MCU that ran out of data.
-/// Returns as `imgproc_scan_decode`.
+/// Decodes `count` consecutive MCUs of an interleaved scan (sequential,
+/// or a progressive DC scan), with no restart marker among them: `first`
+/// holds the first MCU's blocks, and each block of the next MCU lies its
+/// component's MCU width further along its row. Returns as
+/// `imgproc_scan_decode_row`.
 ///
 /// # Safety
-/// As `imgproc_scan_decode` for each of the `count` MCUs, which lie within
-/// their rows.
+/// As `imgproc_scan_decode_row`, for `count` MCUs of `blocks_in_MCU`
+/// distinct blocks each, which lie within their rows.
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn imgproc_scan_decode_mcus(
     state: &mut State,
     first: *const JBLOCKROW,
     count: usize,
 ) -> c_int {
-    if state.kind != Kind::Sequential {
+    if matches!(state.kind, Kind::AcFirst | Kind::AcRefine) {
         libjpeg::fail("Invalid scan parameters");
     }
     let mut blocks = [std::ptr::null_mut::<[i16; 64]>(); MAX_BLOCKS_IN_MCU];
@@ -559,11 +535,11 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode_mcus(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("bmi2") {
         // SAFETY: the CPU has BMI2; the caller's promises.
-        unsafe { sequential_mcus_bmi2(state, &mut reader, &mut blocks, count) };
+        unsafe { interleaved_mcus_bmi2(state, &mut reader, &mut blocks, count) };
         return finish(state, reader);
     }
     // SAFETY: the caller's promises.
-    unsafe { sequential_mcus(state, &mut reader, &mut blocks, count) };
+    unsafe { interleaved_mcus(state, &mut reader, &mut blocks, count) };
     finish(state, reader)
 }
 
@@ -572,21 +548,41 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode_mcus(
 /// # Safety
 /// As `imgproc_scan_decode_mcus`.
 #[inline(always)]
-unsafe fn sequential_mcus(
+unsafe fn interleaved_mcus(
     state: &mut State,
     reader: &mut Reader,
     blocks: &mut [*mut [i16; 64]; MAX_BLOCKS_IN_MCU],
     count: usize,
 ) {
     for _ in 0..count {
-        for b in 0..state.blocks {
-            // SAFETY: the caller guarantees that each MCU's blocks are
-            // distinct and valid; the next MCU's lie a step along the row
-            // (one past its end after the last: not dereferenced).
-            unsafe {
-                sequential_block(state, reader, b, &mut *blocks[b]);
-                blocks[b] = blocks[b].wrapping_add(state.block_step[b]);
+        if state.kind == Kind::Sequential {
+            for b in 0..state.blocks {
+                // SAFETY: the caller guarantees that each MCU's blocks are
+                // distinct and valid.
+                sequential_block(state, reader, b, unsafe { &mut *blocks[b] });
             }
+        } else {
+            // A DC scan touches one coefficient a block, across several
+            // arrays at once: the blocks a few MCUs ahead are fetched early
+            // (a hint: past a row's end it reads nothing).
+            #[cfg(target_arch = "x86_64")]
+            for (block, step) in blocks.iter().zip(state.block_step).take(state.blocks) {
+                let ahead = block.wrapping_add(4 * step);
+                // SAFETY: prefetching reads no memory; any address will do.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        ahead.cast(),
+                    )
+                };
+            }
+            // SAFETY: the caller guarantees that each MCU's blocks are
+            // distinct and valid.
+            unsafe { mcu_of_blocks(state, reader, |b| blocks[b]) };
+        }
+        for (block, step) in blocks.iter_mut().zip(state.block_step).take(state.blocks) {
+            // The next MCU's blocks lie a step along their rows (one past
+            // the end after the last: not dereferenced).
+            *block = block.wrapping_add(step);
         }
         if reader.status & RAN_OUT != 0 {
             break;
@@ -594,22 +590,22 @@ unsafe fn sequential_mcus(
     }
 }
 
-/// `sequential_mcus` where the CPU has BMI2, whose shifts by a register
+/// `interleaved_mcus` where the CPU has BMI2, whose shifts by a register
 /// (`shlx`) are one cycle without flags: each code's shift is on the
 /// decoder's critical path.
 ///
 /// # Safety
-/// As `sequential_mcus`; the CPU has BMI2.
+/// As `interleaved_mcus`; the CPU has BMI2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi2")]
-unsafe fn sequential_mcus_bmi2(
+unsafe fn interleaved_mcus_bmi2(
     state: &mut State,
     reader: &mut Reader,
     blocks: &mut [*mut [i16; 64]; MAX_BLOCKS_IN_MCU],
     count: usize,
 ) {
     // SAFETY: the caller's promises.
-    unsafe { sequential_mcus(state, reader, blocks, count) }
+    unsafe { interleaved_mcus(state, reader, blocks, count) }
 }
 
 impl State {

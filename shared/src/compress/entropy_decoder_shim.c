@@ -37,7 +37,6 @@ typedef struct {
 extern size_t imgproc_scan_state_size(void);
 extern void imgproc_scan_start(void *state, const imgproc_scan *scan,
                                j_decompress_ptr cinfo);
-extern int imgproc_scan_decode(void *state, JBLOCKROW *MCU_data);
 extern int imgproc_scan_decode_row(void *state, JBLOCKROW blocks,
                                    size_t count);
 extern int imgproc_scan_decode_mcus(void *state, JBLOCKROW *first,
@@ -138,16 +137,6 @@ static void count_mcus(j_decompress_ptr cinfo, imgproc_entropy *e,
     imgproc_scan_sync(e->state, cinfo);
 }
 
-/* One MCU of an interleaved scan, as jdphuff.c's decode_mcu_*. */
-METHODDEF(boolean) decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
-  imgproc_entropy *e = (imgproc_entropy *)cinfo->entropy;
-  restart_if_due(cinfo, e);
-  if (!e->pub.insufficient_data)
-    report(cinfo, e, imgproc_scan_decode(e->state, MCU_data));
-  count_mcus(cinfo, e, 1);
-  return TRUE;
-}
-
 /* A row of a one-component scan's blocks (one block an MCU), handed to the
  * Rust decoder a restart interval at a time. */
 static void decode_row(j_decompress_ptr cinfo, imgproc_entropy *e,
@@ -165,8 +154,9 @@ static void decode_row(j_decompress_ptr cinfo, imgproc_entropy *e,
   }
 }
 
-/* `count` MCUs of an interleaved sequential scan, the first's blocks in
- * `first`, handed to the Rust decoder a restart interval at a time. */
+/* `count` MCUs of an interleaved scan (sequential, or a progressive DC
+ * scan), the first's blocks in `first`, handed to the Rust decoder a
+ * restart interval at a time. */
 static void decode_mcus(j_decompress_ptr cinfo, imgproc_entropy *e,
                         JBLOCKROW *first, JDIMENSION count) {
   JBLOCKROW mcu[D_MAX_BLOCKS_IN_MCU];
@@ -189,16 +179,27 @@ static void decode_mcus(j_decompress_ptr cinfo, imgproc_entropy *e,
   }
 }
 
-/* jdcoefct.c's consume_data (the whole-image buffer's), with a
- * one-component scan's block rows decoded a row at a time instead of an
- * MCU at a time: one iMCU row of the current scan. */
+/* One MCU, as jdhuff.c's and jdphuff.c's decode_mcu (libjpeg calls it only
+ * from the coefficient controller's consume_data, which this decoder
+ * replaces; it is here for completeness). */
+METHODDEF(boolean) decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
+  imgproc_entropy *e = (imgproc_entropy *)cinfo->entropy;
+  if (cinfo->comps_in_scan == 1)
+    decode_row(cinfo, e, MCU_data[0], 1);
+  else
+    decode_mcus(cinfo, e, MCU_data, 1);
+  return TRUE;
+}
+
+/* jdcoefct.c's consume_data (the whole-image buffer's), with a row of
+ * MCUs decoded in one call instead of an MCU a call: one iMCU row of the
+ * current scan. */
 METHODDEF(int) consume_data(j_decompress_ptr cinfo) {
   imgproc_entropy *e = (imgproc_entropy *)cinfo->entropy;
   JBLOCKARRAY buffer[MAX_COMPS_IN_SCAN];
   JBLOCKROW MCU_buffer[D_MAX_BLOCKS_IN_MCU];
   jpeg_component_info *compptr;
   int ci, rows, yoffset, yindex, xindex, blkn;
-  JDIMENSION col;
 
   for (ci = 0; ci < cinfo->comps_in_scan; ci++) {
     compptr = cinfo->cur_comp_info[ci];
@@ -222,35 +223,15 @@ METHODDEF(int) consume_data(j_decompress_ptr cinfo) {
       decode_row(cinfo, e, buffer[0][yoffset], cinfo->MCUs_per_row);
       continue;
     }
-    if (!cinfo->progressive_mode) {
-      /* A sequential scan's MCUs hold whole blocks: the Rust decoder walks
-       * the row itself, from the first MCU's blocks. */
-      blkn = 0;
-      for (ci = 0; ci < cinfo->comps_in_scan; ci++) {
-        compptr = cinfo->cur_comp_info[ci];
-        for (yindex = 0; yindex < compptr->MCU_height; yindex++)
-          for (xindex = 0; xindex < compptr->MCU_width; xindex++)
-            MCU_buffer[blkn++] = buffer[ci][yindex + yoffset] + xindex;
-      }
-      decode_mcus(cinfo, e, MCU_buffer, cinfo->MCUs_per_row);
-      continue;
+    /* The Rust decoder walks the row itself, from the first MCU's blocks. */
+    blkn = 0;
+    for (ci = 0; ci < cinfo->comps_in_scan; ci++) {
+      compptr = cinfo->cur_comp_info[ci];
+      for (yindex = 0; yindex < compptr->MCU_height; yindex++)
+        for (xindex = 0; xindex < compptr->MCU_width; xindex++)
+          MCU_buffer[blkn++] = buffer[ci][yindex + yoffset] + xindex;
     }
-    for (col = 0; col < cinfo->MCUs_per_row; col++) {
-      blkn = 0;
-      for (ci = 0; ci < cinfo->comps_in_scan; ci++) {
-        compptr = cinfo->cur_comp_info[ci];
-        for (yindex = 0; yindex < compptr->MCU_height; yindex++) {
-          JBLOCKROW block = buffer[ci][yindex + yoffset] + col * compptr->MCU_width;
-          /* A DC scan touches one coefficient a block, across several
-           * arrays at once: the blocks a few MCUs ahead are fetched early.
-           * (Prefetching past a row's end reads nothing: it is a hint.) */
-          __builtin_prefetch(block + 4 * compptr->MCU_width, 1);
-          for (xindex = 0; xindex < compptr->MCU_width; xindex++)
-            MCU_buffer[blkn++] = block++;
-        }
-      }
-      decode_mcu(cinfo, MCU_buffer);
-    }
+    decode_mcus(cinfo, e, MCU_buffer, cinfo->MCUs_per_row);
   }
   if (++(cinfo->input_iMCU_row) < cinfo->total_iMCU_rows)
     return JPEG_ROW_COMPLETED;
