@@ -209,29 +209,26 @@ impl Table {
         for (bits, entry) in self.combined.iter_mut().enumerate() {
             *entry = Coefficient::ABSENT.0;
             let fast = self.fast[bits];
-            let length = u32::from(fast >> 8);
             if fast == 0 {
-                continue;
+                continue; // a code longer than the lookup
             }
-            let symbol = fast as u8;
+            let (length, symbol) = (u32::from(fast >> 8), fast as u8);
             let (run, size) = if dc {
                 (0, u32::from(symbol))
             } else {
                 (u32::from(symbol >> 4), u32::from(symbol & 15))
             };
-            *entry = if !dc && size == 0 {
-                if run == 15 {
-                    continue;
+            if !dc && size == 0 {
+                // An end of block, or a run of 16 zeros (left to the
+                // symbol-by-symbol path: it writes nothing).
+                if run != 15 {
+                    *entry = length | Coefficient::END;
                 }
-                Coefficient(length | Coefficient::END).0
-            } else if length + size > LOOKAHEAD {
-                continue;
-            } else if size == 0 {
-                Coefficient::new(length, run, 0).0
-            } else {
+            } else if length + size <= LOOKAHEAD {
                 let value = (bits as u32 >> (LOOKAHEAD - length - size)) & ((1 << size) - 1);
-                Coefficient::new(length + size, run, extend(value, size)).0
-            };
+                let value = if size == 0 { 0 } else { extend(value, size) };
+                *entry = Coefficient::new(length + size, run, value).0;
+            }
         }
     }
 }

@@ -137,26 +137,10 @@ static void count_mcus(j_decompress_ptr cinfo, imgproc_entropy *e,
     imgproc_scan_sync(e->state, cinfo);
 }
 
-/* A row of a one-component scan's blocks (one block an MCU), handed to the
- * Rust decoder a restart interval at a time. */
-static void decode_row(j_decompress_ptr cinfo, imgproc_entropy *e,
-                       JBLOCKROW row, JDIMENSION count) {
-  while (count > 0) {
-    JDIMENSION n = count;
-    restart_if_due(cinfo, e);
-    if (cinfo->restart_interval && n > e->restarts_to_go)
-      n = e->restarts_to_go;
-    if (!e->pub.insufficient_data)
-      report(cinfo, e, imgproc_scan_decode_row(e->state, row, n));
-    count_mcus(cinfo, e, n);
-    row += n;
-    count -= n;
-  }
-}
-
-/* `count` MCUs of an interleaved scan (sequential, or a progressive DC
- * scan), the first's blocks in `first`, handed to the Rust decoder a
- * restart interval at a time. */
+/* `count` consecutive MCUs of the scan, the first's blocks in `first`,
+ * handed to the Rust decoder a restart interval at a time: a run of a
+ * one-component scan's block row (one block an MCU), or of an interleaved
+ * scan's MCUs (sequential, or a progressive DC scan). */
 static void decode_mcus(j_decompress_ptr cinfo, imgproc_entropy *e,
                         JBLOCKROW *first, JDIMENSION count) {
   JBLOCKROW mcu[D_MAX_BLOCKS_IN_MCU];
@@ -169,11 +153,15 @@ static void decode_mcus(j_decompress_ptr cinfo, imgproc_entropy *e,
     if (cinfo->restart_interval && n > e->restarts_to_go)
       n = e->restarts_to_go;
     if (!e->pub.insufficient_data)
-      report(cinfo, e, imgproc_scan_decode_mcus(e->state, mcu, n));
+      report(cinfo, e,
+             cinfo->comps_in_scan == 1
+                 ? imgproc_scan_decode_row(e->state, mcu[0], n)
+                 : imgproc_scan_decode_mcus(e->state, mcu, n));
     count_mcus(cinfo, e, n);
     count -= n;
     if (count == 0)
       break;
+    /* A one-component scan's MCU is one block wide. */
     for (blkn = 0; blkn < cinfo->blocks_in_MCU; blkn++)
       mcu[blkn] += n * cinfo->cur_comp_info[cinfo->MCU_membership[blkn]]->MCU_width;
   }
@@ -183,11 +171,7 @@ static void decode_mcus(j_decompress_ptr cinfo, imgproc_entropy *e,
  * from the coefficient controller's consume_data, which this decoder
  * replaces; it is here for completeness). */
 METHODDEF(boolean) decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
-  imgproc_entropy *e = (imgproc_entropy *)cinfo->entropy;
-  if (cinfo->comps_in_scan == 1)
-    decode_row(cinfo, e, MCU_data[0], 1);
-  else
-    decode_mcus(cinfo, e, MCU_data, 1);
+  decode_mcus(cinfo, (imgproc_entropy *)cinfo->entropy, MCU_data, 1);
   return TRUE;
 }
 
@@ -220,7 +204,7 @@ METHODDEF(int) consume_data(j_decompress_ptr cinfo) {
     if (!e->pub.insufficient_data)
       cinfo->master->last_good_iMCU_row = cinfo->input_iMCU_row;
     if (cinfo->comps_in_scan == 1) {
-      decode_row(cinfo, e, buffer[0][yoffset], cinfo->MCUs_per_row);
+      decode_mcus(cinfo, e, &buffer[0][yoffset], cinfo->MCUs_per_row);
       continue;
     }
     /* The Rust decoder walks the row itself, from the first MCU's blocks. */
