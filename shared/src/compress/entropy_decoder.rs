@@ -42,27 +42,24 @@ const BAD_CODE: c_int = 2;
 
 /// libjpeg's `jpeg_natural_order`: the block position of each zig-zag
 /// index, with 16 extra entries so that a corrupt run past the end lands
-/// on the last coefficient, as in libjpeg.
-const NATURAL: [usize; 80] = {
+/// on the last coefficient, as in libjpeg. In bytes, to stay small in the
+/// cache; read through `natural`.
+const NATURAL: [u8; 80] = {
     let mut table = [63; 80];
     let mut z = 0;
     while z < 64 {
-        table[z] = super::huffman::ZIGZAG[z];
+        table[z] = super::huffman::ZIGZAG[z] as u8;
         z += 1;
     }
     table
 };
 
-/// `NATURAL` in bytes, for the hot loop of sequential blocks.
-const NATURAL_U8: [u8; 80] = {
-    let mut table = [0; 80];
-    let mut z = 0;
-    while z < 80 {
-        table[z] = NATURAL[z] as u8;
-        z += 1;
-    }
-    table
-};
+/// The block position of zig-zag index `k` (up to 79, see `NATURAL`).
+#[inline(always)]
+fn natural(k: usize) -> usize {
+    // Every entry is below 64; saying so spares the block's bounds check.
+    usize::from(NATURAL[k]) & 63
+}
 
 /// A scan as the shim describes it (`imgproc_scan` there).
 #[repr(C)]
@@ -121,6 +118,12 @@ impl Coefficient {
     #[inline(always)]
     fn length(self) -> u32 {
         self.0 & 0x7F
+    }
+
+    /// Whether the lookup decoded the code (and its value).
+    #[inline(always)]
+    fn is_present(self) -> bool {
+        self.length() != Coefficient::ABSENT.length()
     }
 
     #[inline(always)]
@@ -530,7 +533,7 @@ pub unsafe extern "C-unwind" fn imgproc_scan_decode_mcus(
     // SAFETY: the reader lives for this call only.
     let mut reader = unsafe { state.reader() };
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("bmi2") {
+    if std::arch::is_x86_feature_detected!("bmi2") && !portable_forced() {
         // SAFETY: the CPU has BMI2; the caller's promises.
         unsafe { interleaved_mcus_bmi2(state, &mut reader, &mut blocks, count) };
         return finish(state, reader);
@@ -746,63 +749,104 @@ fn nth_set_bit<const PDEP: bool>(mut x: u64, n: u32) -> Option<usize> {
 #[inline(always)]
 fn sequential_block(state: &mut State, reader: &mut Reader, b: usize, block: &mut [i16; 64]) {
     let dc_table = &state.tables[usize::from(state.block_table[b])];
-    let entry = reader.coefficient(dc_table);
-    let difference = if entry.length() != Coefficient::ABSENT.length() {
+    let ac_table = &state.tables[usize::from(state.block_ac_table[b])];
+    let mut window = Window::new(reader);
+    let entry = window.coefficient(dc_table);
+    let difference = if entry.is_present() {
         i32::from(entry.value())
     } else {
-        let size = u32::from(reader.symbol(dc_table));
-        if size == 0 {
-            0
-        } else {
-            extend(reader.take(size), size)
-        }
+        window.slowly(|reader| {
+            let size = u32::from(reader.symbol(dc_table));
+            reader.value(size)
+        })
     };
     let last = &mut state.last_dc[usize::from(state.block_component[b])];
     // libjpeg-turbo adds without an overflow check (on purpose, for
     // malformed files that repeat the largest difference): it wraps.
     *last = last.wrapping_add(difference);
     block[0] = *last as i16;
-    let ac_table = &state.tables[usize::from(state.block_ac_table[b])];
-    // The bit buffer in locals while the block's coefficients are read
-    // (the reader itself is in memory: its slow paths take it by
-    // reference), written back around those paths.
-    let (mut bits, mut count) = (reader.bits, reader.count);
     let mut k = 1;
     while k < 64 {
-        if count < 8 {
-            (reader.bits, reader.count) = (bits, count);
-            reader.fill();
-            (bits, count) = (reader.bits, reader.count);
-        }
-        let entry = Coefficient(ac_table.combined[(bits >> (64 - LOOKAHEAD)) as usize]);
-        let length = entry.length();
-        if length <= count {
-            bits <<= length;
-            count -= length;
+        let entry = window.coefficient(ac_table);
+        let (run, value) = if entry.is_present() {
             if entry.is_end() {
                 break;
             }
-            k += entry.run();
-            block[usize::from(NATURAL_U8[k]) & 63] = entry.value();
-            k += 1;
-            continue;
-        }
-        (reader.bits, reader.count) = (bits, count);
-        let symbol = reader.symbol(ac_table);
-        let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
-        if size != 0 {
-            k += run;
-            block[NATURAL[k]] = extend(reader.take(size), size) as i16;
-        } else if run == 15 {
-            k += 15;
+            (entry.run(), entry.value())
         } else {
-            (bits, count) = (reader.bits, reader.count);
-            break;
-        }
-        (bits, count) = (reader.bits, reader.count);
+            let symbol = window.slowly(|reader| reader.symbol(ac_table));
+            let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+            if size == 0 {
+                if run != 15 {
+                    break;
+                }
+                // Sixteen zeros: nothing written.
+                k += 16;
+                continue;
+            }
+            (run, window.slowly(|reader| reader.value(size)) as i16)
+        };
+        k += run;
+        block[natural(k)] = value;
         k += 1;
     }
-    (reader.bits, reader.count) = (bits, count);
+    window.close();
+}
+
+/// A reader's bit buffer held in locals through a sequential block (the
+/// reader itself stays in memory: its slow paths take it by reference),
+/// written back around those paths and at the end (`close`).
+struct Window<'r, 'a> {
+    reader: &'r mut Reader<'a>,
+    bits: u64,
+    count: u32,
+}
+
+impl<'r, 'a> Window<'r, 'a> {
+    #[inline(always)]
+    fn new(reader: &'r mut Reader<'a>) -> Self {
+        let (bits, count) = (reader.bits, reader.count);
+        Window {
+            reader,
+            bits,
+            count,
+        }
+    }
+
+    /// The next code and its value bits when the buffer holds both and
+    /// they are short enough for `Table::combined`; else `ABSENT`, nothing
+    /// read, for `slowly`. Tops the buffer up as `Reader::symbol` does;
+    /// libjpeg tops up for the value bits only when it holds fewer than
+    /// they need, which a combined entry never does.
+    #[inline(always)]
+    fn coefficient(&mut self, table: &Table) -> Coefficient {
+        if self.count < 8 {
+            self.slowly(Reader::fill);
+        }
+        let entry = Coefficient(table.combined[(self.bits >> (64 - LOOKAHEAD)) as usize]);
+        let length = entry.length();
+        if length > self.count {
+            return Coefficient::ABSENT;
+        }
+        self.bits <<= length;
+        self.count -= length;
+        entry
+    }
+
+    /// `f` on the reader, with the buffer written back before and taken
+    /// up again after.
+    #[inline(always)]
+    fn slowly<T>(&mut self, f: impl FnOnce(&mut Reader<'a>) -> T) -> T {
+        (self.reader.bits, self.reader.count) = (self.bits, self.count);
+        let result = f(self.reader);
+        (self.bits, self.count) = (self.reader.bits, self.reader.count);
+        result
+    }
+
+    #[inline(always)]
+    fn close(self) {
+        (self.reader.bits, self.reader.count) = (self.bits, self.count);
+    }
 }
 
 /// A DC first scan's MCU: each block's difference from the last DC of its
@@ -819,11 +863,7 @@ unsafe fn first_dc(
     for b in 0..state.blocks {
         let table = &state.tables[usize::from(state.block_table[b])];
         let size = u32::from(reader.symbol(table));
-        let difference = if size == 0 {
-            0
-        } else {
-            extend(reader.take(size), size)
-        };
+        let difference = reader.value(size);
         let last = &mut state.last_dc[usize::from(state.block_component[b])];
         let Some(dc) = last.checked_add(difference) else {
             libjpeg::fail("DCT coefficient out of range");
@@ -845,8 +885,8 @@ fn first_ac(state: &mut State, reader: &mut Reader, block: &mut [i16; 64]) {
         let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
         if size != 0 {
             k += run;
-            let value = extend(reader.take(size), size);
-            block[NATURAL[k]] = ((value as u32) << state.al) as i16;
+            let value = reader.value(size);
+            block[natural(k)] = ((value as u32) << state.al) as i16;
         } else if run == 15 {
             k += 15;
         } else {
@@ -906,14 +946,14 @@ fn refine_ac<const PDEP: bool>(state: &mut State, reader: &mut Reader, block: &m
                     // Where libjpeg writes it (past the band; the last
                     // coefficient at the very end), after the corrections.
                     corrections.apply(block, p1);
-                    block[NATURAL[k]] = value as i16;
+                    block[natural(k)] = value as i16;
                 }
                 break;
             };
             k = zero;
             corrections.read(reader, nonzero & ahead & ((1 << k) - 1));
             if value != 0 {
-                block[NATURAL[k]] = value as i16;
+                block[natural(k)] = value as i16;
                 nonzero |= 1 << k;
             }
             k += 1;
@@ -965,10 +1005,10 @@ impl Corrections {
             left -= 1;
             let z = self.of.trailing_zeros() as usize;
             self.of &= self.of - 1;
-            let c = i32::from(block[NATURAL[z]]);
+            let c = i32::from(block[natural(z)]);
             let grow = (self.bits >> left) & 1 != 0 && c & p1 == 0;
             let step = if c >= 0 { p1 } else { -p1 };
-            block[NATURAL[z]] = (c + if grow { step } else { 0 }) as i16;
+            block[natural(z)] = (c + if grow { step } else { 0 }) as i16;
         }
         self.bits = 0;
     }
@@ -1076,6 +1116,17 @@ impl Reader<'_> {
         value
     }
 
+    /// A coefficient's value (or DC difference) of `size` bits, as a
+    /// signed number (`HUFF_EXTEND` after `GET_BITS`); 0 for size 0.
+    #[inline(always)]
+    fn value(&mut self, size: u32) -> i32 {
+        if size == 0 {
+            0
+        } else {
+            extend(self.take(size), size)
+        }
+    }
+
     /// `n` bits (0 to 32) read as libjpeg reads them one at a time: the
     /// buffer is topped up only when it is empty.
     #[inline(always)]
@@ -1111,26 +1162,6 @@ impl Reader<'_> {
         self.long_symbol(table)
     }
 
-    /// A sequential scan's next code and its value bits, when the buffer
-    /// holds both and they are short enough for `Table::combined`; else
-    /// `ABSENT`, nothing read, for `symbol` and `take`. Tops the buffer up
-    /// as `symbol` does; libjpeg tops up for the value bits only when it
-    /// holds fewer than they need, which a combined entry never does.
-    #[inline(always)]
-    fn coefficient(&mut self, table: &Table) -> Coefficient {
-        if self.count < 8 {
-            self.fill();
-        }
-        let entry = Coefficient(table.combined[(self.bits >> (64 - LOOKAHEAD)) as usize]);
-        let length = entry.length();
-        if length > self.count {
-            return Coefficient::ABSENT;
-        }
-        self.bits <<= length;
-        self.count -= length;
-        entry
-    }
-
     /// libjpeg's `jpeg_huff_decode`, bit by bit: from 9 bits (1 when a
     /// marker left fewer than 8).
     #[inline(never)]
@@ -1152,8 +1183,9 @@ impl Reader<'_> {
     }
 }
 
-/// Whether a test has asked for the portable refinement path (the only
-/// one on other architectures).
+/// Whether a test has asked for the portable paths (the only ones on
+/// other architectures): refinement scans without `pdep`, interleaved
+/// scans without BMI2.
 #[cfg(all(not(test), target_arch = "x86_64"))]
 #[inline(always)]
 fn portable_forced() -> bool {
@@ -1176,8 +1208,8 @@ mod tests {
     use crate::compress::tests::{Rng, encode_jpeg, photo, progressive_grey};
     use crate::compress::transcode::block_row;
 
-    /// Set by `the_portable_path_decodes_as_libjpeg`: the refinement scans
-    /// take the path of CPUs without fast BMI2. Both paths give the same
+    /// Set by `the_portable_path_decodes_as_libjpeg`: the decoder takes
+    /// the paths of CPUs without (fast) BMI2. Both paths give the same
     /// coefficients, so other tests running meanwhile are unaffected.
     pub(super) static PORTABLE: AtomicBool = AtomicBool::new(false);
 
@@ -1475,6 +1507,9 @@ mod tests {
         let jpeg = encode_with_scans(&picture, (600, 400, 3), 92, None, 0).expect("encodes");
         decodes_as_libjpeg("portable path", &jpeg);
         decodes_as_libjpeg("portable path, 100 scans", &progressive_grey(160, 120, 100));
+        for name in ["coffee.jpg", "astronaut-portrait-exif6.jpg"] {
+            decodes_as_libjpeg(&format!("portable path, {name}"), &photo(name));
+        }
     }
 
     #[test]
