@@ -23,7 +23,7 @@ pub(super) const ZIGZAG: [usize; 64] = [
 
 /// Largest bit length of an AC coefficient (and, plus one, of a DC
 /// difference) that 8-bit baseline JPEG can code.
-const MAX_COEF_BITS: u32 = 10;
+pub(super) const MAX_COEF_BITS: u32 = 10;
 
 /// One component of the scan, as the compressor sees it.
 #[derive(Debug, Clone, Copy)]
@@ -43,16 +43,48 @@ pub struct Counts {
     pub ac: [[c_long; 257]; 4],
 }
 
+/// What `count_scan` reads of a block: the whole block, or only its DC
+/// coefficient where the caller has counted the AC symbols itself (see
+/// `Trellis::tally`).
+pub trait Counted {
+    fn count(&self, prediction: &mut i32, counts: &mut Counts, c: &Component)
+    -> Result<(), String>;
+}
+
+impl Counted for [i16; 64] {
+    fn count(
+        &self,
+        prediction: &mut i32,
+        counts: &mut Counts,
+        c: &Component,
+    ) -> Result<(), String> {
+        count_dc(self[0], prediction, counts, c)?;
+        count_ac(self, &mut counts.ac[c.ac_table])
+    }
+}
+
+impl Counted for i16 {
+    fn count(
+        &self,
+        prediction: &mut i32,
+        counts: &mut Counts,
+        c: &Component,
+    ) -> Result<(), String> {
+        count_dc(*self, prediction, counts, c)
+    }
+}
+
 /// Counts the symbols of one sequential scan over `components` (all of
 /// them interleaved when there are several). `row(ci, r)` gives block row
-/// `r` of component `ci`, at least `width_in_blocks` long, or the error
-/// that stops the count. An error names a coefficient too large for
+/// `r` of component `ci` (whole blocks, or their DC coefficients alone),
+/// at least `width_in_blocks` long, or the error that stops the count.
+/// Padding blocks are counted either way. An error names a coefficient too large for
 /// baseline JPEG, as libjpeg would refuse it.
-pub fn count_scan<'a>(
+pub fn count_scan<'a, B: Counted + 'a>(
     components: &[Component],
     image_width: usize,
     image_height: usize,
-    mut row: impl FnMut(usize, usize) -> Result<&'a [[i16; 64]], String>,
+    mut row: impl FnMut(usize, usize) -> Result<&'a [B], String>,
 ) -> Result<Counts, String> {
     let mut counts = Counts {
         dc: [[0; 257]; 4],
@@ -74,7 +106,7 @@ pub fn count_scan<'a>(
                 .get(..c.width_in_blocks)
                 .ok_or("a block row is short")?;
             for block in blocks {
-                count_block(block, &mut predictions[0], &mut counts, c)?;
+                block.count(&mut predictions[0], &mut counts, c)?;
             }
         }
         return Ok(counts);
@@ -83,7 +115,7 @@ pub fn count_scan<'a>(
     let max_v = components.iter().map(|c| c.v_samp).max().unwrap_or(1);
     let mcus_per_row = image_width.div_ceil(8 * max_h);
     let mcu_rows = image_height.div_ceil(8 * max_v);
-    let mut rows: Vec<Vec<Option<&'a [[i16; 64]]>>> =
+    let mut rows: Vec<Vec<Option<&'a [B]>>> =
         components.iter().map(|c| vec![None; c.v_samp]).collect();
     for mcu_row in 0..mcu_rows {
         for (ci, c) in components.iter().enumerate() {
@@ -108,7 +140,7 @@ pub fn count_scan<'a>(
                         let col = mcu_col * c.h_samp + x;
                         match block_row.filter(|_| col < c.width_in_blocks) {
                             Some(blocks) => {
-                                count_block(&blocks[col], &mut predictions[ci], &mut counts, c)?
+                                blocks[col].count(&mut predictions[ci], &mut counts, c)?
                             }
                             // A padding block: the DC of the block before it
                             // (the prediction, so a zero difference) and no AC
@@ -174,22 +206,28 @@ static ZIGZAG_BITS: [[u64; 256]; 8] = {
     table
 };
 
-fn count_block(
-    block: &[i16; 64],
+#[inline(always)]
+fn count_dc(
+    dc: i16,
     prediction: &mut i32,
     counts: &mut Counts,
     c: &Component,
 ) -> Result<(), String> {
-    let dc = i32::from(block[0]);
+    let dc = i32::from(dc);
     let dc_bits = 32 - (dc - *prediction).unsigned_abs().leading_zeros();
     *prediction = dc;
     if dc_bits > MAX_COEF_BITS + 1 {
         return Err("a DCT coefficient is out of range".into());
     }
     counts.dc[c.dc_table][dc_bits as usize] += 1;
+    Ok(())
+}
 
-    let ac = &mut counts.ac[c.ac_table];
-    let mut rest = nonzero_zigzag(block) & !1; // the DC coefficient is counted above
+/// Counts the AC symbols (run/size, ZRL, end of block) of one block into
+/// `ac`, indexed by symbol.
+#[inline(always)]
+fn count_ac(block: &[i16; 64], ac: &mut [c_long; 257]) -> Result<(), String> {
+    let mut rest = nonzero_zigzag(block) & !1; // the DC coefficient is counted by `count_dc`
     let mut last = 0;
     while rest != 0 {
         let k = rest.trailing_zeros() as usize;

@@ -231,7 +231,16 @@ pub fn transcode<'a>(
                 Written::Halved(halved.arrays)
             };
             if own_tables {
-                install_optimal_tables(src, dst, written)?;
+                // The trellises have tallied the blocks as they chose them,
+                // unless they were turned afterwards (which moves blocks
+                // and reorders their coefficients).
+                let tallied = match &trellises {
+                    [Some(luma), Some(chroma)] if !turning => {
+                        Some([luma.tally()?, chroma.tally()?])
+                    }
+                    _ => None,
+                };
+                install_optimal_tables(src, dst, written, tallied)?;
             }
             let reading = started.elapsed();
             jpeg_finish_compress(dst);
@@ -388,7 +397,10 @@ pub(super) unsafe fn block_row(
 
 /// Optimal Huffman tables for the final coefficients, installed in `dst`
 /// in place of the standard ones, once the arrays hold their final values
-/// and before `jpeg_finish_compress` writes them.
+/// and before `jpeg_finish_compress` writes them. `tallied`: what the luma
+/// and the chroma trellis counted as they chose every real block (the AC
+/// symbols, and the DC coefficients in order: luma's, then each chroma
+/// component's), so that the blocks need not be read again.
 ///
 /// # Safety
 /// `written` names realised arrays of `dst`'s components, held by `src`'s
@@ -397,6 +409,7 @@ unsafe fn install_optimal_tables(
     src: &mut jpeg_decompress_struct,
     dst: &mut jpeg_compress_struct,
     written: Written,
+    tallied: Option<[Tally; 2]>,
 ) -> Result<(), String> {
     let components: Vec<huffman::Component> = (0..dst.num_components.clamp(0, 4) as usize)
         .map(|ci| {
@@ -413,24 +426,41 @@ unsafe fn install_optimal_tables(
         })
         .collect();
     let (image_width, image_height) = (dst.image_width as usize, dst.image_height as usize);
-    let arrays = written.arrays();
-    let mut counts = huffman::count_scan(&components, image_width, image_height, |ci, r| {
-        let owner = if written.held_by_source(ci) {
-            &mut src.common
-        } else {
-            &mut dst.common
-        };
-        // SAFETY: `count_scan` asks for rows below `height_in_blocks` of
-        // components below `num_components`, each `width_in_blocks` long,
-        // and only reads them, before anything writes the arrays again.
-        unsafe {
-            let first = block_row(owner, *arrays.add(ci), r as JDIMENSION, false)?;
-            Ok(std::slice::from_raw_parts(
-                first,
-                components[ci].width_in_blocks,
-            ))
+    let mut counts = match tallied.and_then(|t| by_component(&components, t)) {
+        Some(Tallied { dc, ac }) => {
+            let mut counts =
+                huffman::count_scan(&components, image_width, image_height, |ci, r| {
+                    let width = components[ci].width_in_blocks;
+                    Ok(&dc[ci][r * width..(r + 1) * width])
+                })?;
+            for (table, symbols) in ac.iter().enumerate() {
+                for (count, &n) in counts.ac[table].iter_mut().zip(symbols.iter()) {
+                    *count += c_long::from(n);
+                }
+            }
+            counts
         }
-    })?;
+        None => {
+            let arrays = written.arrays();
+            huffman::count_scan(&components, image_width, image_height, |ci, r| {
+                let owner = if written.held_by_source(ci) {
+                    &mut src.common
+                } else {
+                    &mut dst.common
+                };
+                // SAFETY: `count_scan` asks for rows below `height_in_blocks` of
+                // components below `num_components`, each `width_in_blocks` long,
+                // and only reads them, before anything writes the arrays again.
+                unsafe {
+                    let first = block_row(owner, *arrays.add(ci), r as JDIMENSION, false)?;
+                    Ok(std::slice::from_raw_parts(
+                        first,
+                        components[ci].width_in_blocks,
+                    ))
+                }
+            })?
+        }
+    };
     // Components may share a table; each is built once (the builder
     // consumes its counts).
     let mut built = [[false; 4]; 2];
@@ -457,6 +487,47 @@ unsafe fn install_optimal_tables(
         }
     }
     Ok(())
+}
+
+/// What one trellis counted (`Trellis::tally`): AC symbols and DC
+/// coefficients.
+type Tally<'t> = (&'t [u32; 256], &'t [i16]);
+
+/// The luma and chroma trellises' tallies laid out by component.
+struct Tallied<'t> {
+    /// Each component's DC coefficients, a row of `width_in_blocks` per
+    /// block row.
+    dc: Vec<&'t [i16]>,
+    /// The AC symbol counts of table 0 (luma) and 1 (chroma).
+    ac: [&'t [u32; 256]; 2],
+}
+
+/// The tallies by component, when they cover exactly the components'
+/// blocks with tables 0 and 1; `None` when the blocks must be counted
+/// instead.
+fn by_component<'t>(
+    components: &[huffman::Component],
+    [(luma_ac, luma_dc), (chroma_ac, chroma_dc)]: [Tally<'t>; 2],
+) -> Option<Tallied<'t>> {
+    let mut planes = Vec::with_capacity(components.len());
+    let (mut luma_dc, mut chroma_dc) = (luma_dc, chroma_dc);
+    for (ci, c) in components.iter().enumerate() {
+        if c.ac_table != usize::from(ci > 0) {
+            return None;
+        }
+        let rest = if ci == 0 {
+            &mut luma_dc
+        } else {
+            &mut chroma_dc
+        };
+        let (plane, after) = rest.split_at_checked(c.width_in_blocks * c.height_in_blocks)?;
+        planes.push(plane);
+        *rest = after;
+    }
+    (luma_dc.is_empty() && chroma_dc.is_empty()).then_some(Tallied {
+        dc: planes,
+        ac: [luma_ac, chroma_ac],
+    })
 }
 
 fn round_up(n: JDIMENSION, multiple: JDIMENSION) -> JDIMENSION {

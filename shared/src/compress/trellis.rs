@@ -25,7 +25,7 @@
 //! independent stretches on detailed blocks (noisy photographs at high
 //! source quality keep dozens of non-zero coefficients per block).
 
-use super::huffman::{ZIGZAG, nonzero_zigzag};
+use super::huffman::{MAX_COEF_BITS, ZIGZAG, nonzero_zigzag};
 
 /// Code lengths of the AC symbols (`run << 4 | size`) of one Huffman table.
 #[derive(Debug, Clone)]
@@ -158,6 +158,17 @@ pub struct Trellis {
     best: [f32; 65],
     from: [u8; 65],
     value: [i16; 65],
+    /// How often each AC symbol (`run << 4 | size`, ZRL, end of block)
+    /// occurs in the blocks optimised so far, as the encoder will write
+    /// them: the counts of the output's optimal Huffman table, taken here
+    /// where each block's final coefficients are known anyway.
+    symbols: [u32; 256],
+    /// The DC coefficient of each block optimised so far, in order: what
+    /// the output's DC table is counted from, without reading the blocks
+    /// again.
+    dc: Vec<i16>,
+    /// Whether some chosen value needs more than baseline JPEG's AC bits.
+    out_of_range: bool,
 }
 
 impl Trellis {
@@ -181,7 +192,20 @@ impl Trellis {
             best: [0.0; 65],
             from: [0; 65],
             value: [0; 65],
+            symbols: [0; 256],
+            dc: Vec::new(),
+            out_of_range: false,
         }))
+    }
+
+    /// The AC symbols and the DC coefficients of every block optimised
+    /// since the trellis was made (see `symbols` and `dc`), or why they
+    /// cannot be coded.
+    pub fn tally(&self) -> Result<(&[u32; 256], &[i16]), String> {
+        if self.out_of_range {
+            return Err("a DCT coefficient is out of range".into());
+        }
+        Ok((&self.symbols, &self.dc))
     }
 
     /// Re-chooses the AC coefficients of `quantised` (natural order, plain
@@ -194,8 +218,10 @@ impl Trellis {
         step: &[u16; 64],
         source: impl Fn(usize) -> f32,
     ) {
+        self.dc.push(quantised[0]);
         let mut rest = nonzero_zigzag(quantised) & !1;
         if rest == 0 {
+            self.symbols[EOB] += 1;
             return;
         }
         let mut n = 0;
@@ -271,9 +297,24 @@ impl Trellis {
             quantised[ZIGZAG[usize::from(z)]] = 0;
         }
         let mut p = end.1;
+        if p == 0 || self.pos[p - 1] < 63 {
+            self.symbols[EOB] += 1;
+        }
         while p > 0 {
-            quantised[ZIGZAG[usize::from(self.pos[p - 1])]] = self.value[p];
+            let z = usize::from(self.pos[p - 1]);
+            let v = self.value[p];
+            quantised[ZIGZAG[z]] = v;
             p = usize::from(self.from[p]);
+            let prev_z = if p == 0 {
+                0
+            } else {
+                usize::from(self.pos[p - 1])
+            };
+            let run = z - prev_z - 1;
+            let size = bit_length(i32::from(v));
+            self.out_of_range |= size > MAX_COEF_BITS;
+            self.symbols[ZRL] += (run / 16) as u32;
+            self.symbols[(run % 16) << 4 | (size as usize & 0x0F)] += 1;
         }
     }
 }
