@@ -733,7 +733,7 @@ mod tests {
     fn defaults_follow_the_contract() {
         let c = from(&[]).unwrap();
         assert_eq!(c.jpeg_quality, 50);
-        assert_eq!(c.jpeg_rdo_lambda, 5);
+        assert_eq!(c.jpeg_rdo_lambda, 7);
         assert_eq!(
             (c.max_rows, c.max_images, c.max_images_per_row),
             (10_000, 50_000, 50)
