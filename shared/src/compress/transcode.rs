@@ -435,7 +435,7 @@ unsafe fn install_optimal_tables(
                 })?;
             for (table, symbols) in ac.iter().enumerate() {
                 for (count, &n) in counts.ac[table].iter_mut().zip(symbols.iter()) {
-                    *count += c_long::from(n);
+                    *count += n;
                 }
             }
             counts
@@ -491,7 +491,7 @@ unsafe fn install_optimal_tables(
 
 /// What one trellis counted (`Trellis::tally`): AC symbols and DC
 /// coefficients.
-type Tally<'t> = (&'t [u32; 256], &'t [i16]);
+type Tally<'t> = (&'t [c_long; 256], &'t [i16]);
 
 /// The luma and chroma trellises' tallies laid out by component.
 struct Tallied<'t> {
@@ -499,7 +499,7 @@ struct Tallied<'t> {
     /// block row.
     dc: Vec<&'t [i16]>,
     /// The AC symbol counts of table 0 (luma) and 1 (chroma).
-    ac: [&'t [u32; 256]; 2],
+    ac: [&'t [c_long; 256]; 2],
 }
 
 /// The tallies by component, when they cover exactly the components'

@@ -26,6 +26,7 @@
 //! source quality keep dozens of non-zero coefficients per block).
 
 use super::huffman::{MAX_COEF_BITS, ZIGZAG, nonzero_zigzag};
+use std::ffi::c_long;
 
 /// Code lengths of the AC symbols (`run << 4 | size`) of one Huffman table.
 #[derive(Debug, Clone)]
@@ -161,8 +162,10 @@ pub struct Trellis {
     /// How often each AC symbol (`run << 4 | size`, ZRL, end of block)
     /// occurs in the blocks optimised so far, as the encoder will write
     /// them: the counts of the output's optimal Huffman table, taken here
-    /// where each block's final coefficients are known anyway.
-    symbols: [u32; 256],
+    /// where each block's final coefficients are known anyway. In
+    /// libjpeg's counter type, as wide as the counts of the largest image
+    /// the pixel limit admits can need (4 GP: over 2^32 symbols).
+    symbols: [c_long; 256],
     /// The DC coefficient of each block optimised so far, in order: what
     /// the output's DC table is counted from, without reading the blocks
     /// again.
@@ -201,7 +204,7 @@ impl Trellis {
     /// The AC symbols and the DC coefficients of every block optimised
     /// since the trellis was made (see `symbols` and `dc`), or why they
     /// cannot be coded.
-    pub fn tally(&self) -> Result<(&[u32; 256], &[i16]), String> {
+    pub fn tally(&self) -> Result<(&[c_long; 256], &[i16]), String> {
         if self.out_of_range {
             return Err("a DCT coefficient is out of range".into());
         }
@@ -313,7 +316,7 @@ impl Trellis {
             let run = z - prev_z - 1;
             let size = bit_length(i32::from(v));
             self.out_of_range |= size > MAX_COEF_BITS;
-            self.symbols[ZRL] += (run / 16) as u32;
+            self.symbols[ZRL] += (run / 16) as c_long;
             self.symbols[(run % 16) << 4 | (size as usize & 0x0F)] += 1;
         }
     }
