@@ -66,5 +66,6 @@ def main():
               f"{statistics.median(per_round):.2f} ({', '.join(f'{x:.2f}' for x in per_round)}) | "
               f"{statistics.median(speed):.2f} |")
 
+
 if __name__ == "__main__":
     main()

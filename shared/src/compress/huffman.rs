@@ -23,7 +23,7 @@ pub(super) const ZIGZAG: [usize; 64] = [
 
 /// Largest bit length of an AC coefficient (and, plus one, of a DC
 /// difference) that 8-bit baseline JPEG can code.
-pub(super) const MAX_COEF_BITS: u32 = 10;
+const MAX_COEF_BITS: u32 = 10;
 
 /// One component of the scan, as the compressor sees it.
 #[derive(Debug, Clone, Copy)]
@@ -47,30 +47,26 @@ pub struct Counts {
 /// coefficient where the caller has counted the AC symbols itself (see
 /// `Trellis::tally`).
 pub trait Counted {
-    fn count(&self, prediction: &mut i32, counts: &mut Counts, c: &Component)
-    -> Result<(), String>;
+    fn dc(&self) -> i16;
+    /// Counts the block's AC symbols into `ac`, where it has them.
+    fn count_ac(&self, ac: &mut [c_long; 257]) -> Result<(), String>;
 }
 
 impl Counted for [i16; 64] {
-    fn count(
-        &self,
-        prediction: &mut i32,
-        counts: &mut Counts,
-        c: &Component,
-    ) -> Result<(), String> {
-        count_dc(self[0], prediction, counts, c)?;
-        count_ac(self, &mut counts.ac[c.ac_table])
+    fn dc(&self) -> i16 {
+        self[0]
+    }
+    fn count_ac(&self, ac: &mut [c_long; 257]) -> Result<(), String> {
+        count_ac(self, ac)
     }
 }
 
 impl Counted for i16 {
-    fn count(
-        &self,
-        prediction: &mut i32,
-        counts: &mut Counts,
-        c: &Component,
-    ) -> Result<(), String> {
-        count_dc(*self, prediction, counts, c)
+    fn dc(&self) -> i16 {
+        *self
+    }
+    fn count_ac(&self, _: &mut [c_long; 257]) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -106,7 +102,7 @@ pub fn count_scan<'a, B: Counted + 'a>(
                 .get(..c.width_in_blocks)
                 .ok_or("a block row is short")?;
             for block in blocks {
-                block.count(&mut predictions[0], &mut counts, c)?;
+                count_block(block, &mut predictions[0], &mut counts, c)?;
             }
         }
         return Ok(counts);
@@ -140,7 +136,7 @@ pub fn count_scan<'a, B: Counted + 'a>(
                         let col = mcu_col * c.h_samp + x;
                         match block_row.filter(|_| col < c.width_in_blocks) {
                             Some(blocks) => {
-                                blocks[col].count(&mut predictions[ci], &mut counts, c)?
+                                count_block(&blocks[col], &mut predictions[ci], &mut counts, c)?
                             }
                             // A padding block: the DC of the block before it
                             // (the prediction, so a zero difference) and no AC
@@ -207,40 +203,34 @@ static ZIGZAG_BITS: [[u64; 256]; 8] = {
 };
 
 #[inline(always)]
-fn count_dc(
-    dc: i16,
+fn count_block(
+    block: &impl Counted,
     prediction: &mut i32,
     counts: &mut Counts,
     c: &Component,
 ) -> Result<(), String> {
-    let dc = i32::from(dc);
+    let dc = i32::from(block.dc());
     let dc_bits = 32 - (dc - *prediction).unsigned_abs().leading_zeros();
     *prediction = dc;
     if dc_bits > MAX_COEF_BITS + 1 {
         return Err("a DCT coefficient is out of range".into());
     }
     counts.dc[c.dc_table][dc_bits as usize] += 1;
-    Ok(())
+    block.count_ac(&mut counts.ac[c.ac_table])
 }
 
 /// Counts the AC symbols (run/size, ZRL, end of block) of one block into
 /// `ac`, indexed by symbol.
 #[inline(always)]
 fn count_ac(block: &[i16; 64], ac: &mut [c_long; 257]) -> Result<(), String> {
-    let mut rest = nonzero_zigzag(block) & !1; // the DC coefficient is counted by `count_dc`
+    let mut rest = nonzero_zigzag(block) & !1; // the DC coefficient is counted by `count_block`
     let mut last = 0;
     while rest != 0 {
         let k = rest.trailing_zeros() as usize;
-        let mut run = k - last - 1;
-        while run > 15 {
-            ac[0xF0] += 1;
-            run -= 16;
-        }
         let bits = 16 - block[ZIGZAG[k]].unsigned_abs().leading_zeros();
-        if bits > MAX_COEF_BITS {
+        if !count_coefficient(ac, k - last - 1, bits) {
             return Err("a DCT coefficient is out of range".into());
         }
-        ac[(run << 4) + bits as usize] += 1;
         last = k;
         rest &= rest - 1;
     }
@@ -248,6 +238,19 @@ fn count_ac(block: &[i16; 64], ac: &mut [c_long; 257]) -> Result<(), String> {
         ac[0] += 1;
     }
     Ok(())
+}
+
+/// Counts the symbols of a non-zero AC coefficient of bit length `size`
+/// after `run` zeros (the ZRLs and the run/size symbol) into `ac`; false,
+/// with only the ZRLs counted, when baseline JPEG cannot code the size.
+#[inline(always)]
+pub(super) fn count_coefficient(ac: &mut [c_long], run: usize, size: u32) -> bool {
+    ac[0xF0] += (run / 16) as c_long;
+    if size > MAX_COEF_BITS {
+        return false;
+    }
+    ac[(run % 16) << 4 | size as usize] += 1;
+    true
 }
 
 #[cfg(test)]

@@ -507,10 +507,9 @@ struct Tallied<'t> {
 /// instead.
 fn by_component<'t>(
     components: &[huffman::Component],
-    [(luma_ac, luma_dc), (chroma_ac, chroma_dc)]: [Tally<'t>; 2],
+    [(luma_ac, mut luma_dc), (chroma_ac, mut chroma_dc)]: [Tally<'t>; 2],
 ) -> Option<Tallied<'t>> {
     let mut planes = Vec::with_capacity(components.len());
-    let (mut luma_dc, mut chroma_dc) = (luma_dc, chroma_dc);
     for (ci, c) in components.iter().enumerate() {
         if c.ac_table != usize::from(ci > 0) {
             return None;

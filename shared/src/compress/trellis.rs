@@ -25,7 +25,7 @@
 //! independent stretches on detailed blocks (noisy photographs at high
 //! source quality keep dozens of non-zero coefficients per block).
 
-use super::huffman::{MAX_COEF_BITS, ZIGZAG, nonzero_zigzag};
+use super::huffman::{ZIGZAG, count_coefficient, nonzero_zigzag};
 use std::ffi::c_long;
 
 /// Code lengths of the AC symbols (`run << 4 | size`) of one Huffman table.
@@ -313,11 +313,8 @@ impl Trellis {
             } else {
                 usize::from(self.pos[p - 1])
             };
-            let run = z - prev_z - 1;
             let size = bit_length(i32::from(v));
-            self.out_of_range |= size > MAX_COEF_BITS;
-            self.symbols[ZRL] += (run / 16) as c_long;
-            self.symbols[(run % 16) << 4 | (size as usize & 0x0F)] += 1;
+            self.out_of_range |= !count_coefficient(&mut self.symbols, z - prev_z - 1, size);
         }
     }
 }
